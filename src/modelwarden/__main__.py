@@ -1,0 +1,5 @@
+import sys
+
+from modelwarden.cli import main
+
+sys.exit(main())

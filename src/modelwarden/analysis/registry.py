@@ -1,0 +1,58 @@
+"""The rule registry: rules register themselves with a stable id (bandit-style)."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterable
+
+from modelwarden.analysis.interface import Rule, RuleMeta
+
+_RULES: dict[str, type[Rule]] = {}
+_META: dict[str, RuleMeta] = {}
+_loaded = False
+
+
+def register(cls: type[Rule]) -> type[Rule]:
+    """Class decorator: add a rule; ids must be unique."""
+    for meta in cls.all_meta():
+        if meta.id in _META and _RULES.get(meta.id) is not cls:
+            raise RuntimeError(f"duplicate rule id {meta.id}")
+        _META[meta.id] = meta
+        _RULES[meta.id] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    import modelwarden.analysis.rules as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{info.name}")
+    _loaded = True
+
+
+def rule_classes() -> list[type[Rule]]:
+    """Every registered rule class, once, in id order."""
+    _load_builtin()
+    seen: dict[type[Rule], None] = {}
+    for rid in sorted(_RULES):
+        seen.setdefault(_RULES[rid], None)
+    return list(seen)
+
+
+def all_meta() -> list[RuleMeta]:
+    _load_builtin()
+    return [_META[k] for k in sorted(_META)]
+
+
+def meta(rule_id: str) -> RuleMeta | None:
+    _load_builtin()
+    return _META.get(rule_id)
+
+
+def known_ids() -> Iterable[str]:
+    _load_builtin()
+    return _META.keys()

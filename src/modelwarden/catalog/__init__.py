@@ -1,0 +1,128 @@
+"""The op capability catalog: data (``ops.toml``, ``stock_ops.txt``) plus a small loader.
+
+The catalog says what an op *can* do; analysis decides whether a given node
+does it (attribute conditions are evaluated here, dataflow there).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from modelwarden.analysis.interface import Severity
+
+if TYPE_CHECKING:
+    from modelwarden.ir import Node
+    from modelwarden.policy.interface import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilityKind:
+    name: str
+    severity: Severity
+    rule: str
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    op: str
+    capabilities: tuple[str, ...]
+    paths: tuple[int, ...] = ()
+    path_attrs: tuple[str, ...] = ()
+    when_attr: Mapping[str, str] = field(default_factory=dict)
+    when_nonempty: tuple[str, ...] = ()
+    empty_path_ok: bool = False
+    severity: Severity | None = None
+    note: str = ""
+
+
+def _attr_text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, tuple):
+        return ",".join(_attr_text(v) for v in value)
+    return "" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    kinds: Mapping[str, CapabilityKind]
+    specs: Mapping[str, OpSpec]
+    stock_ops: frozenset[str]
+
+    def lookup(self, op: str) -> OpSpec | None:
+        return self.specs.get(op)
+
+    def is_stock(self, op: str) -> bool:
+        return op in self.stock_ops
+
+    def active(self, node: "Node") -> tuple[str, ...]:
+        """Capabilities this node has given its attributes (``when_*`` conditions applied)."""
+        spec = self.specs.get(node.op)
+        if spec is None:
+            return ()
+        for attr, pattern in spec.when_attr.items():
+            if not re.search(pattern, _attr_text(node.attrs.get(attr, ""))):
+                return ()
+        if spec.when_nonempty and not any(_attr_text(node.attrs.get(a, "")) for a in spec.when_nonempty):
+            return ()
+        return spec.capabilities
+
+    def severity_of(self, spec: OpSpec, capability: str) -> Severity:
+        return spec.severity if spec.severity is not None else self.kinds[capability].severity
+
+    def with_policy(self, policy: "Policy") -> "Catalog":
+        """The effective catalog under a policy: ops added or allowed by the user."""
+        if not policy.extra_ops and not policy.allowed_ops:
+            return self
+        specs = dict(self.specs)
+        for op in policy.allowed_ops:
+            specs.pop(op, None)
+        for op, caps in policy.extra_ops.items():
+            base = specs.get(op) or OpSpec(op=op, capabilities=())
+            specs[op] = replace(base, capabilities=tuple(dict.fromkeys(base.capabilities + tuple(caps))))
+        return replace(self, specs=specs)
+
+
+def _parse(data: dict, stock: frozenset[str]) -> Catalog:
+    kinds = {
+        name: CapabilityKind(name, Severity.parse(v["severity"]), v.get("rule", ""), v.get("summary", ""))
+        for name, v in data["capabilities"].items()
+    }
+    specs: dict[str, OpSpec] = {}
+    for op, v in data.get("ops", {}).items():
+        caps = tuple(v["capabilities"])
+        unknown = [c for c in caps if c not in kinds]
+        if unknown:
+            raise ValueError(f"catalog: op {op} has unknown capabilities {unknown}")
+        specs[op] = OpSpec(
+            op=op,
+            capabilities=caps,
+            paths=tuple(v.get("paths", ())),
+            path_attrs=tuple(v.get("path_attrs", ())),
+            when_attr=dict(v.get("when_attr", {})),
+            when_nonempty=tuple(v.get("when_nonempty", ())),
+            empty_path_ok=bool(v.get("empty_path_ok", False)),
+            severity=Severity.parse(v["severity"]) if "severity" in v else None,
+            note=v.get("note", ""),
+        )
+    return Catalog(kinds=kinds, specs=specs, stock_ops=stock)
+
+
+@cache
+def load_catalog() -> Catalog:
+    """The built-in catalog shipped in the package."""
+    pkg = resources.files(__name__)
+    data = tomllib.loads((pkg / "ops.toml").read_text("utf-8"))
+    stock = frozenset(
+        line.strip()
+        for line in (pkg / "stock_ops.txt").read_text("utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    return _parse(data, stock)

@@ -1,0 +1,64 @@
+"""Command-line entry point.  Each subcommand is a module with ``add_parser`` and ``run``.
+
+Exit codes (README): 0 ok / nothing at or above the threshold; 1 findings at or
+above it (scan) or a refused/failed run; 2 usage error or unreadable input;
+other codes are documented per command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from modelwarden import __version__
+from modelwarden.errors import ModelwardenError
+
+# name -> module; modules are imported only when their command runs (fast startup).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "scan": ("modelwarden.cli.scan_cmd", "statically audit model artifacts without executing them"),
+    "rules": ("modelwarden.cli.rules_cmd", "list every rule: stable id, severity, description"),
+    "run": ("modelwarden.cli.run_cmd", "execute a model inside the sandbox"),
+    "doctor": ("modelwarden.cli.doctor_cmd", "show which isolation layers this host offers"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors exit 2 with a one-line message
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="modelwarden",
+        description="Audit, sandbox and serve machine-learning models you did not write. Models are programs.",
+    )
+    parser.add_argument("--version", action="version", version=f"modelwarden {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_parser(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args))
+    except ModelwardenError as exc:
+        print(f"modelwarden: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Format readers: bytes -> IR.  Readers are imported lazily so a scan only pays for what it reads."""
+
+from __future__ import annotations
+
+import importlib
+
+from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
+from modelwarden.ir import ArtifactFormat
+
+# One module per format; "module:Class".
+READERS: dict[ArtifactFormat, str] = {
+    ArtifactFormat.SAVEDMODEL: "modelwarden.formats.savedmodel:SavedModelReader",
+    ArtifactFormat.GRAPHDEF: "modelwarden.formats.graphdef:GraphDefReader",
+    ArtifactFormat.KERAS_V3: "modelwarden.formats.keras_v3:KerasV3Reader",
+    ArtifactFormat.KERAS_H5: "modelwarden.formats.keras_h5:KerasH5Reader",
+    ArtifactFormat.TFLITE: "modelwarden.formats.tflite:TFLiteReader",
+    ArtifactFormat.TF_CHECKPOINT: "modelwarden.formats.checkpoint:CheckpointReader",
+}
+
+
+def reader_for(fmt: ArtifactFormat) -> Reader:
+    module, _, cls = READERS[fmt].partition(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+__all__ = ["Candidate", "Limits", "DEFAULT_LIMITS", "Reader", "READERS", "reader_for"]

@@ -1,0 +1,360 @@
+"""The intermediate representation every reader produces and every pass reads.
+
+Readers (``modelwarden.formats``) turn bytes into these frozen objects and
+never judge; analysis passes (``modelwarden.analysis``) read them and never
+parse.  The IR is deliberately small: artifacts contain graphs, graphs contain
+functions, functions contain nodes, nodes carry attributes.  Keras configs,
+checkpoints and the files of a model directory have their own small types.
+
+Attribute values are plain Python values wherever that is unambiguous
+(``str``, ``int``, ``float``, ``bool``, ``tuple`` for lists) and small wrapper
+types where it is not (:class:`DType`, :class:`Shape`, :class:`TensorValue`,
+:class:`FuncRef`, :class:`AttrPlaceholder`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Union
+
+# --------------------------------------------------------------------------
+# Attribute values
+
+
+@dataclass(frozen=True, slots=True)
+class DType:
+    """A TensorFlow dtype attribute, e.g. ``DType("float32")``."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A shape attribute; ``dims`` is ``None`` for unknown rank, -1 for unknown dims."""
+
+    dims: tuple[int, ...] | None
+
+    def __str__(self) -> str:
+        if self.dims is None:
+            return "<unknown rank>"
+        return "[" + ", ".join("?" if d < 0 else str(d) for d in self.dims) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorValue:
+    """A constant tensor.
+
+    ``values`` holds the decoded elements (``str`` for strings, numbers
+    otherwise) only when the tensor is small; ``truncated`` says that more
+    elements exist than were decoded.  ``nbytes`` is the encoded size.
+    """
+
+    dtype: str
+    shape: tuple[int, ...] | None
+    values: tuple[object, ...] | None = None
+    truncated: bool = False
+    nbytes: int = 0
+
+    def scalar(self) -> object | None:
+        """The single element of a one-element tensor, else ``None``."""
+        if self.values is not None and len(self.values) == 1 and not self.truncated:
+            return self.values[0]
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FuncRef:
+    """A function-valued attribute (``f``, ``then_branch``, ``body`` ...)."""
+
+    name: str
+    attrs: Mapping[str, "AttrValue"] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AttrPlaceholder:
+    """An attribute bound later from the enclosing function's attrs."""
+
+    name: str
+
+
+AttrValue = Union[
+    str, bytes, int, float, bool, DType, Shape, TensorValue, FuncRef, AttrPlaceholder, tuple, None
+]
+
+
+# --------------------------------------------------------------------------
+# Graphs
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One operation.
+
+    ``inputs`` keeps TensorFlow's spelling: ``"name"``, ``"name:1"``,
+    ``"name:out:0"`` inside functions, ``"^name"`` for control inputs.
+    ``attrs`` may be a lazy mapping; treat it as read-only.
+    """
+
+    name: str
+    op: str
+    inputs: tuple[str, ...] = ()
+    attrs: Mapping[str, AttrValue] = field(default_factory=dict)
+    device: str = ""
+
+    @property
+    def data_inputs(self) -> tuple[str, ...]:
+        return tuple(i for i in self.inputs if not i.startswith("^"))
+
+    @property
+    def control_inputs(self) -> tuple[str, ...]:
+        return tuple(i[1:] for i in self.inputs if i.startswith("^"))
+
+    def func_refs(self) -> Iterator[tuple[str, FuncRef]]:
+        """Every function this node references through an attribute, with the attr name."""
+        for key, value in self.attrs.items():
+            if isinstance(value, FuncRef):
+                yield key, value
+            elif isinstance(value, tuple):
+                for item in value:
+                    if isinstance(item, FuncRef):
+                        yield key, item
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """A function argument or result: its name and dtype (``""`` when polymorphic)."""
+
+    name: str
+    dtype: str = ""
+
+
+class FunctionKind(enum.StrEnum):
+    GRAPH = "graph"  # the top-level graph of a GraphDef / MetaGraphDef
+    LIBRARY = "library"  # a FunctionDef in a function library
+    SUBGRAPH = "subgraph"  # a TFLite subgraph
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """A body of nodes: a library function, a top-level graph or a TFLite subgraph."""
+
+    name: str
+    kind: FunctionKind
+    nodes: tuple[Node, ...]
+    args: tuple[Arg, ...] = ()
+    outputs: tuple[Arg, ...] = ()
+    ret: Mapping[str, str] = field(default_factory=dict)  # output name -> tensor
+    control_ret: Mapping[str, str] = field(default_factory=dict)
+    attrs: Mapping[str, AttrValue] = field(default_factory=dict)
+    is_stateful: bool = False
+
+
+class EntryKind(enum.StrEnum):
+    """How code in a graph gets to run."""
+
+    LOAD_TIME = "load-time"  # runs when the model is loaded (init op, resource initialisers)
+    SIGNATURE = "signature"  # a serving signature: runs on every request
+    OBJECT_METHOD = "object-method"  # a tf.function reachable from the object graph
+    SAVER = "saver"  # the model's own save/restore machinery
+    GRAPH = "graph"  # a bare GraphDef: everything in it may run
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPoint:
+    """A way into a graph: tensor names in the top-level graph and/or function names."""
+
+    kind: EntryKind
+    name: str
+    tensors: tuple[str, ...] = ()  # roots in the top-level graph ("node:0", "^node")
+    functions: tuple[str, ...] = ()  # library functions entered directly
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A signature input or output."""
+
+    name: str  # the key in the signature ("x")
+    tensor: str  # the graph tensor ("serving_default_x:0")
+    dtype: str
+    shape: tuple[int, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    name: str
+    method: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRef:
+    """An asset declared by the model (asset_file_def or a SavedAsset)."""
+
+    filename: str  # as written in the model (relative to assets/ when well-formed)
+    tensor: str = ""  # graph tensor that receives the path at load time
+
+
+@dataclass(frozen=True, slots=True)
+class SaverInfo:
+    filename_tensor: str
+    save_tensor: str
+    restore_op: str
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One executable graph: a meta graph, a frozen GraphDef or a TFLite model.
+
+    ``main`` is the top-level body; ``functions`` maps library names to bodies.
+    """
+
+    name: str
+    main: Function
+    functions: Mapping[str, Function]
+    entry_points: tuple[EntryPoint, ...] = ()
+    signatures: tuple[Signature, ...] = ()
+    assets: tuple[AssetRef, ...] = ()
+    saver: SaverInfo | None = None
+    tags: tuple[str, ...] = ()
+    producer: int | None = None
+    tf_version: str = ""
+    source_file: str = ""  # the file inside the artifact the graph came from
+
+    def function(self, name: str) -> Function | None:
+        if name == self.main.name:
+            return self.main
+        return self.functions.get(name)
+
+
+# --------------------------------------------------------------------------
+# Keras
+
+
+@dataclass(frozen=True, slots=True)
+class CodeFacts:
+    """What a marshalled Python code object reveals without running it."""
+
+    names: tuple[str, ...]  # co_names of every nested code object: globals/attrs used
+    strings: tuple[str, ...]  # string constants
+    code_objects: int
+    python_layout: str = ""  # which marshal layout parsed ("3.11+", "3.8-3.10")
+    error: str = ""  # why decoding stopped early, if it did
+
+
+@dataclass(frozen=True, slots=True)
+class KerasObject:
+    """Any object in a Keras config that names a class to deserialise.
+
+    ``path`` locates it in the config (``config.layers[3].config.layer``).
+    """
+
+    path: str
+    class_name: str
+    module: str = ""
+    registered_name: str = ""
+    name: str = ""
+    config: Mapping[str, object] = field(default_factory=dict)
+    lambda_code: CodeFacts | None = None  # for Lambda layers with marshalled bytecode
+    lambda_source_kind: str = ""  # "bytecode", "lambda-string", "function-name", ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigString:
+    """A string found anywhere in a Keras config, with its location (for path rules)."""
+
+    path: str
+    value: str
+
+
+@dataclass(frozen=True)
+class KerasModel:
+    source_file: str
+    keras_version: str
+    backend: str
+    objects: tuple[KerasObject, ...]
+    strings: tuple[ConfigString, ...]
+    weight_files: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------
+# Checkpoints
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    shard: int
+    offset: int
+    size: int
+    crc32c: int | None = None
+    sliced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DataShard:
+    shard: int
+    path: str
+    size: int | None  # None when the file is missing
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    prefix: str  # display path of the prefix (".../variables/variables")
+    num_shards: int
+    entries: tuple[CheckpointEntry, ...]
+    shards: tuple[DataShard, ...]
+    endianness: str = "little"
+
+
+# --------------------------------------------------------------------------
+# Files and artifacts
+
+
+class FileKind(enum.StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"  # fifo, device, socket
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One entry of a model directory or archive, relative to the artifact root."""
+
+    relpath: str
+    kind: FileKind
+    size: int = 0
+    nlink: int = 1
+    link_target: str = ""  # for symlinks: the raw target text
+    resolves_inside: bool = True  # for symlinks: does the target stay inside the root?
+
+
+class ArtifactFormat(enum.StrEnum):
+    SAVEDMODEL = "tf-savedmodel"
+    GRAPHDEF = "tf-graphdef"
+    KERAS_V3 = "keras-v3"
+    KERAS_H5 = "keras-h5"
+    TFLITE = "tflite"
+    TF_CHECKPOINT = "tf-checkpoint"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One model artifact, found once, with everything its reader learned."""
+
+    path: str  # filesystem path of the artifact (file, or directory for SavedModel)
+    display: str  # how reports name it
+    format: ArtifactFormat
+    graphs: tuple[Graph, ...] = ()
+    keras: KerasModel | None = None
+    checkpoints: tuple[Checkpoint, ...] = ()
+    files: tuple[FileEntry, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)

@@ -1,0 +1,68 @@
+"""The scan result model and the renderer interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from modelwarden.analysis.interface import Finding, Severity
+
+
+@dataclass(frozen=True, slots=True)
+class ScanError:
+    """An input that could not be read: the path and what is wrong with it."""
+
+    path: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactSummary:
+    display: str
+    path: str
+    format: str
+    graphs: int = 0
+    functions: int = 0
+    nodes: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything one scan produced.  ``findings`` excludes suppressed ones."""
+
+    tool_version: str
+    policy: str
+    fail_on: Severity
+    artifacts: tuple[ArtifactSummary, ...]
+    findings: tuple[Finding, ...]
+    suppressed: tuple[Finding, ...] = ()
+    errors: tuple[ScanError, ...] = ()
+    duration_s: float = 0.0
+    inputs: tuple[str, ...] = ()
+
+    def counts(self) -> dict[str, int]:
+        out = {s.label: 0 for s in Severity}
+        for f in self.findings:
+            out[f.severity.label] += 1
+        return out
+
+    def failing(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity >= self.fail_on)
+
+    @property
+    def exit_code(self) -> int:
+        """0: clean at the threshold; 1: findings at or above it; 2: an input could not be read."""
+        if self.errors:
+            return 2
+        return 1 if self.failing() else 0
+
+
+class Renderer(ABC):
+    """One module per output format implements this."""
+
+    name: str
+
+    @abstractmethod
+    def render(self, report: Report) -> str:
+        """The whole report as text (the CLI writes it to stdout or --output)."""
