@@ -201,6 +201,18 @@ class AssetRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Capture:
+    """What the loader binds to a function's trailing captured argument (TF2 object graph).
+
+    ``kind`` is "asset" (value = asset filename), "constant" (value = the Const
+    node in the top-level graph), "variable" (value = variable name) or "other".
+    """
+
+    kind: str
+    value: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SaverInfo:
     filename_tensor: str
     save_tensor: str
@@ -221,6 +233,7 @@ class Graph:
     signatures: tuple[Signature, ...] = ()
     assets: tuple[AssetRef, ...] = ()
     saver: SaverInfo | None = None
+    captures: Mapping[str, tuple[Capture, ...]] = field(default_factory=dict)  # function -> trailing args
     tags: tuple[str, ...] = ()
     producer: int | None = None
     tf_version: str = ""

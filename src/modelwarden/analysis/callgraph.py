@@ -1,0 +1,206 @@
+"""Call graph and reachability over a :class:`~modelwarden.ir.Graph`.
+
+Every function — reachable or not — is visited exactly once per entry kind
+(multi-source BFS), so recursion and huge libraries stay linear.  For each
+function and top-level node we keep the *best* way in (load time beats a
+signature beats an object method beats the saver) with its shortest call
+path, plus the set of every kind that reaches it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from modelwarden.ir import EntryKind, EntryPoint, Function, Graph, Node
+
+# Order of importance: the first kind that reaches a function is its "best" reach.
+KIND_ORDER = (EntryKind.LOAD_TIME, EntryKind.SIGNATURE, EntryKind.GRAPH, EntryKind.OBJECT_METHOD, EntryKind.SAVER)
+UNREACHABLE = "unreachable"
+
+
+def tensor_node(tensor: str) -> str:
+    """``"^a"``, ``"a:0"``, ``"a:out:0"`` -> ``"a"``."""
+    return tensor.lstrip("^").split(":", 1)[0]
+
+
+def entry_label(ep: EntryPoint) -> str:
+    return f"{ep.kind.value}:{ep.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class CallEdge:
+    caller: str  # function name
+    node: str  # calling node
+    attr: str  # "f", "then_branch", ... or "" when the node's op is the function
+    callee: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    kind: EntryKind | None  # None: not reachable from any entry point
+    entry: str  # "signature:serving_default"
+    path: tuple[str, ...]  # entry label, then caller node / callee function pairs
+    parent: CallEdge | None = None  # the edge this reach arrived by (None at a root)
+
+    @property
+    def label(self) -> str:
+        return self.entry if self.kind is not None else UNREACHABLE
+
+
+NOT_REACHED = Reach(None, UNREACHABLE, ())
+
+
+@dataclass
+class CallGraph:
+    graph: Graph
+    edges: dict[str, list[CallEdge]] = field(default_factory=dict)
+    missing: list[CallEdge] = field(default_factory=list)
+    function_reach: dict[str, Reach] = field(default_factory=dict)
+    function_kinds: dict[str, set[EntryKind]] = field(default_factory=dict)
+    main_reach: dict[str, Reach] = field(default_factory=dict)
+    main_kinds: dict[str, set[EntryKind]] = field(default_factory=dict)
+    cycles: list[tuple[str, ...]] = field(default_factory=list)
+    main_index: dict[str, Node] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ queries
+    def bodies(self) -> Iterator[Function]:
+        yield self.graph.main
+        yield from self.graph.functions.values()
+
+    def reach(self, fn: Function, node: Node) -> Reach:
+        if fn is self.graph.main:
+            return self.main_reach.get(node.name, NOT_REACHED)
+        return self.function_reach.get(fn.name, NOT_REACHED)
+
+    def kinds(self, fn: Function, node: Node) -> set[EntryKind]:
+        if fn is self.graph.main:
+            return self.main_kinds.get(node.name, set())
+        return self.function_kinds.get(fn.name, set())
+
+
+def _callees(node: Node, functions: dict[str, Function] | object) -> Iterator[tuple[str, str]]:
+    if node.op in functions:  # type: ignore[operator]
+        yield "", node.op
+    for attr, ref in node.func_refs():
+        yield attr, ref.name
+
+
+def build(graph: Graph, is_stock_op=lambda op: False) -> CallGraph:  # noqa: C901 - one linear pass
+    cg = CallGraph(graph)
+    functions = graph.functions
+    cg.main_index = {n.name: n for n in graph.main.nodes}
+    for fn in (graph.main, *functions.values()):
+        out: list[CallEdge] = []
+        for node in fn.nodes:
+            for attr, callee in _callees(node, functions):
+                edge = CallEdge(fn.name, node.name, attr, callee)
+                if callee in functions:
+                    out.append(edge)
+                elif callee and not is_stock_op(callee):
+                    cg.missing.append(edge)
+        cg.edges[fn.name] = out
+
+    by_kind: dict[EntryKind, list[EntryPoint]] = {}
+    for ep in graph.entry_points:
+        by_kind.setdefault(ep.kind, []).append(ep)
+    for kind in KIND_ORDER:
+        if kind in by_kind:
+            _bfs(cg, kind, by_kind[kind])
+    cg.cycles = _cycles(cg)
+    return cg
+
+
+def _step(edge: CallEdge) -> str:
+    return edge.node if edge.attr in ("", "f") else f"{edge.node}[{edge.attr}]"
+
+
+def _bfs(cg: CallGraph, kind: EntryKind, entries: list[EntryPoint]) -> None:
+    graph = cg.graph
+    main = graph.main
+    seen_main: set[str] = set()
+    seen_fn: set[str] = set()
+    fn_queue: deque[tuple[str, Reach]] = deque()
+
+    def visit_main(name: str, reach: Reach, queue: deque[tuple[str, Reach]]) -> None:
+        if name in seen_main or name not in cg.main_index:
+            return
+        seen_main.add(name)
+        cg.main_kinds.setdefault(name, set()).add(kind)
+        cg.main_reach.setdefault(name, reach)
+        queue.append((name, reach))
+
+    def enter_fn(name: str, reach: Reach) -> None:
+        if name in seen_fn or name not in graph.functions:
+            return
+        seen_fn.add(name)
+        cg.function_kinds.setdefault(name, set()).add(kind)
+        cg.function_reach.setdefault(name, reach)
+        fn_queue.append((name, reach))
+
+    for ep in entries:
+        label = entry_label(ep)
+        node_queue: deque[tuple[str, Reach]] = deque()
+        roots = [n.name for n in main.nodes] if kind is EntryKind.GRAPH else [tensor_node(t) for t in ep.tensors]
+        for r in roots:
+            visit_main(r, Reach(kind, label, (label,)), node_queue)
+        while node_queue:  # backward over data and control inputs in the top-level graph
+            name, reach = node_queue.popleft()
+            node = cg.main_index[name]
+            for inp in node.inputs:
+                visit_main(tensor_node(inp), reach, node_queue)
+            for attr, callee in _callees(node, graph.functions):
+                edge = CallEdge(main.name, name, attr, callee)
+                enter_fn(callee, Reach(kind, label, (label, _step(edge), callee), edge))
+        for fname in ep.functions:
+            enter_fn(fname, Reach(kind, label, (label, fname)))
+    while fn_queue:  # a reached function runs whole: every callee in it is reached
+        fname, reach = fn_queue.popleft()
+        for edge in cg.edges.get(fname, ()):
+            enter_fn(edge.callee, Reach(kind, reach.entry, reach.path + (_step(edge), edge.callee), edge))
+
+
+def _cycles(cg: CallGraph) -> list[tuple[str, ...]]:
+    """Strongly connected components with a cycle (iterative Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    result: list[tuple[str, ...]] = []
+    counter = 0
+    succ = {f: [e.callee for e in es] for f, es in cg.edges.items() if f in cg.graph.functions}
+    for start in succ:
+        if start in index:
+            continue
+        work = [(start, 0)]
+        while work:
+            v, i = work.pop()
+            if i == 0:
+                index[v] = low[v] = counter
+                counter += 1
+                stack.append(v)
+                on_stack.add(v)
+            children = succ.get(v, [])
+            if i < len(children):
+                work.append((v, i + 1))
+                w = children[i]
+                if w not in index:
+                    work.append((w, 0))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1 or v in succ.get(v, ()):
+                    result.append(tuple(sorted(comp)))
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[v])
+    return sorted(result)

@@ -1,0 +1,136 @@
+"""MW100–MW107: ops that can run code, touch files, the network or debug sinks.
+
+The catalog (data) says what an op can do; this pass decides whether a node
+does it (attribute conditions, where its path comes from) and how it is
+reached.  A SavedModel's own save/restore machinery is not a finding; the same
+ops reachable from a signature, or fed a constant path, are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from modelwarden.analysis.graphs import GraphView, graph_views, node_location
+from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleMeta, Severity
+from modelwarden.analysis.registry import register
+from modelwarden.analysis.values import Value
+from modelwarden.catalog import OpSpec
+from modelwarden.ir import EntryKind, Function, Node
+
+GRAPH_FORMATS = ("tf-savedmodel", "tf-graphdef", "tflite")
+SAVER_MACHINERY = frozenset({"SaveV2", "Save", "SaveSlices", "RestoreV2", "Restore", "RestoreSlice", "MergeV2Checkpoints"})
+LOCAL_SCHEMES = ("", "file")
+
+
+def _meta(id_: str, name: str, sev: Severity, summary: str, remediation: str) -> RuleMeta:
+    return RuleMeta(id_, name, sev, summary, description=summary, remediation=remediation, formats=GRAPH_FORMATS, tags=("capability",))
+
+
+CAPABILITY_META = {
+    "code-execution": _meta(
+        "MW100", "code-execution-op", Severity.CRITICAL,
+        "An op runs arbitrary Python code registered in the loading process (PyFunc, EagerPyFunc).",
+        "Do not load this model outside a sandbox; ask the author for a version without py_function/numpy_function.",
+    ),
+    "file-read": _meta(
+        "MW101", "file-read-op", Severity.HIGH,
+        "An op reads host files (ReadFile, MatchingFiles, readers, file datasets, lookup tables from files, Restore*).",
+        "Check the path evidence; run the model only in the sandbox, or remove the op. Lookup tables should use the model's own assets.",
+    ),
+    "file-write": _meta(
+        "MW102", "file-write-op", Severity.HIGH,
+        "An op writes, creates or deletes host files (WriteFile, Save*, MergeV2Checkpoints, dataset writers, summary writers).",
+        "Models should not write files at inference time: reject the model or run it only in the sandbox.",
+    ),
+    "network": _meta(
+        "MW103", "network-op", Severity.CRITICAL,
+        "An op talks to other machines or processes (tf.data service, RPC, Send/Recv, RemoteCall, collectives).",
+        "Inference graphs should not communicate: reject the model, or run it in the sandbox without network.",
+    ),
+    "debug-sink": _meta(
+        "MW104", "debug-sink-op", Severity.MEDIUM,
+        "An op sends tensor values to a file or debug endpoint (PrintV2 to file://, Debug* ops with debug_urls).",
+        "Remove the debug op or point it at stderr; tensors (possibly request data) would leave the process.",
+    ),
+    "memory-map": _meta(
+        "MW105", "memory-map-op", Severity.HIGH,
+        "ImmutableConst memory-maps a host file named by an attribute.",
+        "Reject the model unless the mapped file is the model's own and you trust it.",
+    ),
+}
+REMOTE_META = _meta(
+    "MW107", "remote-url-path", Severity.CRITICAL,
+    "A file op is given a URL (gs://, s3://, http://, hdfs://): TensorFlow's filesystems fetch or send data over the network.",
+    "Reject the model: inference should not read or write remote storage.",
+)
+
+
+def _path_values(view: GraphView, fn: Function, node: Node, spec: OpSpec) -> list[Value]:
+    values = [view.values.input_of(fn, node, i) for i in spec.paths]
+    for attr in spec.path_attrs:
+        raw = node.attrs.get(attr)
+        if isinstance(raw, tuple):
+            values.append(Value("const", tuple(str(v) for v in raw)))
+        elif raw not in (None, ""):
+            values.append(Value("const", (str(raw),)))
+    return values
+
+
+def _scheme(path: str) -> str:
+    try:
+        return urlsplit(path).scheme.lower() if "://" in path else ""
+    except ValueError:
+        return ""
+
+
+@register
+class CapabilityRule(Rule):
+    metas = (*CAPABILITY_META.values(), REMOTE_META)
+    meta = CAPABILITY_META["file-read"]
+
+    def check(self, ctx: AnalysisContext) -> Iterable[Finding]:
+        catalog = ctx.catalog
+        for view in graph_views(ctx):
+            for fn in view.cg.bodies():
+                for node in fn.nodes:
+                    caps = [c for c in catalog.active(node) if c in CAPABILITY_META]
+                    if caps:
+                        yield from self._node(ctx, view, fn, node, caps)
+
+    def _node(self, ctx: AnalysisContext, view: GraphView, fn: Function, node: Node, caps: list[str]) -> Iterable[Finding]:
+        spec = ctx.catalog.lookup(node.op)
+        assert spec is not None
+        reach = view.cg.reach(fn, node)
+        kinds = view.cg.kinds(fn, node)
+        values = _path_values(view, fn, node, spec)
+        consts = [v for val in values if val.kind == "const" for v in val.values]
+        if spec.empty_path_ok and values and all(val.kind == "const" for val in values) and not any(consts):
+            return
+        saver_only = bool(kinds) and kinds <= {EntryKind.SAVER}
+        if saver_only and node.op in SAVER_MACHINERY and all(v.kind != "const" for v in values):
+            return  # the model's own checkpoint save/restore
+        asset_fed = bool(values) and all(v.kind == "asset" for v in values)
+        location = node_location(ctx, view, fn, node, reach)
+        evidence = {"op": node.op}
+        if values:
+            evidence["path"] = "; ".join(v.describe() for v in values)
+        if node.attrs.get("_tflite_flex"):
+            evidence["tflite"] = "Flex op (runs a TensorFlow kernel)"
+        for cap in caps:
+            meta = CAPABILITY_META[cap]
+            severity = ctx.catalog.severity_of(spec, cap)
+            if cap == "file-read" and asset_fed:
+                severity = Severity.INFO  # reads the model's own asset file
+            elif reach.kind is None:
+                severity = severity.lowered(1, floor=Severity.LOW)
+            where = "not reachable from any signature" if reach.kind is None else f"reached via {reach.label}"
+            what = f" {evidence['path']}" if "path" in evidence else ""
+            note = f" ({spec.note})" if spec.note else ""
+            msg = f"{node.op}{what}: {ctx.catalog.kinds[cap].summary}{note}; {where}"
+            yield ctx.finding(meta, msg, location, severity=severity, capability=cap, evidence=evidence)
+        for path in consts:
+            scheme = _scheme(path)
+            if scheme not in LOCAL_SCHEMES:
+                msg = f"{node.op} is given the URL {path!r}: TensorFlow's {scheme}:// filesystem reaches the network"
+                yield ctx.finding(REMOTE_META, msg, location, capability="network", evidence={"op": node.op, "url": path})

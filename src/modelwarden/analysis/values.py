@@ -1,0 +1,142 @@
+"""Where does a tensor's value come from?  A bounded backward resolver used for evidence.
+
+It follows identities, string joins and function-call arguments back along a
+reach's call path to a constant, an asset, a request input, a variable or the
+saver's filename placeholder.  It never guesses: anything else is "computed".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelwarden.analysis.callgraph import CallGraph, CallEdge, tensor_node
+from modelwarden.ir import Function, Node, TensorValue
+
+PASS_THROUGH = frozenset(
+    {"Identity", "StopGradient", "Snapshot", "PreventGradient", "CheckNumerics", "EnsureShape", "Squeeze", "Reshape"}
+)
+VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable", "ReadVariableOp", "_ReadVariablesOp"})
+PLACEHOLDERS = frozenset({"Placeholder", "PlaceholderV2"})
+# Ops whose function attributes take the call's inputs as arguments, and the offset of arg 0.
+_CALL_OFFSETS = {
+    "PartitionedCall": 0, "StatefulPartitionedCall": 0, "If": 1, "StatelessIf": 1,
+    "Case": 1, "StatelessCase": 1, "While": 0, "StatelessWhile": 0, "RemoteCall": 1,
+}  # fmt: skip
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """``kind``: const | asset | input | variable | saver-filename | computed | unknown."""
+
+    kind: str
+    values: tuple[str, ...] = ()  # for const/asset: the strings
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "const":
+            shown = ", ".join(repr(v) for v in self.values[:4]) + (", ..." if len(self.values) > 4 else "")
+            return shown or "''"
+        if self.kind == "asset":
+            return f"the model's asset {self.values[0]!r}" if self.values else "a model asset"
+        if self.kind == "input":
+            return f"request input {self.detail!r}"
+        if self.kind == "variable":
+            return f"variable {self.detail!r} (restored from the checkpoint)"
+        if self.kind == "saver-filename":
+            return "the saver's checkpoint path"
+        return self.detail or self.kind
+
+
+class Resolver:
+    def __init__(self, cg: CallGraph) -> None:
+        self.cg = cg
+        self.graph = cg.graph
+        self._index: dict[str, dict[str, Node]] = {}
+        self._assets = {tensor_node(a.tensor): a.filename for a in self.graph.assets if a.tensor}
+        saver = self.graph.saver
+        self._saver_filename = tensor_node(saver.filename_tensor) if saver and saver.filename_tensor else ""
+
+    def _nodes(self, fn: Function) -> dict[str, Node]:
+        idx = self._index.get(fn.name)
+        if idx is None:
+            idx = self._index[fn.name] = {n.name: n for n in fn.nodes}
+        return idx
+
+    def input_of(self, fn: Function, node: Node, index: int) -> Value:
+        data = node.data_inputs
+        if index >= len(data):
+            return Value("unknown", detail="missing input")
+        return self.resolve(fn, data[index], self.cg.reach(fn, node).parent, 0)
+
+    def resolve(self, fn: Function, tensor: str, parent: CallEdge | None, depth: int) -> Value:
+        if depth > MAX_DEPTH:
+            return Value("unknown", detail="too deep")
+        name = tensor_node(tensor)
+        if fn is not self.graph.main and ":" not in tensor.lstrip("^"):
+            for i, arg in enumerate(fn.args):
+                if arg.name == name:
+                    return self._arg(fn, i, parent, depth)
+        node = self._nodes(fn).get(name)
+        if node is None:
+            return Value("unknown", detail=f"unknown tensor {tensor!r}")
+        op = node.op
+        if op == "Const":
+            if fn is self.graph.main and name in self._assets:
+                return Value("asset", (self._assets[name],))
+            tv = node.attrs.get("value")
+            if isinstance(tv, TensorValue) and tv.values is not None:
+                return Value("const", tuple(str(v) for v in tv.values))
+            return Value("computed", detail=f"constant {name!r}")
+        if op in PASS_THROUGH and node.data_inputs:
+            return self.resolve(fn, node.data_inputs[0], parent, depth + 1)
+        if op == "PlaceholderWithDefault" and node.data_inputs:
+            return Value("input", detail=name)
+        if op in PLACEHOLDERS:
+            if fn is self.graph.main and name == self._saver_filename:
+                return Value("saver-filename")
+            return Value("input", detail=name)
+        if op in VARIABLE_OPS:
+            shared = node.attrs.get("shared_name")
+            return Value("variable", detail=str(shared or name))
+        if op == "StringJoin":
+            parts = [self.resolve(fn, t, parent, depth + 1) for t in node.data_inputs]
+            sep = node.attrs.get("separator") or ""
+            if parts and all(p.kind == "const" and len(p.values) == 1 for p in parts):
+                return Value("const", (str(sep).join(p.values[0] for p in parts),))
+            worst = next((p for p in parts if p.kind in ("input", "variable")), None)
+            return worst or Value("computed", detail=f"StringJoin {name!r}")
+        if op in ("ShardedFilename", "ShardedFilespec") and node.data_inputs:
+            return self.resolve(fn, node.data_inputs[0], parent, depth + 1)
+        return Value("computed", detail=f"computed by {op} {name!r}")
+
+    def _arg(self, fn: Function, index: int, parent: CallEdge | None, depth: int) -> Value:
+        caps = self.graph.captures.get(fn.name, ())
+        first_capture = len(fn.args) - len(caps)
+        if caps and index >= first_capture:
+            cap = caps[index - first_capture]
+            if cap.kind == "asset":
+                return Value("asset", (cap.value,))
+            if cap.kind == "variable":
+                return Value("variable", detail=cap.value)
+            if cap.kind == "constant":
+                node = self._nodes(self.graph.main).get(cap.value)
+                if node is not None:
+                    return self.resolve(self.graph.main, node.name, None, depth + 1)
+            return Value("unknown", detail=f"captured {cap.kind}")
+        if parent is None:
+            return Value("unknown", detail=f"argument {fn.args[index].name!r} of {fn.name}")
+        caller = self.graph.function(parent.caller)
+        if caller is None:
+            return Value("unknown")
+        call = self._nodes(caller).get(parent.node)
+        if call is None:
+            return Value("unknown")
+        offset = 0 if parent.attr == "" else _CALL_OFFSETS.get(call.op)
+        if offset is None:
+            return Value("unknown", detail=f"argument {fn.args[index].name!r} supplied by {call.op}")
+        data = call.data_inputs
+        if index + offset >= len(data):
+            return Value("unknown")
+        caller_parent = self.cg.reach(caller, call).parent
+        return self.resolve(caller, data[index + offset], caller_parent, depth + 1)

@@ -1,0 +1,234 @@
+"""Find artifacts: walk directories and recognise formats by their bytes, not their names.
+
+A SavedModel directory is one artifact (its variables, assets and metadata
+files belong to it and are not reported again).  Symbolic links are never
+followed during a walk; the reader of the owning artifact reports them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+
+from modelwarden.errors import InputError, LimitExceeded
+from modelwarden.formats import safeio
+from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
+from modelwarden.formats.savedmodel import find_model_files
+from modelwarden.ir import ArtifactFormat
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+TABLE_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")  # LevelDB table footer (tensor bundle .index)
+ZIP_MAGIC = b"PK\x03\x04"
+SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
+_GRAPHDEF_TEXT_KEYS = (b"node", b"library", b"versions")
+_SAVEDMODEL_TEXT_KEYS = (b"saved_model_schema_version", b"meta_graphs")
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < len(buf) and shift < 64:
+        b = buf[pos]
+        result |= (b & 0x7F) << shift
+        pos += 1
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+    return -1, pos
+
+
+def _text_key(head: bytes) -> bytes:
+    """First identifier of a protobuf text file, skipping blank lines and comments."""
+    for line in head.splitlines():
+        line = line.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        word = b""
+        for ch in line:
+            if chr(ch).isalnum() or ch == ord("_"):
+                word += bytes([ch])
+            else:
+                break
+        return word
+    return b""
+
+
+def _looks_like_nodedef(buf: bytes, pos: int, end: int) -> bool:
+    """Does ``buf[pos:end]`` start like a NodeDef (name=1 string, op=2 identifier)?"""
+    if pos >= end or buf[pos] != 0x0A:
+        return False
+    n, pos = _varint(buf, pos + 1)
+    if n < 0 or pos + n > end:
+        return False
+    pos += n
+    if pos >= end or buf[pos] != 0x12:
+        return False
+    m, pos = _varint(buf, pos + 1)
+    op = buf[pos : pos + m]
+    return 0 < m <= 256 and len(op) == m and all(chr(c).isalnum() or c in b"_>." for c in op)
+
+
+def sniff_protobuf(path: str, head: bytes, size: int) -> ArtifactFormat | None:
+    """Binary or text SavedModel/GraphDef, or None."""
+    if not head:
+        return None
+    key = _text_key(head) if b"\x00" not in head[:256] else b""
+    if key in _GRAPHDEF_TEXT_KEYS and (b"{" in head):
+        return ArtifactFormat.GRAPHDEF
+    if key in _SAVEDMODEL_TEXT_KEYS:
+        return ArtifactFormat.SAVEDMODEL
+    tag = head[0]
+    if tag == 0x08 and len(head) > 2 and head[2] == 0x12:  # saved_model_schema_version, meta_graphs
+        return ArtifactFormat.SAVEDMODEL
+    if tag == 0x0A:  # GraphDef.node
+        n, pos = _varint(head, 1)
+        if n > 0 and pos + n <= size and _looks_like_nodedef(head, pos, min(len(head), pos + n)):
+            return ArtifactFormat.GRAPHDEF
+        return None
+    if tag == 0x12:  # SavedModel.meta_graphs or GraphDef.library: decide by parsing
+        n, _ = _varint(head, 1)
+        if n <= 0 or n > size:
+            return None
+        from modelwarden.formats import tfproto
+
+        data = safeio.read_file(path, DEFAULT_LIMITS.max_proto_bytes)
+        try:
+            sm = tfproto.parse("SavedModel", data, path)
+            if any(mg.meta_info_def.tags or mg.graph_def.node or mg.signature_def for mg in sm.meta_graphs):
+                return ArtifactFormat.SAVEDMODEL
+        except InputError:
+            pass
+        try:
+            gd = tfproto.parse("GraphDef", data, path)
+            if gd.library.function and all(f.signature.name for f in gd.library.function):
+                return ArtifactFormat.GRAPHDEF
+        except InputError:
+            pass
+    return None
+
+
+def _is_keras_zip(path: str) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set()
+            for i, info in enumerate(zf.infolist()):
+                if i > DEFAULT_LIMITS.max_zip_members:
+                    break
+                names.add(info.filename)
+            return "config.json" in names
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+
+
+def sniff(path: str) -> ArtifactFormat | None:
+    """Recognise one regular file by content; None when it is not a model artifact we read."""
+    head = safeio.read_head(path, 4096)
+    if len(head) < 8:
+        return None
+    try:
+        size = os.stat(path, follow_symlinks=False).st_size
+    except OSError:
+        return None
+    if head[4:8] == b"TFL3":
+        return ArtifactFormat.TFLITE
+    if head.startswith(HDF5_MAGIC) or _hdf5_at_userblock(path, size):
+        return ArtifactFormat.KERAS_H5
+    if head.startswith(ZIP_MAGIC):
+        return ArtifactFormat.KERAS_V3 if _is_keras_zip(path) else None
+    if size >= 48 and _tail(path, 8) == TABLE_MAGIC:
+        return ArtifactFormat.TF_CHECKPOINT
+    return sniff_protobuf(path, head, size)
+
+
+def _tail(path: str, n: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    try:
+        return os.pread(fd, n, max(0, os.fstat(fd).st_size - n))
+    finally:
+        os.close(fd)
+
+
+def _hdf5_at_userblock(path: str, size: int) -> bool:
+    """HDF5 may start after a user block of 512 * 2^k bytes."""
+    offset = 512
+    while offset + 8 <= min(size, 1 << 20):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return False
+        try:
+            if os.pread(fd, 8, offset) == HDF5_MAGIC:
+                return True
+        finally:
+            os.close(fd)
+        offset *= 2
+    return False
+
+
+def _display(path: str, base: str, top: str) -> str:
+    rel = os.path.relpath(path, base)
+    return top if rel == "." else os.path.join(top, rel)
+
+
+def discover(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> tuple[list[Candidate], list[InputError]]:
+    """Candidates for every artifact under ``paths`` (each found once) and per-path errors."""
+    found: dict[str, Candidate] = {}
+    errors: list[InputError] = []
+    for top in paths:
+        try:
+            _discover_one(top, found, limits)
+        except InputError as exc:
+            errors.append(exc)
+    return list(found.values()), errors
+
+
+def _add(found: dict[str, Candidate], cand: Candidate) -> None:
+    key = os.path.realpath(cand.path)
+    found.setdefault(key, cand)
+
+
+def _discover_one(top: str, found: dict[str, Candidate], limits: Limits) -> None:
+    if not os.path.lexists(top):
+        raise InputError(top, "no such file or directory")
+    st = os.stat(top)  # the user named this path: follow it if it is a link
+    if stat.S_ISREG(st.st_mode):
+        base = os.path.basename(top)
+        if base in ("saved_model.pb", "saved_model.pbtxt"):
+            parent = os.path.dirname(top) or "."
+            _add(found, Candidate(parent, ArtifactFormat.SAVEDMODEL, parent))
+            return
+        fmt = sniff(top)
+        if fmt is None:
+            raise InputError(top, "not a recognised model format (SavedModel, GraphDef, Keras, TFLite, checkpoint)")
+        _add(found, Candidate(top, fmt, top))
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(top, "not a regular file or directory")
+    count = 0
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        if find_model_files(d):
+            _add(found, Candidate(d, ArtifactFormat.SAVEDMODEL, _display(d, top, top)))
+            continue  # the SavedModel owns everything below it
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise InputError(d, f"cannot list directory: {exc.strerror}") from None
+        for e in entries:
+            count += 1
+            if count > limits.max_dir_entries:
+                raise LimitExceeded(top, f"more than {limits.max_dir_entries} directory entries")
+            if e.is_symlink():
+                continue
+            if e.is_dir(follow_symlinks=False):
+                if e.name not in SKIP_DIRS:
+                    stack.append(e.path)
+            elif e.is_file(follow_symlinks=False):
+                fmt = sniff(e.path)
+                if fmt is not None:
+                    _add(found, Candidate(e.path, fmt, _display(e.path, top, top)))

@@ -1,0 +1,257 @@
+"""SavedModel directories: saved_model.pb / .pbtxt, object graph, assets, variables, metadata.
+
+Everything a loader may execute becomes an :class:`~modelwarden.ir.EntryPoint`:
+serving signatures, the init op and TF1 main/legacy-init ops and TF2 resource
+initialisers (load time), the saver (restore runs at load in C++ loaders such
+as TensorFlow Serving), and every function the object graph exposes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any
+
+from modelwarden.errors import InputError
+from modelwarden.formats import safeio, tfproto
+from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
+from modelwarden.formats.tfgraph import graph_body, shape_dims
+from modelwarden.ir import (
+    Artifact,
+    ArtifactFormat,
+    AssetRef,
+    Capture,
+    Checkpoint,
+    EntryKind,
+    EntryPoint,
+    Graph,
+    KerasModel,
+    SaverInfo,
+    Signature,
+    TensorSpec,
+)
+
+INIT_SIGNATURE = "__saved_model_init_op"
+# TF1 collections whose ops the loader runs after restoring variables.
+LOAD_TIME_COLLECTIONS = ("saved_model_main_op", "legacy_init_op", "main_op", "table_initializer")
+# SavedObject children that the TF2 loader calls while loading a resource.
+RESOURCE_LOAD_FUNCTIONS = ("_create_resource", "_initialize")
+
+
+def find_model_files(directory: str) -> list[str]:
+    """The graph files TensorFlow would consider in a SavedModel directory (.pb first)."""
+    return [
+        os.path.join(directory, name)
+        for name in ("saved_model.pb", "saved_model.pbtxt")
+        if os.path.lexists(os.path.join(directory, name))
+    ]
+
+
+def load_saved_model_proto(path: str, limits: Limits) -> Any:
+    data = safeio.read_file(path, limits.max_proto_bytes, what="SavedModel graph")
+    if path.endswith(".pbtxt"):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(path, "SavedModel text file is not valid UTF-8") from None
+        return tfproto.parse_text("SavedModel", text, path)
+    return tfproto.parse("SavedModel", data, path)
+
+
+def _signature(name: str, sdef: Any) -> Signature:
+    def specs(m: Any) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(key, info.name, tfproto.dtype_name(info.dtype), shape_dims(info.tensor_shape))
+            for key, info in sorted(m.items())
+        )
+
+    return Signature(name, sdef.method_name, specs(sdef.inputs), specs(sdef.outputs))
+
+
+def _object_paths(og: Any) -> list[str]:
+    """Human paths ("root.layer.call") for each object-graph node, breadth first."""
+    paths = [""] * len(og.nodes)
+    if not og.nodes:
+        return paths
+    paths[0] = "root"
+    queue = deque([0])
+    while queue:
+        i = queue.popleft()
+        for child in og.nodes[i].children:
+            j = child.node_id
+            if 0 <= j < len(paths) and not paths[j]:
+                paths[j] = f"{paths[i]}.{child.local_name}"
+                queue.append(j)
+    return [p or f"node[{i}]" for i, p in enumerate(paths)]
+
+
+def _object_graph_entries(mg: Any, fn_names: set[str]) -> tuple[list[EntryPoint], dict[str, tuple[Capture, ...]]]:
+    og = mg.object_graph_def
+    entries: list[EntryPoint] = []
+    captures: dict[str, tuple[Capture, ...]] = {}
+    if not og.nodes:
+        return entries, captures
+    paths = _object_paths(og)
+    n = len(og.nodes)
+
+    def concrete(obj: Any) -> tuple[str, ...]:
+        kind = obj.WhichOneof("kind")
+        if kind == "function":
+            return tuple(obj.function.concrete_functions)
+        if kind == "bare_concrete_function":
+            return (obj.bare_concrete_function.concrete_function_name,)
+        return ()
+
+    load_time: list[str] = []
+    for i, obj in enumerate(og.nodes):
+        kind = obj.WhichOneof("kind")
+        names = concrete(obj)
+        if names:
+            entries.append(EntryPoint(EntryKind.OBJECT_METHOD, paths[i], functions=names))
+        if kind == "resource":
+            for child in obj.children:
+                if child.local_name in RESOURCE_LOAD_FUNCTIONS and 0 <= child.node_id < n:
+                    load_time.extend(concrete(og.nodes[child.node_id]))
+        for so in obj.saveable_objects.values():
+            for fid in (so.save_function, so.restore_function):
+                if 0 < fid < n:
+                    entries.append(EntryPoint(EntryKind.SAVER, paths[fid], functions=concrete(og.nodes[fid])))
+    if load_time:
+        entries.append(EntryPoint(EntryKind.LOAD_TIME, "resource-initializers", functions=tuple(load_time)))
+
+    asset_files = list(mg.asset_file_def)
+    for fname, cf in og.concrete_functions.items():
+        caps: list[Capture] = []
+        for node_id in cf.bound_inputs:
+            if not 0 <= node_id < n:
+                caps.append(Capture("other"))
+                continue
+            obj = og.nodes[node_id]
+            kind = obj.WhichOneof("kind")
+            if kind == "asset":
+                idx = obj.asset.asset_file_def_index
+                fn = asset_files[idx].filename if 0 <= idx < len(asset_files) else ""
+                caps.append(Capture("asset", fn))
+            elif kind == "constant":
+                caps.append(Capture("constant", obj.constant.operation))
+            elif kind == "variable":
+                caps.append(Capture("variable", obj.variable.name or paths[node_id]))
+            else:
+                caps.append(Capture("other", paths[node_id]))
+        if caps and fname in fn_names:
+            captures[fname] = tuple(caps)
+    return entries, captures
+
+
+def meta_graph_to_ir(mg: Any, index: int, source_file: str, path: str, limits: Limits) -> Graph:
+    """One MetaGraphDef -> Graph with every way into it as an entry point."""
+    tags = tuple(mg.meta_info_def.tags)
+    name = f"meta_graph[{index}]" + (f"({','.join(tags)})" if tags else "")
+    main, functions = graph_body(mg.graph_def, "<graph>", path, limits)
+    entries: list[EntryPoint] = []
+    signatures: list[Signature] = []
+    for key in sorted(mg.signature_def):
+        sdef = mg.signature_def[key]
+        outputs = tuple(info.name for _, info in sorted(sdef.outputs.items()))
+        if key == INIT_SIGNATURE:
+            entries.append(EntryPoint(EntryKind.LOAD_TIME, "init-op", tensors=outputs))
+            continue
+        signatures.append(_signature(key, sdef))
+        entries.append(EntryPoint(EntryKind.SIGNATURE, key, tensors=outputs))
+    for coll in LOAD_TIME_COLLECTIONS:
+        if coll in mg.collection_def and mg.collection_def[coll].WhichOneof("kind") == "node_list":
+            roots = tuple(mg.collection_def[coll].node_list.value)
+            entries.append(EntryPoint(EntryKind.LOAD_TIME, coll, tensors=roots))
+    saver = None
+    if mg.HasField("saver_def"):
+        sd = mg.saver_def
+        saver = SaverInfo(sd.filename_tensor_name, sd.save_tensor_name, sd.restore_op_name)
+        roots = tuple(t for t in (sd.save_tensor_name, sd.restore_op_name) if t)
+        if roots:
+            entries.append(EntryPoint(EntryKind.SAVER, "saver", tensors=roots))
+    og_entries, captures = _object_graph_entries(mg, set(functions))
+    entries.extend(og_entries)
+    assets = tuple(AssetRef(a.filename, a.tensor_info.name) for a in mg.asset_file_def)
+    producer = mg.graph_def.versions.producer if mg.graph_def.HasField("versions") else None
+    return Graph(
+        name=name,
+        main=main,
+        functions=functions,
+        entry_points=tuple(entries),
+        signatures=tuple(signatures),
+        assets=assets,
+        saver=saver,
+        captures=captures,
+        tags=tags,
+        producer=producer,
+        tf_version=mg.meta_info_def.tensorflow_version,
+        source_file=source_file,
+    )
+
+
+class SavedModelReader(Reader):
+    format = ArtifactFormat.SAVEDMODEL
+
+    def read(self, candidate: Candidate, limits: Limits = DEFAULT_LIMITS) -> Artifact:
+        root = candidate.path
+        standalone = os.path.isfile(root)  # a SavedModel proto file outside its directory
+        files = () if standalone else safeio.walk_tree(root, limits.max_dir_entries)
+        graph_files = [root] if standalone else find_model_files(root)
+        if not graph_files:
+            raise InputError(root, "no saved_model.pb or saved_model.pbtxt in this directory")
+        graphs: list[Graph] = []
+        metadata: dict[str, str] = {}
+        for gf in graph_files:
+            rel = os.path.basename(gf) if standalone else os.path.relpath(gf, root)
+            sm = load_saved_model_proto(gf, limits)
+            if not sm.meta_graphs:
+                raise InputError(gf, "SavedModel contains no meta graphs")
+            metadata.setdefault("saved_model_schema_version", str(sm.saved_model_schema_version))
+            for i, mg in enumerate(sm.meta_graphs):
+                g = meta_graph_to_ir(mg, i, rel, gf, limits)
+                graphs.append(g)
+                if g.tf_version:
+                    metadata.setdefault("tensorflow_version", g.tf_version)
+                if g.producer is not None:
+                    metadata.setdefault("producer", str(g.producer))
+        if standalone:
+            return Artifact(root, candidate.display, self.format, graphs=tuple(graphs), metadata=metadata)
+        metadata.update(self._fingerprint(root, limits))
+        return Artifact(
+            path=root,
+            display=candidate.display,
+            format=self.format,
+            graphs=tuple(graphs),
+            keras=self._keras_metadata(root, limits),
+            checkpoints=self._variables(root, candidate.display, limits),
+            files=files,
+            metadata=metadata,
+        )
+
+    @staticmethod
+    def _fingerprint(root: str, limits: Limits) -> dict[str, str]:
+        path = os.path.join(root, "fingerprint.pb")
+        if not os.path.lexists(path):
+            return {}
+        fp = tfproto.parse("FingerprintDef", safeio.read_file(path, 1 << 20, what="fingerprint"), path)
+        return {"fingerprint_checksum": str(fp.saved_model_checksum)}
+
+    @staticmethod
+    def _keras_metadata(root: str, limits: Limits) -> KerasModel | None:
+        path = os.path.join(root, "keras_metadata.pb")
+        if not os.path.lexists(path):
+            return None
+        from modelwarden.formats.keras_config import model_from_keras_metadata
+
+        msg = tfproto.parse("KerasSavedMetadata", safeio.read_file(path, limits.max_json_bytes, what="keras metadata"), path)
+        nodes = [(n.node_path, n.identifier, n.metadata) for n in msg.nodes]
+        return model_from_keras_metadata(nodes, "keras_metadata.pb", limits)
+
+    @staticmethod
+    def _variables(root: str, display: str, limits: Limits) -> tuple[Checkpoint, ...]:
+        prefix = os.path.join(root, "variables", "variables")
+        if not os.path.lexists(prefix + ".index"):
+            return ()
+        from modelwarden.formats.checkpoint import read_checkpoint
+
+        return (read_checkpoint(prefix, f"{display}/variables/variables", limits),)

@@ -1,0 +1,200 @@
+"""Convert parsed TensorFlow protobufs (GraphDef, FunctionDef, NodeDef) into IR.
+
+Attributes are converted lazily (:class:`LazyAttrs`): most nodes are never
+asked for their attributes, and converting every constant of a large graph
+would cost more than parsing it.
+"""
+
+from __future__ import annotations
+
+import array
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from modelwarden.errors import LimitExceeded
+from modelwarden.formats.interface import DEFAULT_LIMITS, Limits
+from modelwarden.formats.tfproto import DTYPE_SIZES, dtype_name
+from modelwarden.ir import (
+    Arg,
+    AttrPlaceholder,
+    AttrValue,
+    DType,
+    FuncRef,
+    Function,
+    FunctionKind,
+    Node,
+    Shape,
+    TensorValue,
+)
+
+# dtype enum -> array typecode for decoding tensor_content (little-endian hosts).
+_ARRAY_CODES = {1: "f", 2: "d", 3: "i", 4: "B", 5: "h", 6: "b", 9: "q", 10: "B", 17: "H", 22: "I", 23: "Q"}
+# dtype enum -> the TensorProto repeated field holding its values.
+_VAL_FIELDS = {
+    1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
+    9: "int64_val", 10: "bool_val", 17: "int_val", 19: "half_val", 22: "uint32_val", 23: "uint64_val",
+    14: "half_val", 7: "string_val",
+}  # fmt: skip
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "backslashreplace")
+
+
+def shape_dims(shape_proto: Any) -> tuple[int, ...] | None:
+    if shape_proto.unknown_rank:
+        return None
+    return tuple(int(d.size) for d in shape_proto.dim)
+
+
+def tensor_value(tp: Any, limits: Limits = DEFAULT_LIMITS) -> TensorValue:
+    """A bounded view of a TensorProto: dtype, shape and the first few elements."""
+    dt = int(tp.dtype)
+    dims = shape_dims(tp.tensor_shape)
+    count = 1
+    for d in dims or ():
+        count *= max(d, 0)
+    cap = limits.max_tensor_decode
+    values: tuple[object, ...] | None = None
+    truncated = False
+    nbytes = len(tp.tensor_content)
+    if dt == 7:  # string
+        sv = tp.string_val
+        values = tuple(_text(bytes(s)) for s in sv[:cap])
+        truncated = len(sv) > cap
+        nbytes = sum(map(len, sv))
+    elif tp.tensor_content and dt in _ARRAY_CODES:
+        size = DTYPE_SIZES[dt]
+        raw = tp.tensor_content[: cap * size]
+        raw = raw[: len(raw) - len(raw) % size]
+        arr = array.array(_ARRAY_CODES[dt])
+        arr.frombytes(raw)
+        if sys.byteorder == "big":
+            arr.byteswap()
+        values = tuple(bool(v) for v in arr) if dt == 10 else tuple(arr)
+        truncated = len(tp.tensor_content) > cap * size
+    elif dt in _VAL_FIELDS:
+        field = getattr(tp, _VAL_FIELDS[dt])
+        if dt not in (14, 19):  # half/bfloat16 stored as raw bits: not decoded
+            values = tuple(field[:cap])
+            truncated = len(field) > cap
+        nbytes = nbytes or len(field) * DTYPE_SIZES.get(dt, 4)
+    if values is not None and count > len(values) and len(values) == 1 and dims:
+        truncated = False  # a splat constant: one value broadcast to the shape
+    return TensorValue(dtype=dtype_name(dt), shape=dims, values=values, truncated=truncated, nbytes=nbytes)
+
+
+def attr_value(av: Any, limits: Limits = DEFAULT_LIMITS) -> AttrValue:
+    """Convert one AttrValue message."""
+    kind = av.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "s":
+        return _text(av.s)
+    if kind in ("i", "f", "b"):
+        return getattr(av, kind)
+    if kind == "type":
+        return DType(dtype_name(av.type))
+    if kind == "shape":
+        return Shape(shape_dims(av.shape))
+    if kind == "tensor":
+        return tensor_value(av.tensor, limits)
+    if kind == "placeholder":
+        return AttrPlaceholder(av.placeholder)
+    if kind == "func":
+        return FuncRef(av.func.name, LazyAttrs(av.func.attr, limits))
+    lv = av.list
+    if lv.s:
+        return tuple(_text(s) for s in lv.s)
+    if lv.i:
+        return tuple(lv.i)
+    if lv.f:
+        return tuple(lv.f)
+    if lv.b:
+        return tuple(lv.b)
+    if lv.type:
+        return tuple(DType(dtype_name(t)) for t in lv.type)
+    if lv.shape:
+        return tuple(Shape(shape_dims(s)) for s in lv.shape)
+    if lv.tensor:
+        return tuple(tensor_value(t, limits) for t in lv.tensor)
+    if lv.func:
+        return tuple(FuncRef(f.name, LazyAttrs(f.attr, limits)) for f in lv.func)
+    return ()
+
+
+class LazyAttrs(Mapping[str, AttrValue]):
+    """A read-only mapping over a protobuf attr map, converting values on first access."""
+
+    __slots__ = ("_proto", "_limits", "_cache")
+
+    def __init__(self, proto_map: Any, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._proto = proto_map
+        self._limits = limits
+        self._cache: dict[str, AttrValue] = {}
+
+    def __getitem__(self, key: str) -> AttrValue:
+        if key in self._cache:
+            return self._cache[key]
+        if key not in self._proto:
+            raise KeyError(key)
+        value = attr_value(self._proto[key], self._limits)
+        self._cache[key] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._proto.keys()))
+
+    def __len__(self) -> int:
+        return len(self._proto)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._proto
+
+    def __repr__(self) -> str:
+        return f"LazyAttrs({sorted(self._proto.keys())})"
+
+
+def node_from_proto(nd: Any, limits: Limits = DEFAULT_LIMITS) -> Node:
+    return Node(name=nd.name, op=nd.op, inputs=tuple(nd.input), attrs=LazyAttrs(nd.attr, limits), device=nd.device)
+
+
+def _arg(a: Any) -> Arg:
+    return Arg(a.name, dtype_name(a.type) if a.type else "")
+
+
+def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS) -> Function:
+    sig = fd.signature
+    return Function(
+        name=sig.name,
+        kind=FunctionKind.LIBRARY,
+        nodes=tuple(node_from_proto(n, limits) for n in fd.node_def),
+        args=tuple(_arg(a) for a in sig.input_arg),
+        outputs=tuple(_arg(a) for a in sig.output_arg),
+        ret=dict(fd.ret),
+        control_ret=dict(fd.control_ret),
+        attrs=LazyAttrs(fd.attr, limits),
+        is_stateful=bool(sig.is_stateful),
+    )
+
+
+def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Function, dict[str, Function]]:
+    """The top-level body and the function library of a GraphDef message."""
+    n_nodes = len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
+    if n_nodes > limits.max_nodes:
+        raise LimitExceeded(path, f"graph has {n_nodes} nodes, over the limit of {limits.max_nodes}")
+    if len(graph_def.library.function) > limits.max_functions:
+        raise LimitExceeded(
+            path, f"function library has {len(graph_def.library.function)} functions, over {limits.max_functions}"
+        )
+    main = Function(
+        name=name,
+        kind=FunctionKind.GRAPH,
+        nodes=tuple(node_from_proto(n, limits) for n in graph_def.node),
+    )
+    functions: dict[str, Function] = {}
+    for fd in graph_def.library.function:
+        fn = function_from_proto(fd, limits)
+        functions.setdefault(fn.name, fn)  # TF rejects duplicates; the first wins here
+    return main, functions

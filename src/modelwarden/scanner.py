@@ -1,0 +1,126 @@
+"""The scan pipeline: path -> detect -> reader -> IR -> analysis passes -> findings -> policy -> Report.
+
+Nothing here imports TensorFlow or executes anything from the artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+
+from modelwarden import __version__
+from modelwarden.analysis.interface import AnalysisContext, Finding, Severity
+from modelwarden.analysis.registry import rule_classes
+from modelwarden.catalog import load_catalog
+from modelwarden.errors import ModelwardenError, UsageError
+from modelwarden.formats import reader_for
+from modelwarden.formats.detect import discover
+from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
+from modelwarden.ir import Artifact
+from modelwarden.policy.interface import Policy
+from modelwarden.report.interface import ArtifactSummary, Report, ScanError
+
+Progress = Callable[[int, int, str], None]
+_SEVERITY_DEFAULT = Severity.MEDIUM
+
+
+def resolve_policy(policy: "Policy | str | None") -> Policy:
+    if isinstance(policy, Policy):
+        return policy
+    if policy is None or policy == "default":
+        try:
+            from modelwarden.policy import load_policy
+        except ImportError:
+            return Policy()
+        return load_policy("default")
+    from modelwarden.policy import load_policy
+
+    return load_policy(policy)
+
+
+def read_artifact(candidate: Candidate, limits: Limits = DEFAULT_LIMITS) -> Artifact:
+    """Read one detected artifact into IR (raises InputError on malformed input)."""
+    return reader_for(candidate.format).read(candidate, limits)
+
+
+def analyse(artifact: Artifact, policy: Policy) -> list[Finding]:
+    """Run every applicable rule on one artifact; findings sorted most severe first."""
+    ctx = AnalysisContext(artifact=artifact, catalog=load_catalog().with_policy(policy), policy=policy)
+    findings: dict[str, Finding] = {}
+    for cls in rule_classes():
+        rule = cls()
+        if rule.applies_to(ctx) or (artifact.keras is not None and _keras_rule(cls)):
+            for f in rule.check(ctx):
+                findings.setdefault(f.fingerprint, f)
+    return sorted(findings.values(), key=lambda f: (-f.severity, f.rule_id, f.location.function, f.location.node))
+
+
+def _keras_rule(cls: type) -> bool:
+    return any("keras-v3" in m.formats for m in cls.all_meta())
+
+
+def _summary(a: Artifact) -> ArtifactSummary:
+    functions = sum(len(g.functions) for g in a.graphs)
+    nodes = sum(len(g.main.nodes) + sum(len(f.nodes) for f in g.functions.values()) for g in a.graphs)
+    return ArtifactSummary(a.display, a.path, a.format.value, len(a.graphs), functions, nodes, dict(a.metadata))
+
+
+def scan(
+    paths: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]",
+    policy: "Policy | str | None" = None,
+    fail_on: "Severity | str | None" = None,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+) -> Report:
+    """Scan files and directories; never raises for a bad input (it becomes a ``Report.errors`` entry).
+
+    ``policy``: a :class:`Policy`, a profile name ("default", "strict") or a TOML file path.
+    ``fail_on``: threshold for :attr:`Report.exit_code` (default: the policy's, else medium).
+    """
+    started = time.perf_counter()
+    path_list = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
+    if not path_list:
+        raise UsageError("no paths to scan")
+    pol = resolve_policy(policy)
+    threshold = Severity.parse(fail_on) if isinstance(fail_on, str) else fail_on
+    threshold = threshold if threshold is not None else (pol.fail_on or _SEVERITY_DEFAULT)
+
+    candidates, discover_errors = discover(path_list, limits)
+    candidates.sort(key=lambda c: c.display)
+    errors = [ScanError(e.path, e.reason) for e in discover_errors]
+    artifacts: list[ArtifactSummary] = []
+    findings: list[Finding] = []
+    for i, cand in enumerate(candidates):
+        if progress:
+            progress(i, len(candidates), cand.display)
+        try:
+            artifact = read_artifact(cand, limits)
+            found = analyse(artifact, pol)
+        except ModelwardenError as exc:
+            errors.append(ScanError(getattr(exc, "path", cand.path), getattr(exc, "reason", str(exc))))
+            continue
+        except (RecursionError, MemoryError) as exc:
+            errors.append(ScanError(cand.path, f"input exhausted the scanner's resources ({type(exc).__name__})"))
+            continue
+        except Exception as exc:  # a bug in modelwarden: report it as such, never as a traceback
+            if os.environ.get("MODELWARDEN_DEBUG"):
+                raise
+            errors.append(ScanError(cand.path, f"internal error while scanning ({type(exc).__name__}: {exc})"))
+            continue
+        artifacts.append(_summary(artifact))
+        findings.extend(found)
+    if progress:
+        progress(len(candidates), len(candidates), "")
+    kept, suppressed = pol.apply(findings)
+    return Report(
+        tool_version=__version__,
+        policy=pol.name,
+        fail_on=threshold,
+        artifacts=tuple(artifacts),
+        findings=kept,
+        suppressed=suppressed,
+        errors=tuple(errors),
+        duration_s=time.perf_counter() - started,
+        inputs=tuple(path_list),
+    )
