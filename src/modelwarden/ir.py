@@ -116,6 +116,10 @@ class Node:
 
     def func_refs(self) -> Iterator[tuple[str, FuncRef]]:
         """Every function this node references through an attribute, with the attr name."""
+        fast = getattr(self.attrs, "func_refs", None)
+        if fast is not None:  # lazy protobuf-backed attrs: skip converting the others
+            yield from fast()
+            return
         for key, value in self.attrs.items():
             if isinstance(value, FuncRef):
                 yield key, value

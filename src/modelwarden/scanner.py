@@ -50,14 +50,10 @@ def analyse(artifact: Artifact, policy: Policy) -> list[Finding]:
     findings: dict[str, Finding] = {}
     for cls in rule_classes():
         rule = cls()
-        if rule.applies_to(ctx) or (artifact.keras is not None and _keras_rule(cls)):
+        if rule.applies_to(ctx):
             for f in rule.check(ctx):
                 findings.setdefault(f.fingerprint, f)
     return sorted(findings.values(), key=lambda f: (-f.severity, f.rule_id, f.location.function, f.location.node))
-
-
-def _keras_rule(cls: type) -> bool:
-    return any("keras-v3" in m.formats for m in cls.all_meta())
 
 
 def _summary(a: Artifact) -> ArtifactSummary:

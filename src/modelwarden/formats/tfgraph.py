@@ -152,6 +152,15 @@ class LazyAttrs(Mapping[str, AttrValue]):
     def __contains__(self, key: object) -> bool:
         return key in self._proto
 
+    def func_refs(self) -> Iterator[tuple[str, FuncRef]]:
+        """Function-valued attributes only, without converting any other attribute."""
+        for key, av in self._proto.items():
+            kind = av.WhichOneof("value")
+            if kind == "func" or (kind == "list" and len(av.list.func)):
+                value = self[key]
+                for ref in value if isinstance(value, tuple) else (value,):
+                    yield key, ref
+
     def __repr__(self) -> str:
         return f"LazyAttrs({sorted(self._proto.keys())})"
 

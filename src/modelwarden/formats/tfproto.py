@@ -142,7 +142,7 @@ MESSAGES: dict[str, list[tuple]] = {
         ("restore_op_name", 3, "string"),
         ("max_to_keep", 4, "int32"),
         ("sharded", 5, "bool"),
-        ("version", 7, "int32"),
+        ("version", 7, "enum:CheckpointFormatVersion"),
     ],
     "CollectionDef": [
         ("node_list", 1, "CollectionDef.NodeList", "kind"),
@@ -253,7 +253,10 @@ _DT = [
 ]  # fmt: skip
 DATATYPE_VALUES: dict[int, str] = {i: f"DT_{n}" for i, n in enumerate(_DT)}
 DATATYPE_VALUES.update({i + 100: f"DT_{n}_REF" for i, n in enumerate(_DT) if i})
-ENUMS: dict[str, dict[int, str]] = {"DataType": DATATYPE_VALUES}
+ENUMS: dict[str, dict[int, str]] = {
+    "DataType": DATATYPE_VALUES,
+    "CheckpointFormatVersion": {0: "LEGACY", 1: "V1", 2: "V2"},  # SaverDef.version (text format spells names)
+}
 
 # Short, numpy-like names for reports and the IR.
 DTYPE_NAMES: dict[int, str] = {
