@@ -209,11 +209,21 @@ class Capture:
     """What the loader binds to a function's trailing captured argument (TF2 object graph).
 
     ``kind`` is "asset" (value = asset filename), "constant" (value = the Const
-    node in the top-level graph), "variable" (value = variable name) or "other".
+    node in the top-level graph), "variable" (value = its checkpoint key) or "other".
     """
 
     kind: str
     value: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VariableSpec:
+    """A variable the graph expects its checkpoint to provide."""
+
+    key: str  # checkpoint key ("layer/kernel/.ATTRIBUTES/VARIABLE_VALUE" or a TF1 variable name)
+    dtype: str
+    shape: tuple[int, ...] | None
+    name: str = ""  # object path or variable name, for people
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +248,7 @@ class Graph:
     assets: tuple[AssetRef, ...] = ()
     saver: SaverInfo | None = None
     captures: Mapping[str, tuple[Capture, ...]] = field(default_factory=dict)  # function -> trailing args
+    variables: tuple[VariableSpec, ...] = ()  # from the object graph (TF2) or variable nodes (TF1)
     tags: tuple[str, ...] = ()
     producer: int | None = None
     tf_version: str = ""

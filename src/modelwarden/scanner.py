@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from modelwarden import __version__
-from modelwarden.analysis.interface import AnalysisContext, Finding, Severity
+from modelwarden.analysis.interface import AnalysisContext, Finding, ScanOptions, Severity
 from modelwarden.analysis.registry import rule_classes
 from modelwarden.catalog import load_catalog
 from modelwarden.errors import ModelwardenError, UsageError
@@ -19,7 +19,7 @@ from modelwarden.formats.detect import discover
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
 from modelwarden.ir import Artifact
 from modelwarden.policy.interface import Policy
-from modelwarden.report.interface import ArtifactSummary, Report, ScanError
+from modelwarden.report.interface import ArtifactSummary, CallGraphSketch, Report, ScanError
 
 Progress = Callable[[int, int, str], None]
 _SEVERITY_DEFAULT = Severity.MEDIUM
@@ -44,9 +44,49 @@ def read_artifact(candidate: Candidate, limits: Limits = DEFAULT_LIMITS) -> Arti
     return reader_for(candidate.format).read(candidate, limits)
 
 
-def analyse(artifact: Artifact, policy: Policy) -> list[Finding]:
+def with_checkpoint(artifact: Artifact, prefix: str, limits: Limits = DEFAULT_LIMITS) -> Artifact:
+    """The artifact as it will be loaded with a user-supplied checkpoint instead of its own variables."""
+    from dataclasses import replace
+
+    from modelwarden.formats.checkpoint import read_checkpoint
+
+    if prefix.endswith(".index"):
+        prefix = prefix[: -len(".index")]
+    return replace(artifact, checkpoints=(read_checkpoint(prefix, prefix, limits),))
+
+
+def analyse(artifact: Artifact, policy: Policy, options: ScanOptions | None = None) -> list[Finding]:
     """Run every applicable rule on one artifact; findings sorted most severe first."""
-    ctx = AnalysisContext(artifact=artifact, catalog=load_catalog().with_policy(policy), policy=policy)
+    return _analyse(_context(artifact, policy, options or ScanOptions()))
+
+
+def _context(artifact: Artifact, policy: Policy, options: ScanOptions) -> AnalysisContext:
+    return AnalysisContext(artifact=artifact, catalog=load_catalog().with_policy(policy), policy=policy, options=options)
+
+
+def _sketches(ctx: AnalysisContext) -> list[CallGraphSketch]:
+    from modelwarden.analysis.callgraph import entry_label
+    from modelwarden.analysis.graphs import graph_views
+
+    out = []
+    for view in graph_views(ctx):
+        g = view.graph
+        edges = tuple(
+            (e.caller, e.callee, e.node if e.attr in ("", "f") else f"{e.node}[{e.attr}]")
+            for es in view.cg.edges.values()
+            for e in es
+        )
+        entries = []
+        for ep in g.entry_points:
+            targets = set(ep.functions)
+            if ep.tensors or ep.kind.value == "graph":
+                targets.add(g.main.name)
+            entries.extend((entry_label(ep), t) for t in sorted(targets))
+        out.append(CallGraphSketch(ctx.artifact.display, g.name, (g.main.name, *g.functions), edges, tuple(entries)))
+    return out
+
+
+def _analyse(ctx: AnalysisContext) -> list[Finding]:
     findings: dict[str, Finding] = {}
     for cls in rule_classes():
         rule = cls()
@@ -68,11 +108,18 @@ def scan(
     fail_on: "Severity | str | None" = None,
     limits: Limits = DEFAULT_LIMITS,
     progress: Progress | None = None,
+    *,
+    tf_version: str = "",
+    checkpoint: str = "",
+    callgraphs: bool = False,
 ) -> Report:
     """Scan files and directories; never raises for a bad input (it becomes a ``Report.errors`` entry).
 
     ``policy``: a :class:`Policy`, a profile name ("default", "strict") or a TOML file path.
     ``fail_on``: threshold for :attr:`Report.exit_code` (default: the policy's, else medium).
+    ``tf_version``: the TensorFlow that will load the models (advisories); ``checkpoint``: a
+    user-supplied checkpoint prefix to audit against the graphs; ``callgraphs``: also return
+    call-graph sketches (for pictures).
     """
     started = time.perf_counter()
     path_list = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
@@ -87,12 +134,19 @@ def scan(
     errors = [ScanError(e.path, e.reason) for e in discover_errors]
     artifacts: list[ArtifactSummary] = []
     findings: list[Finding] = []
+    sketches: list[CallGraphSketch] = []
+    options = ScanOptions(tf_version=tf_version, checkpoint=checkpoint)
     for i, cand in enumerate(candidates):
         if progress:
             progress(i, len(candidates), cand.display)
         try:
             artifact = read_artifact(cand, limits)
-            found = analyse(artifact, pol)
+            if checkpoint and artifact.graphs:
+                artifact = with_checkpoint(artifact, checkpoint, limits)
+            ctx = _context(artifact, pol, options)
+            found = _analyse(ctx)
+            if callgraphs:
+                sketches.extend(_sketches(ctx))
         except ModelwardenError as exc:
             errors.append(ScanError(getattr(exc, "path", cand.path), getattr(exc, "reason", str(exc))))
             continue
@@ -119,4 +173,5 @@ def scan(
         errors=tuple(errors),
         duration_s=time.perf_counter() - started,
         inputs=tuple(path_list),
+        callgraphs=tuple(sketches),
     )

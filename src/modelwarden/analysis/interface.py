@@ -98,6 +98,14 @@ class RuleMeta:
     tags: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class ScanOptions:
+    """Scan-wide inputs to analysis beyond the artifact itself."""
+
+    tf_version: str = ""  # --tf-version: the TensorFlow that will load the model ("" = auto)
+    checkpoint: str = ""  # --checkpoint PREFIX: a user-supplied checkpoint to audit against the graph
+
+
 @dataclass
 class AnalysisContext:
     """What a rule may look at: the artifact, the effective op catalog, the policy.
@@ -108,6 +116,7 @@ class AnalysisContext:
     artifact: "Artifact"
     catalog: "Catalog"
     policy: "Policy"
+    options: "ScanOptions" = field(default_factory=lambda: ScanOptions())
     cache: dict[str, object] = field(default_factory=dict)
 
     def finding(

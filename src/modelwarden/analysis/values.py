@@ -42,7 +42,8 @@ class Value:
         if self.kind == "input":
             return f"request input {self.detail!r}"
         if self.kind == "variable":
-            return f"variable {self.detail!r} (restored from the checkpoint)"
+            label = self.detail.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE")
+            return f"variable {label!r} (restored from the checkpoint)"
         if self.kind == "saver-filename":
             return "the saver's checkpoint path"
         return self.detail or self.kind
@@ -96,6 +97,9 @@ class Resolver:
             if fn is self.graph.main and name == self._saver_filename:
                 return Value("saver-filename")
             return Value("input", detail=name)
+        if op == "ReadVariableOp" and node.data_inputs:
+            handle = self.resolve(fn, node.data_inputs[0], parent, depth + 1)
+            return handle if handle.kind == "variable" else Value("variable", detail=name)
         if op in VARIABLE_OPS:
             shared = node.attrs.get("shared_name")
             return Value("variable", detail=str(shared or name))

@@ -29,6 +29,7 @@ from modelwarden.ir import (
     SaverInfo,
     Signature,
     TensorSpec,
+    VariableSpec,
 )
 
 INIT_SIGNATURE = "__saved_model_init_op"
@@ -68,11 +69,20 @@ def _signature(name: str, sdef: Any) -> Signature:
     return Signature(name, sdef.method_name, specs(sdef.inputs), specs(sdef.outputs))
 
 
-def _object_paths(og: Any) -> list[str]:
-    """Human paths ("root.layer.call") for each object-graph node, breadth first."""
+VARIABLE_KEY_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def _escape_local_name(name: str) -> str:
+    """TensorFlow's escaping of object names in checkpoint keys."""
+    return name.replace(".", "..").replace("/", ".S")
+
+
+def _object_paths(og: Any) -> tuple[list[str], list[str]]:
+    """Per object-graph node: a human path ("root.layer.call") and its checkpoint key prefix, breadth first."""
     paths = [""] * len(og.nodes)
+    keys = [""] * len(og.nodes)
     if not og.nodes:
-        return paths
+        return paths, keys
     paths[0] = "root"
     queue = deque([0])
     while queue:
@@ -81,17 +91,31 @@ def _object_paths(og: Any) -> list[str]:
             j = child.node_id
             if 0 <= j < len(paths) and not paths[j]:
                 paths[j] = f"{paths[i]}.{child.local_name}"
+                esc = _escape_local_name(child.local_name)
+                keys[j] = f"{keys[i]}/{esc}" if keys[i] else esc
                 queue.append(j)
-    return [p or f"node[{i}]" for i, p in enumerate(paths)]
+    return [p or f"node[{i}]" for i, p in enumerate(paths)], keys
 
 
-def _object_graph_entries(mg: Any, fn_names: set[str]) -> tuple[list[EntryPoint], dict[str, tuple[Capture, ...]]]:
+def _object_graph_entries(
+    mg: Any, fn_names: set[str]
+) -> tuple[list[EntryPoint], dict[str, tuple[Capture, ...]], list[VariableSpec]]:
     og = mg.object_graph_def
     entries: list[EntryPoint] = []
     captures: dict[str, tuple[Capture, ...]] = {}
     if not og.nodes:
-        return entries, captures
-    paths = _object_paths(og)
+        return entries, captures, []
+    paths, keys = _object_paths(og)
+    variables = [
+        VariableSpec(
+            keys[i] + VARIABLE_KEY_SUFFIX,
+            tfproto.dtype_name(obj.variable.dtype),
+            shape_dims(obj.variable.shape),
+            paths[i],
+        )
+        for i, obj in enumerate(og.nodes)
+        if obj.WhichOneof("kind") == "variable" and keys[i]
+    ]
     n = len(og.nodes)
 
     def concrete(obj: Any) -> tuple[str, ...]:
@@ -135,12 +159,24 @@ def _object_graph_entries(mg: Any, fn_names: set[str]) -> tuple[list[EntryPoint]
             elif kind == "constant":
                 caps.append(Capture("constant", obj.constant.operation))
             elif kind == "variable":
-                caps.append(Capture("variable", obj.variable.name or paths[node_id]))
+                caps.append(Capture("variable", keys[node_id] + VARIABLE_KEY_SUFFIX if keys[node_id] else paths[node_id]))
             else:
                 caps.append(Capture("other", paths[node_id]))
         if caps and fname in fn_names:
             captures[fname] = tuple(caps)
-    return entries, captures
+    return entries, captures, variables
+
+
+def _tf1_variables(nodes: Any) -> list[VariableSpec]:
+    out = []
+    for n in nodes:
+        if n.op in ("VariableV2", "Variable", "VarHandleOp"):
+            dt = n.attrs.get("dtype")
+            shape = n.attrs.get("shape")
+            out.append(VariableSpec(
+                str(n.attrs.get("shared_name") or n.name), str(dt or ""), getattr(shape, "dims", None), n.name
+            ))
+    return out
 
 
 def meta_graph_to_ir(mg: Any, index: int, source_file: str, path: str, limits: Limits) -> Graph:
@@ -169,8 +205,10 @@ def meta_graph_to_ir(mg: Any, index: int, source_file: str, path: str, limits: L
         roots = tuple(t for t in (sd.save_tensor_name, sd.restore_op_name) if t)
         if roots:
             entries.append(EntryPoint(EntryKind.SAVER, "saver", tensors=roots))
-    og_entries, captures = _object_graph_entries(mg, set(functions))
+    og_entries, captures, variables = _object_graph_entries(mg, set(functions))
     entries.extend(og_entries)
+    if not mg.object_graph_def.nodes:  # TF1: variables are nodes named by their checkpoint key
+        variables = _tf1_variables(main.nodes)
     assets = tuple(AssetRef(a.filename, a.tensor_info.name) for a in mg.asset_file_def)
     producer = mg.graph_def.versions.producer if mg.graph_def.HasField("versions") else None
     return Graph(
@@ -182,6 +220,7 @@ def meta_graph_to_ir(mg: Any, index: int, source_file: str, path: str, limits: L
         assets=assets,
         saver=saver,
         captures=captures,
+        variables=tuple(variables),
         tags=tags,
         producer=producer,
         tf_version=mg.meta_info_def.tensorflow_version,

@@ -27,6 +27,22 @@ class ArtifactSummary:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class CallGraphSketch:
+    """The shape of one graph's call graph, for pictures (HTML report).
+
+    ``functions`` includes the top-level body ("<graph>"); ``edges`` are
+    (caller, callee, label) with label like "cond/If[then_branch]"; ``entries``
+    are (entry label, function or "<graph>") pairs.
+    """
+
+    artifact: str
+    graph: str
+    functions: tuple[str, ...]
+    edges: tuple[tuple[str, str, str], ...]
+    entries: tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True)
 class Report:
     """Everything one scan produced.  ``findings`` excludes suppressed ones."""
@@ -40,6 +56,7 @@ class Report:
     errors: tuple[ScanError, ...] = ()
     duration_s: float = 0.0
     inputs: tuple[str, ...] = ()
+    callgraphs: tuple[CallGraphSketch, ...] = ()  # filled when the scan is asked for them
 
     def counts(self) -> dict[str, int]:
         out = {s.label: 0 for s in Severity}

@@ -1,0 +1,217 @@
+"""Control flow whose decision depends on checkpoint variables, and what each branch can do.
+
+A gating site is an If/StatelessIf/Case/While/Switch whose predicate, branch
+index or loop condition is tainted by a variable.  For each branch we list the
+capability ops it can reach (through any depth of calls), with the path.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from modelwarden.analysis.callgraph import tensor_node
+from modelwarden.analysis.dataflow import BRANCH_OPS, LOOP_OPS, Dataflow, sources
+from modelwarden.analysis.graphs import GraphView, graph_views
+from modelwarden.analysis.interface import AnalysisContext
+from modelwarden.analysis.rules.capabilities import CAPABILITY_META
+from modelwarden.ir import FuncRef, Function, Node
+
+MAX_EXPR_NODES = 24
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilityUse:
+    capability: str
+    op: str
+    function: str
+    node: str
+    path: tuple[str, ...]  # from the branch: "fn", "node[attr]", "fn2", ...
+
+
+@dataclass(frozen=True)
+class Branch:
+    label: str  # "then_branch", "branches[2]", "body", "output_true"
+    function: str  # "" for Switch outputs in the same body
+    uses: tuple[CapabilityUse, ...]
+
+
+@dataclass(frozen=True)
+class GatingSite:
+    view: GraphView
+    fn: Function
+    node: Node
+    predicate: str  # tensor (for While: the cond function's output)
+    predicate_fn: Function
+    variables: tuple[str, ...]  # checkpoint keys
+    inputs: tuple[str, ...]  # request inputs also involved
+    branches: tuple[Branch, ...]
+
+    @property
+    def dangerous(self) -> bool:
+        return any(b.uses for b in self.branches)
+
+
+def dataflows(ctx: AnalysisContext) -> list[tuple[GraphView, Dataflow]]:
+    cached = ctx.cache.get("dataflows")
+    if cached is None:
+        cached = [(v, Dataflow(v)) for v in graph_views(ctx)]
+        ctx.cache["dataflows"] = cached
+    return cached  # type: ignore[return-value]
+
+
+def _capabilities_from(ctx: AnalysisContext, view: GraphView, start: str, memo: dict) -> tuple[CapabilityUse, ...]:
+    if start in memo:
+        return memo[start]
+    uses: list[CapabilityUse] = []
+    seen = {start}
+    queue: deque[tuple[str, tuple[str, ...]]] = deque([(start, (start,))])
+    while queue and len(uses) < 50:
+        name, path = queue.popleft()
+        fn = view.graph.functions.get(name)
+        if fn is None:
+            continue
+        for node in fn.nodes:
+            for cap in ctx.catalog.active(node):
+                if cap in CAPABILITY_META:
+                    uses.append(CapabilityUse(cap, node.op, name, node.name, path))
+        for edge in view.cg.edges.get(name, ()):
+            if edge.callee not in seen:
+                seen.add(edge.callee)
+                step = edge.node if edge.attr in ("", "f") else f"{edge.node}[{edge.attr}]"
+                queue.append((edge.callee, path + (step, edge.callee)))
+    memo[start] = tuple(uses)
+    return memo[start]
+
+
+def _port(tensor: str) -> int:
+    tail = tensor.rsplit(":", 1)
+    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else 0
+
+
+def _switch_cone(ctx: AnalysisContext, view: GraphView, fn: Function, node: Node, port: int, memo: dict) -> tuple[CapabilityUse, ...]:
+    consumers: dict[str, list[Node]] = {}
+    for n in fn.nodes:
+        for inp in n.inputs:
+            consumers.setdefault(tensor_node(inp), []).append(n)
+    uses: list[CapabilityUse] = []
+    start = [n for n in consumers.get(node.name, ()) if any(
+        not i.startswith("^") and tensor_node(i) == node.name and _port(i) == port for i in n.inputs)]
+    seen = {n.name for n in start}
+    queue = deque(start)
+    while queue:
+        n = queue.popleft()
+        for cap in ctx.catalog.active(n):
+            if cap in CAPABILITY_META:
+                uses.append(CapabilityUse(cap, n.op, fn.name, n.name, (fn.name,)))
+        for _, ref in n.func_refs():
+            uses.extend(_capabilities_from(ctx, view, ref.name, memo))
+        if n.op in ("Merge", "RefMerge"):
+            continue
+        for c in consumers.get(n.name, ()):
+            if c.name not in seen:
+                seen.add(c.name)
+                queue.append(c)
+    return tuple(uses)
+
+
+def _branch_refs(node: Node) -> list[tuple[str, FuncRef]]:
+    out = []
+    for attr, ref in node.func_refs():
+        if attr == "branches":
+            out.append((f"branches[{sum(1 for a, _ in out if a.startswith('branches'))}]", ref))
+        elif attr in ("then_branch", "else_branch", "body"):
+            out.append((attr, ref))
+    return out
+
+
+def gating_sites(ctx: AnalysisContext) -> list[GatingSite]:
+    cached = ctx.cache.get("gating_sites")
+    if cached is not None:
+        return cached  # type: ignore[return-value]
+    sites: list[GatingSite] = []
+    for view, df in dataflows(ctx):
+        memo: dict = {}
+        for fn in view.cg.bodies():
+            for node in fn.nodes:
+                op = node.op
+                if op in BRANCH_OPS or op in ("Switch", "RefSwitch"):
+                    pidx = 1 if op in ("Switch", "RefSwitch") else 0
+                    data = node.data_inputs
+                    if pidx >= len(data):
+                        continue
+                    taint = df.input_taint(fn, node, pidx)
+                    pred_tensor, pred_fn = data[pidx], fn
+                elif op in LOOP_OPS:
+                    cond = node.attrs.get("cond")
+                    cond_fn = view.graph.functions.get(cond.name) if isinstance(cond, FuncRef) else None
+                    if cond_fn is None or not cond_fn.outputs:
+                        continue
+                    out_name = cond_fn.outputs[0].name
+                    taint = df.output_taint(cond_fn, out_name)
+                    pred_tensor, pred_fn = cond_fn.ret.get(out_name, ""), cond_fn
+                else:
+                    continue
+                variables = tuple(sources(taint, "variable"))
+                if not variables:
+                    continue
+                if op in ("Switch", "RefSwitch"):
+                    branches = tuple(
+                        Branch(label, "", _switch_cone(ctx, view, fn, node, port, memo))
+                        for label, port in (("output_false", 0), ("output_true", 1))
+                    )
+                else:
+                    branches = tuple(
+                        Branch(label, ref.name, _capabilities_from(ctx, view, ref.name, memo))
+                        for label, ref in _branch_refs(node)
+                    )
+                sites.append(GatingSite(view, fn, node, pred_tensor, pred_fn, variables,
+                                        tuple(sources(taint, "input")), branches))
+    ctx.cache["gating_sites"] = sites
+    return sites
+
+
+def variable_label(key: str) -> str:
+    return key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def render_expr(view: GraphView, fn: Function, tensor: str, budget: list[int] | None = None, depth: int = 0) -> str:
+    """A short expression for a tensor: ``Greater(ReadVariableOp(flag), 0.5)``."""
+    budget = budget if budget is not None else [MAX_EXPR_NODES]
+    budget[0] -= 1
+    if budget[0] < 0 or depth > 6:
+        return "…"
+    name = tensor_node(tensor)
+    graph = view.graph
+    if fn is not graph.main and ":" not in tensor.lstrip("^"):
+        for j, arg in enumerate(fn.args):
+            if arg.name == name:
+                caps = graph.captures.get(fn.name, ())
+                first = len(fn.args) - len(caps)
+                if caps and j >= first:
+                    cap = caps[j - first]
+                    return variable_label(cap.value) if cap.kind == "variable" else f"<{cap.kind} {cap.value}>"
+                parent = view.cg.function_reach.get(fn.name)
+                edge = parent.parent if parent else None
+                caller = graph.function(edge.caller) if edge else None
+                call = next((n for n in caller.nodes if n.name == edge.node), None) if caller and edge else None
+                if call is None:
+                    return arg.name
+                offset = 0 if edge.attr == "" else BRANCH_OPS.get(call.op, 0)
+                data = call.data_inputs
+                return render_expr(view, caller, data[j + offset], budget, depth + 1) if j + offset < len(data) else arg.name
+    node = next((n for n in fn.nodes if n.name == name), None)
+    if node is None:
+        return name
+    if node.op == "Const":
+        tv = node.attrs.get("value")
+        v = tv.scalar() if tv is not None and hasattr(tv, "scalar") else None
+        return repr(v) if v is not None else "const"
+    if node.op in ("VarHandleOp", "VariableV2"):
+        return variable_label(str(node.attrs.get("shared_name") or name))
+    if node.op in ("Placeholder", "PlaceholderWithDefault"):
+        return f"input {name}"
+    if node.op in ("Identity", "ReadVariableOp") and node.data_inputs and node.op == "Identity":
+        return render_expr(view, fn, node.data_inputs[0], budget, depth + 1)
+    args = ", ".join(render_expr(view, fn, t, budget, depth + 1) for t in node.data_inputs[:4])
+    return f"{node.op}({args})"
