@@ -48,7 +48,7 @@ def test_gated_finding_shows_predicate_and_data_path(fx):
     report = modelwarden.scan(str(fx / "gated_write"))
     f = next(f for f in report.findings if f.rule_id == "MW600")
     assert f.evidence["predicate"] == "Greater(ReadVariableOp(flag), 0.5)"
-    assert "If(then_branch=" in f.evidence["path"] and f.evidence["path"].endswith("WriteFile(WriteFile)")
+    assert "If(then_branch=" in f.evidence["path"] and f.evidence["path"].endswith("WriteFile(path='/tmp/modelwarden-gated.txt')")
     assert f.evidence["path"].startswith("signature:serving_default → ")
 
 

@@ -27,6 +27,10 @@ class CapabilityUse:
     function: str
     node: str
     path: tuple[str, ...]  # from the branch: "fn", "node[attr]", "fn2", ...
+    argument: str = ""  # where its path comes from, e.g. "'/tmp/x'"
+
+    def call(self) -> str:
+        return f"{self.op}(path={self.argument})" if self.argument else f"{self.op}({self.node})"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,16 @@ def dataflows(ctx: AnalysisContext) -> list[tuple[GraphView, Dataflow]]:
     return cached  # type: ignore[return-value]
 
 
+def _use(ctx: AnalysisContext, view: GraphView, fn: Function, node: Node, cap: str, path: tuple[str, ...]) -> CapabilityUse:
+    spec = ctx.catalog.lookup(node.op)
+    arg = ""
+    if spec is not None and spec.paths:
+        arg = view.values.input_of(fn, node, spec.paths[0]).describe()
+    elif spec is not None and spec.path_attrs:
+        arg = repr(str(node.attrs.get(spec.path_attrs[0], "")))
+    return CapabilityUse(cap, node.op, fn.name, node.name, path, arg)
+
+
 def _capabilities_from(ctx: AnalysisContext, view: GraphView, start: str, memo: dict) -> tuple[CapabilityUse, ...]:
     if start in memo:
         return memo[start]
@@ -74,7 +88,7 @@ def _capabilities_from(ctx: AnalysisContext, view: GraphView, start: str, memo: 
         for node in fn.nodes:
             for cap in ctx.catalog.active(node):
                 if cap in CAPABILITY_META:
-                    uses.append(CapabilityUse(cap, node.op, name, node.name, path))
+                    uses.append(_use(ctx, view, fn, node, cap, path))
         for edge in view.cg.edges.get(name, ()):
             if edge.callee not in seen:
                 seen.add(edge.callee)
@@ -103,7 +117,7 @@ def _switch_cone(ctx: AnalysisContext, view: GraphView, fn: Function, node: Node
         n = queue.popleft()
         for cap in ctx.catalog.active(n):
             if cap in CAPABILITY_META:
-                uses.append(CapabilityUse(cap, n.op, fn.name, n.name, (fn.name,)))
+                uses.append(_use(ctx, view, fn, n, cap, (fn.name,)))
         for _, ref in n.func_refs():
             uses.extend(_capabilities_from(ctx, view, ref.name, memo))
         if n.op in ("Merge", "RefMerge"):

@@ -103,7 +103,7 @@ class DataflowRule(Rule):
                 for use in branch.uses[:5]:
                     sev = Severity.CRITICAL if use.capability in DANGEROUS else Severity.HIGH
                     label = f"{node.op}({branch.label}={branch.function})" if branch.function else f"{node.op}.{branch.label}"
-                    path = _data_path(reach.path, label, (*use.path[1:], f"{use.op}({use.node})"))
+                    path = _data_path(reach.path, label, (*use.path[1:], use.call()))
                     msg = (f"checkpoint variable(s) {varnames} decide whether {use.op} runs: {path}; "
                            f"predicate = {predicate}")
                     ev = dict(base, branch=branch.label, gated_op=use.op, capability=use.capability, path=path)
