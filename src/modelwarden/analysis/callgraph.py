@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from modelwarden.ir import EntryKind, EntryPoint, Function, Graph, Node
+from modelwarden.ir import EntryKind, EntryPoint, Function, FunctionKind, Graph, Node
 
 # Order of importance: the first kind that reaches a function is its "best" reach.
 KIND_ORDER = (EntryKind.LOAD_TIME, EntryKind.SIGNATURE, EntryKind.GRAPH, EntryKind.OBJECT_METHOD, EntryKind.SAVER)
@@ -63,6 +63,7 @@ class CallGraph:
     main_kinds: dict[str, set[EntryKind]] = field(default_factory=dict)
     cycles: list[tuple[str, ...]] = field(default_factory=list)
     main_index: dict[str, Node] = field(default_factory=dict)
+    callable: dict[str, Function] = field(default_factory=dict)  # library (+ a TFLite main subgraph)
 
     # ------------------------------------------------------------------ queries
     def bodies(self) -> Iterator[Function]:
@@ -89,9 +90,12 @@ def _callees(node: Node, functions: dict[str, Function] | object) -> Iterator[tu
 
 def build(graph: Graph, is_stock_op=lambda op: False) -> CallGraph:  # noqa: C901 - one linear pass
     cg = CallGraph(graph)
-    functions = graph.functions
+    functions = dict(graph.functions)
+    if graph.main.kind is FunctionKind.SUBGRAPH:  # TFLite ops may call subgraph 0 like any other
+        functions.setdefault(graph.main.name, graph.main)
+    cg.callable = functions
     cg.main_index = {n.name: n for n in graph.main.nodes}
-    for fn in (graph.main, *functions.values()):
+    for fn in (graph.main, *graph.functions.values()):
         out: list[CallEdge] = []
         for node in fn.nodes:
             for attr, callee in _callees(node, functions):
@@ -132,7 +136,7 @@ def _bfs(cg: CallGraph, kind: EntryKind, entries: list[EntryPoint]) -> None:
         queue.append((name, reach))
 
     def enter_fn(name: str, reach: Reach) -> None:
-        if name in seen_fn or name not in graph.functions:
+        if name in seen_fn or name not in cg.callable:
             return
         seen_fn.add(name)
         cg.function_kinds.setdefault(name, set()).add(kind)
@@ -150,7 +154,7 @@ def _bfs(cg: CallGraph, kind: EntryKind, entries: list[EntryPoint]) -> None:
             node = cg.main_index[name]
             for inp in node.inputs:
                 visit_main(tensor_node(inp), reach, node_queue)
-            for attr, callee in _callees(node, graph.functions):
+            for attr, callee in _callees(node, cg.callable):
                 edge = CallEdge(main.name, name, attr, callee)
                 enter_fn(callee, Reach(kind, label, (label, _step(edge), callee), edge))
         for fname in ep.functions:
@@ -169,7 +173,7 @@ def _cycles(cg: CallGraph) -> list[tuple[str, ...]]:
     stack: list[str] = []
     result: list[tuple[str, ...]] = []
     counter = 0
-    succ = {f: [e.callee for e in es] for f, es in cg.edges.items() if f in cg.graph.functions}
+    succ = {f: [e.callee for e in es] for f, es in cg.edges.items() if f in cg.callable}
     for start in succ:
         if start in index:
             continue
