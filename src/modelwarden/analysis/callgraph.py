@@ -37,16 +37,40 @@ class CallEdge:
     callee: str
 
 
+MAX_PATH_STEPS = 41  # longer call paths are shown with their middle elided
+
+
 @dataclass(frozen=True, slots=True)
 class Reach:
+    """How a function is reached: one hop, linked to the previous one (paths cost O(1) memory each)."""
+
     kind: EntryKind | None  # None: not reachable from any entry point
     entry: str  # "signature:serving_default"
-    path: tuple[str, ...]  # entry label, then caller node / callee function pairs
+    steps: tuple[str, ...]  # what this hop adds to the path: (entry label) or (caller node, callee)
     parent: CallEdge | None = None  # the edge this reach arrived by (None at a root)
+    prev: "Reach | None" = None
+    depth: int = 0  # number of hops before this one
 
     @property
     def label(self) -> str:
         return self.entry if self.kind is not None else UNREACHABLE
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        """Entry label, then caller node / callee function pairs; the middle elided when very deep."""
+        hops: list[tuple[str, ...]] = []
+        r: Reach | None = self
+        while r is not None:
+            hops.append(r.steps)
+            r = r.prev
+        full = [step for hop in reversed(hops) for step in hop]
+        if len(full) <= MAX_PATH_STEPS:
+            return tuple(full)
+        head, tail = full[:16], full[-24:]
+        return (*head, f"… {len(full) - 40} more steps …", *tail)
+
+    def hop(self, edge: CallEdge, step: str) -> "Reach":
+        return Reach(self.kind, self.entry, (step, edge.callee), edge, self, self.depth + 1)
 
 
 NOT_REACHED = Reach(None, UNREACHABLE, ())
@@ -156,13 +180,13 @@ def _bfs(cg: CallGraph, kind: EntryKind, entries: list[EntryPoint]) -> None:
                 visit_main(tensor_node(inp), reach, node_queue)
             for attr, callee in _callees(node, cg.callable):
                 edge = CallEdge(main.name, name, attr, callee)
-                enter_fn(callee, Reach(kind, label, (label, _step(edge), callee), edge))
+                enter_fn(callee, reach.hop(edge, _step(edge)))
         for fname in ep.functions:
             enter_fn(fname, Reach(kind, label, (label, fname)))
     while fn_queue:  # a reached function runs whole: every callee in it is reached
         fname, reach = fn_queue.popleft()
         for edge in cg.edges.get(fname, ()):
-            enter_fn(edge.callee, Reach(kind, reach.entry, reach.path + (_step(edge), edge.callee), edge))
+            enter_fn(edge.callee, reach.hop(edge, _step(edge)))
 
 
 def _cycles(cg: CallGraph) -> list[tuple[str, ...]]:

@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rules": ("modelwarden.cli.rules_cmd", "list every rule: stable id, severity, description"),
     "run": ("modelwarden.cli.run_cmd", "execute a model inside the sandbox"),
     "doctor": ("modelwarden.cli.doctor_cmd", "show which isolation layers this host offers"),
+    "advisories": (
+        "modelwarden.cli.advisories_cmd",
+        "list published TensorFlow security advisories for an op or a model's ops",
+    ),
 }
 
 
@@ -29,7 +33,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _selected(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first non-option word), if any."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the selected command's module is imported (startup time matters)."""
+    chosen = _selected(sys.argv[1:] if argv is None else argv)
     parser = _Parser(
         prog="modelwarden",
         description="Audit, sandbox and serve machine-learning models you did not write. Models are programs.",
@@ -39,12 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_parser(p)
+        if name == chosen:
+            importlib.import_module(module).add_parser(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help(sys.stderr)

@@ -127,12 +127,13 @@ def attr_value(av: Any, limits: Limits = DEFAULT_LIMITS) -> AttrValue:
 class LazyAttrs(Mapping[str, AttrValue]):
     """A read-only mapping over a protobuf attr map, converting values on first access."""
 
-    __slots__ = ("_proto", "_limits", "_cache")
+    __slots__ = ("_proto", "_limits", "_cache", "_refs")
 
     def __init__(self, proto_map: Any, limits: Limits = DEFAULT_LIMITS) -> None:
         self._proto = proto_map
         self._limits = limits
         self._cache: dict[str, AttrValue] = {}
+        self._refs: tuple[tuple[str, FuncRef], ...] | None = None
 
     def __getitem__(self, key: str) -> AttrValue:
         if key in self._cache:
@@ -152,14 +153,17 @@ class LazyAttrs(Mapping[str, AttrValue]):
     def __contains__(self, key: object) -> bool:
         return key in self._proto
 
-    def func_refs(self) -> Iterator[tuple[str, FuncRef]]:
-        """Function-valued attributes only, without converting any other attribute."""
-        for key, av in self._proto.items():
-            kind = av.WhichOneof("value")
-            if kind == "func" or (kind == "list" and len(av.list.func)):
-                value = self[key]
-                for ref in value if isinstance(value, tuple) else (value,):
-                    yield key, ref
+    def func_refs(self) -> tuple[tuple[str, FuncRef], ...]:
+        """Function-valued attributes only (computed once), without converting any other attribute."""
+        if self._refs is None:
+            refs: list[tuple[str, FuncRef]] = []
+            for key, av in self._proto.items():
+                kind = av.WhichOneof("value")
+                if kind == "func" or (kind == "list" and len(av.list.func)):
+                    value = self[key]
+                    refs.extend((key, ref) for ref in (value if isinstance(value, tuple) else (value,)))
+            self._refs = tuple(refs)
+        return self._refs
 
     def __repr__(self) -> str:
         return f"LazyAttrs({sorted(self._proto.keys())})"
