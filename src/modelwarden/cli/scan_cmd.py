@@ -1,0 +1,92 @@
+"""``modelwarden scan PATH...``: audit artifacts statically and report (exit 0/1/2).
+
+Kept import-light: the parser is built for every command, so heavy modules are
+imported inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+FORMATS = ("text", "json", "sarif", "html")
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="model files or directories (searched recursively)")
+    p.add_argument("-f", "--format", choices=FORMATS, default="text", help="report format (default: text)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
+    p.add_argument(
+        "--fail-on", choices=SEVERITIES, default=None, metavar="SEVERITY",
+        help="exit 1 when a finding is at or above SEVERITY: " + ", ".join(SEVERITIES)
+        + " (default: the policy's, medium)",
+    )
+    p.add_argument(
+        "--policy", metavar="NAME|FILE", default=None,
+        help="'default' (deny by capability), 'strict' (allowlist of pure-compute ops) or a TOML policy file",
+    )
+    p.add_argument(
+        "--tf-version", metavar="VERSION", default="",
+        help="the TensorFlow version that will load the models, for security advisories (default: from the model)",
+    )
+    p.add_argument(
+        "--checkpoint", metavar="PREFIX", default="",
+        help="a checkpoint (prefix of its .index/.data files) to audit against the scanned graphs",
+    )
+    p.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from modelwarden.analysis.interface import Severity
+    from modelwarden.policy import load_policy
+    from modelwarden.report import renderer
+    from modelwarden.report.text import progress_for, use_color
+    from modelwarden.scanner import scan
+
+    policy = load_policy(args.policy)
+    fail_on = Severity.parse(args.fail_on) if args.fail_on else (policy.fail_on or Severity.MEDIUM)
+    progress = progress_for(sys.stderr, enabled=not args.no_progress)
+    try:
+        extra: dict[str, object] = {
+            k: v for k, v in (("tf_version", args.tf_version), ("checkpoint", args.checkpoint)) if v
+        }
+        if args.format == "html":
+            extra["callgraphs"] = True  # the HTML page draws them
+        report = scan(args.paths, policy=policy, fail_on=fail_on, progress=progress, **extra)
+    finally:
+        if progress is not None:
+            progress.close()
+
+    options = {"color": args.output is None and use_color(sys.stdout)} if args.format == "text" else {}
+    text = renderer(args.format, **options).render(report)
+    if args.output:
+        _write(args.output, text)
+    else:
+        _stdout(text)
+    if report.errors and (args.output or args.format != "text"):
+        # the text report lists errors itself; otherwise tell the person at the terminal
+        from modelwarden.report import clean
+
+        for e in report.errors:
+            print(f"modelwarden: error: {clean(e.path)}: {clean(e.message)}", file=sys.stderr)
+    return report.exit_code
+
+
+def _stdout(text: str) -> None:
+    try:
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    except (AttributeError, ValueError):
+        pass
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _write(path: str, text: str) -> None:
+    from modelwarden.errors import UsageError
+
+    try:
+        with open(path, "w", encoding="utf-8", errors="backslashreplace") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write report to {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,109 @@
+"""The JSON report: a stable, documented schema (``scan-report.schema.json``, docs/json-schema.md).
+
+Compatibility promise: within one ``schema_version`` fields are only ever
+added, never removed, renamed or retyped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from modelwarden.analysis.interface import Finding, Severity
+from modelwarden.report import clean
+from modelwarden.report.interface import ArtifactSummary, Renderer, Report
+
+SCHEMA_VERSION = "1.0"
+SCHEMA_ID = "urn:modelwarden:schema:scan-report:1"
+
+
+def _s(value: object) -> str:
+    return clean(value, newlines=True)
+
+
+def verdict(report: Report) -> str:
+    """``pass``, ``fail`` (findings at or above the threshold) or ``error`` (unreadable input)."""
+    return {0: "pass", 1: "fail"}.get(report.exit_code, "error")
+
+
+def rule_name(rule_id: str) -> str:
+    from modelwarden.analysis import registry
+
+    meta = registry.meta(rule_id)
+    return meta.name if meta else ""
+
+
+def finding_dict(f: Finding, *, suppressed: bool = False) -> dict[str, Any]:
+    loc = f.location
+    out: dict[str, Any] = {
+        "rule_id": _s(f.rule_id),
+        "rule_name": rule_name(f.rule_id),
+        "severity": f.severity.label,
+        "message": _s(f.message),
+        "location": {
+            "artifact": _s(loc.artifact),
+            "file": _s(loc.file),
+            "graph": _s(loc.graph),
+            "function": _s(loc.function),
+            "node": _s(loc.node),
+            "op": _s(loc.op),
+            "logical": _s(loc.logical()),
+            "call_path": [_s(p) for p in loc.call_path],
+            "reachability": _s(loc.reachability),
+        },
+        "evidence": {_s(k): _s(v) for k, v in f.evidence.items()},
+        "remediation": _s(f.remediation),
+        "capability": _s(f.capability),
+        "fingerprint": f.fingerprint,
+    }
+    if suppressed:
+        out["justification"] = _s(f.suppressed_by)
+    return out
+
+
+def artifact_dict(a: ArtifactSummary, report: Report) -> dict[str, Any]:
+    counts = {s.label: 0 for s in Severity}
+    for f in report.findings:
+        if f.location.artifact == a.display:
+            counts[f.severity.label] += 1
+    return {
+        "display": _s(a.display),
+        "path": _s(a.path),
+        "format": _s(a.format),
+        "graphs": a.graphs,
+        "functions": a.functions,
+        "nodes": a.nodes,
+        "metadata": {_s(k): _s(v) for k, v in a.metadata.items()},
+        "counts": counts,
+        "suppressed": sum(1 for f in report.suppressed if f.location.artifact == a.display),
+    }
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    """The report as plain JSON-ready data (schema ``SCHEMA_VERSION``)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "modelwarden", "version": report.tool_version},
+        "policy": _s(report.policy),
+        "fail_on": report.fail_on.label,
+        "verdict": verdict(report),
+        "exit_code": report.exit_code,
+        "duration_s": round(float(report.duration_s), 6),
+        "inputs": [_s(i) for i in report.inputs],
+        "counts": report.counts(),
+        "failing": len(report.failing()),
+        "artifacts": [artifact_dict(a, report) for a in report.artifacts],
+        "findings": [finding_dict(f) for f in report.findings],
+        "suppressed": [finding_dict(f, suppressed=True) for f in report.suppressed],
+        "errors": [{"path": _s(e.path), "message": _s(e.message)} for e in report.errors],
+    }
+
+
+class JsonRenderer(Renderer):
+    name = "json"
+
+    def __init__(self, indent: int | None = 2) -> None:
+        self.indent = indent
+
+    def render(self, report: Report) -> str:
+        return json.dumps(report_dict(report), indent=self.indent, ensure_ascii=False) + "\n"

@@ -1,0 +1,223 @@
+"""``modelwarden scan`` and ``modelwarden rules`` through real processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from modelwarden.analysis import registry
+
+from .conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+JSON_SCHEMA = json.loads((ROOT / "src/modelwarden/report/scan-report.schema.json").read_text())
+SARIF_SCHEMA = json.loads((ROOT / "tests/data/sarif-2.1.0-schema.json").read_text())
+
+
+# ---------------------------------------------------------------- rules
+
+
+def test_rules_lists_every_rule() -> None:
+    proc = run_cli("rules")
+    assert proc.returncode == 0, proc.stderr
+    ids = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+    assert ids == [m.id for m in registry.all_meta()]
+    mw101 = next(line for line in proc.stdout.splitlines() if line.startswith("MW101"))
+    meta = registry.meta("MW101")
+    assert meta.name in mw101 and meta.severity.label in mw101 and meta.summary in mw101
+
+
+def test_rules_verbose_and_json() -> None:
+    verbose = run_cli("rules", "-v")
+    assert verbose.returncode == 0
+    assert registry.meta("MW110").description in verbose.stdout
+    data = json.loads(run_cli("rules", "--format", "json").stdout)
+    rows = {r["id"]: r for r in data["rules"]}
+    assert set(rows) == {m.id for m in registry.all_meta()}
+    assert rows["MW100"]["severity"] == "critical" and rows["MW100"]["name"] == registry.meta("MW100").name
+
+
+# ---------------------------------------------------------------- usage and input errors
+
+
+def test_scan_nonexistent_path_exits_2_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_model"
+    proc = run_cli("scan", "--no-progress", str(missing))
+    assert proc.returncode == 2
+    assert str(missing) in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_scan_nonexistent_path_json_reports_the_error(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.pb"
+    proc = run_cli("scan", "--format", "json", str(missing))
+    assert proc.returncode == 2
+    data = json.loads(proc.stdout)
+    jsonschema.Draft202012Validator(JSON_SCHEMA).validate(data)
+    assert data["exit_code"] == 2 and data["verdict"] == "error"
+    assert [e["path"] for e in data["errors"]] == [str(missing)]
+    assert str(missing) in proc.stderr  # the person at the terminal is told too
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("scan",),
+        ("scan", "--format", "xml", "x"),
+        ("scan", "--fail-on", "severe", "x"),
+        ("scan", "--bogus-flag", "x"),
+        ("rules", "--format", "sarif"),
+        ("frobnicate",),
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert "usage:" in proc.stderr and "error:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_policy_exits_2(tmp_path: Path) -> None:
+    proc = run_cli("scan", "--policy", "paranoid", str(tmp_path))
+    assert proc.returncode == 2
+    assert "unknown policy 'paranoid'" in proc.stderr
+
+
+def test_invalid_policy_file_exits_2_naming_it(tmp_path: Path) -> None:
+    policy = tmp_path / "team.toml"
+    policy.write_text('[[ignore]]\nrule = "MW101"\n')
+    proc = run_cli("scan", "--policy", str(policy), str(tmp_path))
+    assert proc.returncode == 2
+    assert str(policy) in proc.stderr and "justification" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unwritable_output_exits_2(tmp_path: Path) -> None:
+    proc = run_cli("scan", "--output", str(tmp_path / "no" / "dir" / "r.json"), str(tmp_path))
+    assert proc.returncode == 2
+    assert "cannot write report" in proc.stderr
+
+
+def test_empty_directory_is_clean(tmp_path: Path) -> None:
+    proc = run_cli("scan", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no model artifacts found" in proc.stdout
+
+
+# ---------------------------------------------------------------- end to end on real TensorFlow fixtures
+
+
+@pytest.fixture(scope="module")
+def models(fixture_dir) -> dict[str, Path]:
+    out = fixture_dir("build_tf_scan")
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {f["name"]: out / f["path"] for f in manifest["fixtures"]}
+
+
+def scan_json(*args: str) -> tuple[int, dict]:
+    proc = run_cli("scan", "--format", "json", *args)
+    data = json.loads(proc.stdout)
+    jsonschema.Draft202012Validator(JSON_SCHEMA).validate(data)
+    assert data["exit_code"] == proc.returncode
+    return proc.returncode, data
+
+
+def test_e2e_malicious_model_fails_text(models) -> None:
+    proc = run_cli("scan", str(models["read_file_signature"]))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "MW101" in proc.stdout and "/etc/passwd" in proc.stdout
+    assert "call path" in proc.stdout and " → " in proc.stdout
+    assert "threshold medium → FAIL (exit 1)" in proc.stdout
+    assert "\x1b[" not in proc.stdout  # not a terminal: plain text
+
+
+def test_e2e_benign_model_passes(models) -> None:
+    proc = run_cli("scan", str(models["variables_benign"]))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no findings" in proc.stdout and "PASS (exit 0)" in proc.stdout
+
+
+def test_e2e_unreachable_is_labelled(models) -> None:
+    proc = run_cli("scan", "--fail-on", "info", str(models["read_file_unreachable"]))
+    assert "not reachable from any signature" in proc.stdout
+
+
+def test_e2e_json_and_threshold(models) -> None:
+    code, data = scan_json(str(models["read_file_signature"]))
+    assert code == 1
+    hit = next(f for f in data["findings"] if f["rule_id"] == "MW101")
+    assert hit["severity"] == "high" and hit["rule_name"] == registry.meta("MW101").name
+    assert hit["location"]["reachability"].startswith("signature")
+    assert any("/etc/passwd" in v for v in hit["evidence"].values()) or "/etc/passwd" in hit["message"]
+    assert data["artifacts"][0]["format"] == "tf-savedmodel"
+    code, data = scan_json("--fail-on", "critical", str(models["read_file_signature"]))
+    assert code == 0 and data["fail_on"] == "critical" and data["verdict"] == "pass"
+
+
+def test_e2e_sarif_validates(models) -> None:
+    proc = run_cli("scan", "--format", "sarif", str(models["read_file_signature"]), str(models["variables_benign"]))
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    jsonschema.Draft4Validator(SARIF_SCHEMA).validate(data)
+    run = data["runs"][0]
+    result = next(r for r in run["results"] if r["ruleId"] == "MW101")
+    uri = result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    assert uri.endswith("read_file_signature/saved_model.pb")
+    assert run["invocations"][0]["exitCode"] == 1
+
+
+def test_e2e_policy_file_ignores_and_lowers(models, tmp_path: Path) -> None:
+    target = str(models["read_file_signature"])
+    ignore = tmp_path / "ignore.toml"
+    ignore.write_text('[[ignore]]\nrule = "MW101"\njustification = "reviewed: test fixture"\nwhere = "*"\n')
+    code, data = scan_json("--policy", str(ignore), target)
+    assert code == 0, data
+    assert data["suppressed"] and data["suppressed"][0]["justification"] == "reviewed: test fixture"
+    assert data["policy"] == "default+ignore.toml"
+    lower = tmp_path / "lower.toml"
+    lower.write_text('[severity]\nMW101 = "low"\n')
+    code, data = scan_json("--policy", str(lower), target)
+    assert code == 0 and data["counts"]["low"] >= 1 and data["counts"]["high"] == 0
+    stricter = tmp_path / "stricter.toml"
+    stricter.write_text('[severity]\nMW101 = "low"\nfail_on = "low"\n')
+    assert run_cli("scan", "--policy", str(stricter), target).returncode == 2  # fail_on inside [severity] reads as a rule id: error
+    stricter.write_text('fail_on = "low"\n[severity]\nMW101 = "low"\n')
+    assert run_cli("scan", "--policy", str(stricter), target).returncode == 1  # the policy's threshold applies
+    assert run_cli("scan", "--policy", str(stricter), "--fail-on", "high", target).returncode == 0  # CLI wins
+
+
+def test_e2e_strict_profile(models) -> None:
+    target = str(models["strict_timestamp"])
+    assert run_cli("scan", target).returncode == 0
+    code, data = scan_json("--policy", "strict", target)
+    assert code == 1 and data["policy"] == "strict" and data["fail_on"] == "low"
+    assert any(f["rule_id"] == "MW110" and "Timestamp" in f["message"] for f in data["findings"])
+    code, data = scan_json("--policy", "strict", str(models["variables_benign"]))
+    assert code == 0, data["findings"]
+
+
+def test_e2e_keras_applications_pass_strict(models) -> None:
+    keras = [str(p) for name, p in models.items() if name.startswith("keras_")]
+    assert keras
+    code, data = scan_json("--policy", "strict", *keras)
+    assert code == 0, [(f["rule_id"], f["message"]) for f in data["findings"]]
+
+
+def test_e2e_output_file_and_mixed_inputs(models, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    missing = tmp_path / "missing"
+    proc = run_cli("scan", "-f", "json", "-o", str(out), str(models["variables_benign"]), str(missing))
+    assert proc.returncode == 2 and proc.stdout == ""
+    data = json.loads(out.read_text())
+    assert len(data["artifacts"]) == 1 and [e["path"] for e in data["errors"]] == [str(missing)]
+    assert str(missing) in proc.stderr
+
+
+def test_e2e_missing_checkpoint_exits_2_naming_it(models, tmp_path: Path) -> None:
+    prefix = tmp_path / "ckpt" / "model.ckpt"
+    proc = run_cli("scan", "--checkpoint", str(prefix), str(models["variables_benign"]))
+    assert proc.returncode == 2
+    assert str(prefix) in proc.stdout + proc.stderr
