@@ -5,9 +5,11 @@ Nothing here imports TensorFlow or executes anything from the artifact.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from modelwarden import __version__
 from modelwarden.analysis.interface import AnalysisContext, Finding, ScanOptions, Severity
@@ -23,6 +25,19 @@ from modelwarden.report.interface import ArtifactSummary, CallGraphSketch, Repor
 
 Progress = Callable[[int, int, str], None]
 _SEVERITY_DEFAULT = Severity.MEDIUM
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: a scan builds many acyclic objects and no cycles
+    worth collecting, and repeated collections otherwise cost up to 3x the scan itself."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def resolve_policy(policy: "Policy | str | None") -> Policy:
@@ -129,6 +144,11 @@ def scan(
     threshold = Severity.parse(fail_on) if isinstance(fail_on, str) else fail_on
     threshold = threshold if threshold is not None else (pol.fail_on or _SEVERITY_DEFAULT)
 
+    with paused_gc():
+        return _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started)
+
+
+def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started) -> Report:
     candidates, discover_errors = discover(path_list, limits)
     candidates.sort(key=lambda c: c.display)
     errors = [ScanError(e.path, e.reason) for e in discover_errors]

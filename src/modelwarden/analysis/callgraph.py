@@ -38,6 +38,7 @@ class CallEdge:
 
 
 MAX_PATH_STEPS = 41  # longer call paths are shown with their middle elided
+HEAD_STEPS, TAIL_STEPS = 16, 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,8 @@ class Reach:
     steps: tuple[str, ...]  # what this hop adds to the path: (entry label) or (caller node, callee)
     parent: CallEdge | None = None  # the edge this reach arrived by (None at a root)
     prev: "Reach | None" = None
-    depth: int = 0  # number of hops before this one
+    nsteps: int = 0  # length of the whole path
+    head: tuple[str, ...] = ()  # its first HEAD_STEPS steps, shared along the chain
 
     @property
     def label(self) -> str:
@@ -58,19 +60,28 @@ class Reach:
     @property
     def path(self) -> tuple[str, ...]:
         """Entry label, then caller node / callee function pairs; the middle elided when very deep."""
+        want = self.nsteps if self.nsteps <= MAX_PATH_STEPS else TAIL_STEPS
         hops: list[tuple[str, ...]] = []
+        got = 0
         r: Reach | None = self
-        while r is not None:
+        while r is not None and got < want:
             hops.append(r.steps)
+            got += len(r.steps)
             r = r.prev
-        full = [step for hop in reversed(hops) for step in hop]
-        if len(full) <= MAX_PATH_STEPS:
-            return tuple(full)
-        head, tail = full[:16], full[-24:]
-        return (*head, f"… {len(full) - 40} more steps …", *tail)
+        tail = [step for hop in reversed(hops) for step in hop]
+        if self.nsteps <= MAX_PATH_STEPS:
+            return tuple(tail)
+        tail = tail[-TAIL_STEPS:]
+        return (*self.head, f"… {self.nsteps - len(self.head) - len(tail)} more steps …", *tail)
 
     def hop(self, edge: CallEdge, step: str) -> "Reach":
-        return Reach(self.kind, self.entry, (step, edge.callee), edge, self, self.depth + 1)
+        steps = (step, edge.callee)
+        head = self.head if len(self.head) >= HEAD_STEPS else (self.head + steps)[:HEAD_STEPS]
+        return Reach(self.kind, self.entry, steps, edge, self, self.nsteps + 2, head)
+
+    @staticmethod
+    def root(kind: EntryKind, label: str, steps: tuple[str, ...]) -> "Reach":
+        return Reach(kind, label, steps, None, None, len(steps), steps[:HEAD_STEPS])
 
 
 NOT_REACHED = Reach(None, UNREACHABLE, ())
@@ -172,7 +183,7 @@ def _bfs(cg: CallGraph, kind: EntryKind, entries: list[EntryPoint]) -> None:
         node_queue: deque[tuple[str, Reach]] = deque()
         roots = [n.name for n in main.nodes] if kind is EntryKind.GRAPH else [tensor_node(t) for t in ep.tensors]
         for r in roots:
-            visit_main(r, Reach(kind, label, (label,)), node_queue)
+            visit_main(r, Reach.root(kind, label, (label,)), node_queue)
         while node_queue:  # backward over data and control inputs in the top-level graph
             name, reach = node_queue.popleft()
             node = cg.main_index[name]
@@ -182,7 +193,7 @@ def _bfs(cg: CallGraph, kind: EntryKind, entries: list[EntryPoint]) -> None:
                 edge = CallEdge(main.name, name, attr, callee)
                 enter_fn(callee, reach.hop(edge, _step(edge)))
         for fname in ep.functions:
-            enter_fn(fname, Reach(kind, label, (label, fname)))
+            enter_fn(fname, Reach.root(kind, label, (label, fname)))
     while fn_queue:  # a reached function runs whole: every callee in it is reached
         fname, reach = fn_queue.popleft()
         for edge in cg.edges.get(fname, ()):

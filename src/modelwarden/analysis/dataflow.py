@@ -67,6 +67,9 @@ class Dataflow:
         self.view = view
         self.graph = view.graph
         self._local: dict[str, dict[str, list[Taint]]] = {}  # fn -> node -> per-output taints
+        self._argsyms: dict[str, dict[str, Taint]] = {}  # fn -> arg name -> {("arg", j)}
+        self._plans: dict[str, list[tuple[Node, tuple[str, ...], list[str]]]] = {}
+        self._acyclic: dict[str, bool] = {}
         self.summaries: dict[str, Summary] = {}
         self.arg_taint: dict[str, list[Taint]] = {}
         self._inputs = {tensor_node(spec.tensor) for sig in self.graph.signatures for spec in sig.inputs}
@@ -92,10 +95,12 @@ class Dataflow:
     def _tensor(self, fn: Function, tensor: str) -> Taint:
         tensor = tensor.lstrip("^")
         name, _, rest = tensor.partition(":")
-        if fn is not self.graph.main and not rest:
-            for j, arg in enumerate(fn.args):
-                if arg.name == name:
-                    return frozenset({("arg", str(j))})
+        if not rest and fn is not self.graph.main:
+            syms = self._argsyms.get(fn.name)
+            if syms is None:
+                syms = self._argsyms[fn.name] = {a.name: frozenset({("arg", str(j))}) for j, a in enumerate(fn.args)}
+            if name in syms:
+                return syms[name]
         outs = self._local.get(fn.name, {}).get(name)
         if not outs:
             return EMPTY
@@ -105,9 +110,25 @@ class Dataflow:
             idx = int(tail) if tail.isdigit() else 0
         return outs[idx] if idx < len(outs) else outs[0] if len(outs) == 1 else frozenset().union(*outs)
 
-    def _node(self, fn: Function, node: Node) -> list[Taint]:
+    def _plan(self, fn: Function) -> list[tuple[Node, tuple[str, ...], list[str]]]:
+        """Each node with its data inputs and the library functions it calls (computed once)."""
+        plan = self._plans.get(fn.name)
+        if plan is None:
+            functions = self.graph.functions
+            plan = []
+            for node in fn.nodes:
+                if node.op in functions:
+                    callees = [node.op]
+                else:
+                    callees = [ref.name for _, ref in node.func_refs() if ref.name in functions]
+                plan.append((node, node.data_inputs, callees))
+            plan, acyclic = _topological(plan)
+            self._plans[fn.name] = plan
+            self._acyclic[fn.name] = acyclic
+        return plan
+
+    def _node(self, fn: Function, node: Node, data: tuple[str, ...], callees: list[str]) -> list[Taint]:
         op = node.op
-        data = node.data_inputs
         ins = [self._tensor(fn, t) for t in data]
         union = frozenset().union(*ins) if ins else EMPTY
         if op == "Const":
@@ -123,9 +144,6 @@ class Dataflow:
             return [shape_of(union)]
         if op in VARIABLE_OPS and op not in ("VarHandleOp", "VariableV2", "Variable"):
             return [union]
-        callees = [ref.name for _, ref in node.func_refs() if ref.name in self.graph.functions]
-        if op in self.graph.functions:
-            callees = [op]
         if not callees:
             return [union]
         if op in CALL_OPS or op in self.graph.functions:
@@ -167,10 +185,12 @@ class Dataflow:
     def _analyse_fn(self, fn: Function) -> bool:
         table = self._local.setdefault(fn.name, {})
         changed_any = False
-        for _ in range(MAX_SWEEPS):
+        plan = self._plan(fn)
+        sweeps = 1 if self._acyclic[fn.name] else MAX_SWEEPS  # topological order: one sweep is exact
+        for _ in range(sweeps):
             changed = False
-            for node in fn.nodes:
-                new = self._node(fn, node)
+            for node, data, callees in plan:
+                new = self._node(fn, node, data, callees)
                 if table.get(node.name) != new:
                     table[node.name] = new
                     changed = True
@@ -188,13 +208,31 @@ class Dataflow:
 
     def _run(self) -> None:
         cg = self.view.cg
-        order = _callees_first(self.graph.functions, cg.edges)
-        for _ in range(MAX_ROUNDS):  # bottom-up summaries, repeated for recursion
-            changed = False
-            for name in order:
-                changed |= self._analyse_fn(self.graph.functions[name])
-            if not changed:
-                break
+        functions = self.graph.functions
+        callers: dict[str, set[str]] = {}
+        for caller, edges in cg.edges.items():
+            for e in edges:
+                callers.setdefault(e.callee, set()).add(caller)
+        order = [n for n in callees_first(cg) if n in functions]
+        position = {name: i for i, name in enumerate(order)}
+        # Bottom-up summaries with a worklist: a function is redone only when a callee's summary
+        # changed (recursion), at most MAX_ROUNDS times each.
+        pending = set(order)
+        budget = {name: MAX_ROUNDS for name in order}
+        import heapq
+
+        heap = [(position[n], n) for n in order]
+        while heap:
+            _, name = heapq.heappop(heap)
+            if name not in pending:
+                continue
+            pending.discard(name)
+            budget[name] -= 1
+            if self._analyse_fn(functions[name]):
+                for c in callers.get(name, ()):
+                    if c in functions and c not in pending and budget[c] > 0:
+                        pending.add(c)
+                        heapq.heappush(heap, (position[c], c))
         self._analyse_fn(self.graph.main)
         self._args_top_down()
 
@@ -209,32 +247,51 @@ class Dataflow:
                 if cap.kind == "variable" and 0 <= first + k < len(taints):
                     taints[first + k] = frozenset({("variable", cap.value)})
             self.arg_taint[name] = taints
-        for _ in range(MAX_ROUNDS):
-            changed = False
-            for caller_name, edges in self.view.cg.edges.items():
-                caller = graph.function(caller_name)
-                if caller is None:
+        sites = []  # (caller, callee, data inputs, offset, generic)
+        for caller_name, edges in self.view.cg.edges.items():
+            caller = graph.function(caller_name)
+            if caller is None or not edges:
+                continue
+            index = {n.name: n for n in caller.nodes}
+            for edge in edges:
+                node = index.get(edge.node)
+                callee = graph.functions.get(edge.callee)
+                if node is None or callee is None:
                     continue
-                index = {n.name: n for n in caller.nodes} if edges else {}
-                for edge in edges:
-                    node = index.get(edge.node)
-                    callee = graph.functions.get(edge.callee)
-                    if node is None or callee is None:
-                        continue
-                    offset = 0 if edge.attr == "" else BRANCH_OPS.get(node.op, 0)
-                    generic = edge.attr not in ("", "f") and node.op not in BRANCH_OPS and node.op not in LOOP_OPS
-                    data = node.data_inputs
-                    actual = [self.taint(caller, t) for t in data]
-                    everything = frozenset().union(*actual) if actual else EMPTY
-                    cur = self.arg_taint[callee.name]
-                    caps = len(graph.captures.get(callee.name, ()))
-                    for j in range(len(callee.args) - caps):
-                        src = everything if generic else (actual[j + offset] if j + offset < len(actual) else EMPTY)
-                        if not src <= cur[j]:
-                            cur[j] = cur[j] | src
-                            changed = True
-            if not changed:
-                break
+                offset = 0 if edge.attr == "" else BRANCH_OPS.get(node.op, 0)
+                generic = edge.attr not in ("", "f") and node.op not in BRANCH_OPS and node.op not in LOOP_OPS
+                sites.append((caller, callee, node.data_inputs, offset, generic))
+        # Worklist, callers before callees: one pass carries sources down a whole call chain;
+        # a caller is revisited only when its own arguments changed (at most MAX_ROUNDS times).
+        rank = {name: i for i, name in enumerate(reversed(callees_first(self.view.cg)))}
+        by_caller: dict[str, list] = {}
+        for site in sites:
+            by_caller.setdefault(site[0].name, []).append(site)
+        order = sorted(by_caller, key=lambda n: rank.get(n, -1))
+        import heapq
+
+        heap = [(rank.get(n, -1), n) for n in order]
+        queued = set(order)
+        visits: dict[str, int] = {}
+        while heap:
+            _, name = heapq.heappop(heap)
+            queued.discard(name)
+            visits[name] = visits.get(name, 0) + 1
+            for caller, callee, data, offset, generic in by_caller[name]:
+                actual = [self.taint(caller, t) for t in data]
+                everything = frozenset().union(*actual) if actual else EMPTY
+                cur = self.arg_taint[callee.name]
+                caps = len(graph.captures.get(callee.name, ()))
+                changed = False
+                for j in range(len(callee.args) - caps):
+                    src = everything if generic else (actual[j + offset] if j + offset < len(actual) else EMPTY)
+                    if not src <= cur[j]:
+                        cur[j] = cur[j] | src
+                        changed = True
+                c = callee.name
+                if changed and c in by_caller and c not in queued and visits.get(c, 0) < MAX_ROUNDS:
+                    queued.add(c)
+                    heapq.heappush(heap, (rank.get(c, -1), c))
 
     def _concrete(self, fn: Function, taint: Taint) -> Taint:
         if not any(_is_arg(s) for s in taint):
@@ -245,6 +302,41 @@ class Dataflow:
             if _is_arg(s):
                 out |= _subst(s, args)
         return frozenset(out)
+
+
+def _topological(plan: list) -> tuple[list, bool]:
+    """Order nodes so data inputs come first (Kahn); (original order, False) if there is a cycle."""
+    names = {entry[0].name for entry in plan}
+    deps: dict[str, set[str]] = {}
+    users: dict[str, list[str]] = {}
+    for node, data, _ in plan:
+        d = {tensor_node(t) for t in data} & names
+        d.discard(node.name)
+        deps[node.name] = d
+        for x in d:
+            users.setdefault(x, []).append(node.name)
+    by_name = {entry[0].name: entry for entry in plan}
+    ready = [entry[0].name for entry in plan if not deps[entry[0].name]]
+    out = []
+    while ready:
+        name = ready.pop()
+        out.append(by_name[name])
+        for u in users.get(name, ()):
+            deps[u].discard(name)
+            if not deps[u]:
+                ready.append(u)
+    if len(out) != len(plan):
+        return plan, False
+    return out, True
+
+
+def callees_first(cg) -> list[str]:
+    """Library functions, callees before callers (computed once per call graph)."""
+    order = getattr(cg, "_callees_first", None)
+    if order is None:
+        order = _callees_first(cg.callable, cg.edges)
+        cg._callees_first = order
+    return order
 
 
 def _callees_first(functions: dict[str, Function], edges: dict) -> list[str]:

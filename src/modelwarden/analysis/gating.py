@@ -74,26 +74,62 @@ def _use(ctx: AnalysisContext, view: GraphView, fn: Function, node: Node, cap: s
     return CapabilityUse(cap, node.op, fn.name, node.name, path, arg)
 
 
+MAX_WITNESSES = 8  # capability uses remembered per function (enough to show a branch is dangerous)
+
+
+def _capability_index(ctx: AnalysisContext, view: GraphView) -> tuple[dict, dict]:
+    """For every function, up to MAX_WITNESSES capability uses reachable from it, each with its next hop.
+
+    One pass over the functions, callees first (twice, for recursion): linear in the library size.
+    Returns (uses by key, per-function {key: None (own) | (step, callee)}).
+    """
+    key = ("capability_index", view.graph.name)
+    cached = ctx.cache.get(key)
+    if cached is not None:
+        return cached  # type: ignore[return-value]
+    from modelwarden.analysis.dataflow import callees_first
+
+    functions = view.cg.callable
+    base: dict[tuple[str, str, str], CapabilityUse] = {}
+    hops: dict[str, dict[tuple[str, str, str], tuple[str, str] | None]] = {}
+    for name, fn in functions.items():
+        own: dict[tuple[str, str, str], tuple[str, str] | None] = {}
+        for node in fn.nodes:
+            for cap in ctx.catalog.active(node):
+                if cap in CAPABILITY_META and len(own) < MAX_WITNESSES:
+                    k = (name, node.name, cap)
+                    base[k] = _use(ctx, view, fn, node, cap, (name,))
+                    own[k] = None
+        hops[name] = own
+    order = callees_first(view.cg)
+    for _ in range(2):
+        for name in order:
+            table = hops[name]
+            for edge in view.cg.edges.get(name, ()):
+                if len(table) >= MAX_WITNESSES:
+                    break
+                step = edge.node if edge.attr in ("", "f") else f"{edge.node}[{edge.attr}]"
+                for k in hops.get(edge.callee, {}):
+                    if len(table) >= MAX_WITNESSES:
+                        break
+                    table.setdefault(k, (step, edge.callee))
+    ctx.cache[key] = (base, hops)
+    return base, hops
+
+
 def _capabilities_from(ctx: AnalysisContext, view: GraphView, start: str, memo: dict) -> tuple[CapabilityUse, ...]:
     if start in memo:
         return memo[start]
-    uses: list[CapabilityUse] = []
-    seen = {start}
-    queue: deque[tuple[str, tuple[str, ...]]] = deque([(start, (start,))])
-    while queue and len(uses) < 50:
-        name, path = queue.popleft()
-        fn = view.graph.functions.get(name)
-        if fn is None:
-            continue
-        for node in fn.nodes:
-            for cap in ctx.catalog.active(node):
-                if cap in CAPABILITY_META:
-                    uses.append(_use(ctx, view, fn, node, cap, path))
-        for edge in view.cg.edges.get(name, ()):
-            if edge.callee not in seen:
-                seen.add(edge.callee)
-                step = edge.node if edge.attr in ("", "f") else f"{edge.node}[{edge.attr}]"
-                queue.append((edge.callee, path + (step, edge.callee)))
+    base, hops = _capability_index(ctx, view)
+    uses = []
+    for k in hops.get(start, {}):
+        path, cur, seen = [start], start, {start}
+        while (nxt := hops.get(cur, {}).get(k)) is not None and nxt[1] not in seen:
+            path.extend(nxt)
+            cur = nxt[1]
+            seen.add(cur)
+        u = base[k]
+        uses.append(CapabilityUse(u.capability, u.op, u.function, u.node, tuple(path), u.argument))
     memo[start] = tuple(uses)
     return memo[start]
 
@@ -214,7 +250,7 @@ def render_expr(view: GraphView, fn: Function, tensor: str, budget: list[int] | 
                 offset = 0 if edge.attr == "" else BRANCH_OPS.get(call.op, 0)
                 data = call.data_inputs
                 return render_expr(view, caller, data[j + offset], budget, depth + 1) if j + offset < len(data) else arg.name
-    node = next((n for n in fn.nodes if n.name == name), None)
+    node = view.values._nodes(fn).get(name)
     if node is None:
         return name
     if node.op == "Const":

@@ -87,18 +87,17 @@ class DataflowRule(Rule):
         yield from self._arguments(ctx)
 
     def _gated(self, ctx: AnalysisContext) -> Iterable[Finding]:
+        harmless: dict[str, list] = {}
         for site in gating_sites(ctx):
+            if not site.dangerous:  # reported once per graph below, with a few examples
+                harmless.setdefault(site.view.graph.name, []).append(site)
+                continue
             view, fn, node = site.view, site.fn, site.node
             reach = view.cg.reach(fn, node)
             predicate = render_expr(view, site.predicate_fn, site.predicate)
             loc = node_location(ctx, view, fn, node, reach)
             varnames = ", ".join(variable_label(v) for v in site.variables)
             base = {"predicate": predicate, "variables": varnames, "op": node.op}
-            if not site.dangerous:
-                msg = (f"{node.op} {node.name!r} is decided by checkpoint variable(s) {varnames}; "
-                       f"predicate = {predicate}; its branches reach no host capability")
-                yield ctx.finding(GATED, msg, loc, severity=Severity.INFO, evidence=base)
-                continue
             for branch in site.branches:
                 for use in branch.uses[:5]:
                     sev = Severity.CRITICAL if use.capability in DANGEROUS else Severity.HIGH
@@ -108,6 +107,20 @@ class DataflowRule(Rule):
                            f"predicate = {predicate}")
                     ev = dict(base, branch=branch.label, gated_op=use.op, capability=use.capability, path=path)
                     yield ctx.finding(GATED, msg, loc, severity=sev, capability=use.capability, evidence=ev)
+        for sites in harmless.values():
+            first = sites[0]
+            view, fn, node = first.view, first.fn, first.node
+            examples = "; ".join(
+                f"{s.node.op} {s.node.name!r} in {s.fn.name}: {render_expr(s.view, s.predicate_fn, s.predicate)}"
+                for s in sites[:3]
+            )
+            variables = sorted({v for s in sites for v in s.variables})
+            names = ", ".join(variable_label(v) for v in variables[:10]) + (" ..." if len(variables) > 10 else "")
+            count = f"{len(sites)} branches/loops are" if len(sites) > 1 else f"{node.op} {node.name!r} is"
+            msg = f"{count} decided by checkpoint variable(s) {names}, but no gated branch reaches a host capability"
+            evidence = {"predicate": render_expr(view, first.predicate_fn, first.predicate), "variables": names,
+                        "sites": str(len(sites)), "examples": examples, "op": node.op}
+            yield ctx.finding(GATED, msg, node_location(ctx, view, fn, node), severity=Severity.INFO, evidence=evidence)
 
     def _arguments(self, ctx: AnalysisContext) -> Iterable[Finding]:
         for view, df in dataflows(ctx):
