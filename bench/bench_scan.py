@@ -43,7 +43,16 @@ VENV = WORK / "venv"
 MODELS = WORK / "models"
 BUILD_VERSION = "1"  # bump when _build_models changes
 BIG_VAR_SHAPE = (256, 1024, 1024)  # float32: 1 GiB
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONDONTWRITEBYTECODE="1")
+# Every tool runs as installed: with its bytecode cache (pip compiles it at install time).
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+
+
+def compile_modelwarden() -> None:
+    """Write modelwarden's .pyc files, as ``pip install`` does, so imports are not recompiled."""
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "src" / "modelwarden"), quiet=1)
 
 
 # --------------------------------------------------------------------------
@@ -265,6 +274,7 @@ def main() -> int:
     MW_CMD[:] = shlex.split(args.modelwarden_cmd)
 
     modelscan = ensure_venv()
+    compile_modelwarden()
     ensure_models(args.models)
     mnet, tiny, big, many = MODELS / "mobilenetv2", MODELS / "weights_tiny", MODELS / "weights_1g", MODELS / "many"
     big_bytes = sum(p.stat().st_size for p in (big / "variables").iterdir())

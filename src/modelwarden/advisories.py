@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache, total_ordering
-from importlib import metadata, resources
+from importlib import resources
 
 # stage order within one release: dev < a < b < rc < final < post
 _STAGES = {"dev": 0, "a": 1, "alpha": 1, "b": 2, "beta": 2, "rc": 3, "c": 3, "": 4, "post": 5}
@@ -212,6 +212,8 @@ class VersionChoice:
 @cache
 def installed_tf() -> tuple[str, str] | None:
     """(version, distribution) of a TensorFlow installed beside modelwarden, without importing it."""
+    from importlib import metadata  # lazily: only when a model uses an op with advisories
+
     for name in PYPI_NAMES:
         try:
             return metadata.version(name), name

@@ -15,7 +15,7 @@ from modelwarden.analysis.dataflow import BRANCH_OPS, LOOP_OPS, Dataflow, source
 from modelwarden.analysis.graphs import GraphView, graph_views
 from modelwarden.analysis.interface import AnalysisContext
 from modelwarden.analysis.rules.capabilities import CAPABILITY_META
-from modelwarden.ir import FuncRef, Function, Node
+from modelwarden.ir import EntryKind, FuncRef, Function, Node
 
 MAX_EXPR_NODES = 24
 
@@ -56,10 +56,41 @@ class GatingSite:
         return any(b.uses for b in self.branches)
 
 
+CONTROL_SINKS = frozenset(BRANCH_OPS) | LOOP_OPS | {"Switch", "RefSwitch"}
+
+
+def _has_sinks(ctx: AnalysisContext, view: GraphView) -> bool:
+    """Does any node consume taint we report on (control flow, path or allocation arguments)?"""
+    from modelwarden.analysis.rules.dataflow import ALLOCATION_INPUTS
+
+    def constant(fn: Function, node: Node, index: int) -> bool:
+        data = node.data_inputs
+        if index >= len(data):
+            return True
+        producer = view.values._nodes(fn).get(tensor_node(data[index]))
+        return producer is not None and producer.op == "Const"
+
+    for fn in view.cg.bodies():
+        for node in fn.nodes:
+            op = node.op
+            if op in CONTROL_SINKS:
+                return True
+            alloc = ALLOCATION_INPUTS.get(op)
+            if alloc is not None and not constant(fn, node, alloc[0]):
+                return True
+            spec = ctx.catalog.lookup(op)
+            if spec is not None and spec.paths and not all(constant(fn, node, i) for i in spec.paths):
+                kinds = view.cg.kinds(fn, node)
+                if not kinds or not kinds <= {EntryKind.SAVER}:  # the saver's own path is its placeholder
+                    return True
+    return False
+
+
 def dataflows(ctx: AnalysisContext) -> list[tuple[GraphView, Dataflow]]:
+    """Dataflow for every graph that has sinks (demand-driven: the others cannot produce findings)."""
     cached = ctx.cache.get("dataflows")
     if cached is None:
-        cached = [(v, Dataflow(v)) for v in graph_views(ctx)]
+        cached = [(v, Dataflow(v)) for v in graph_views(ctx) if _has_sinks(ctx, v)]
         ctx.cache["dataflows"] = cached
     return cached  # type: ignore[return-value]
 

@@ -8,7 +8,6 @@ that ``modelwarden rules`` lists and SARIF embeds.
 from __future__ import annotations
 
 import enum
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -76,6 +75,8 @@ class Finding:
     @property
     def fingerprint(self) -> str:
         """Stable identity for de-duplication and SARIF ``partialFingerprints``."""
+        import hashlib
+
         loc = self.location
         key = "\x1f".join(
             (self.rule_id, loc.artifact, loc.file, loc.graph, loc.function, loc.node, loc.op, self.message)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import stat
-import zipfile
 
 from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.formats import safeio
@@ -108,6 +107,8 @@ def sniff_protobuf(path: str, head: bytes, size: int) -> ArtifactFormat | None:
 
 
 def _is_keras_zip(path: str) -> bool:
+    import zipfile
+
     try:
         with zipfile.ZipFile(path) as zf:
             names = set()

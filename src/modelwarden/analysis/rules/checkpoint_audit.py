@@ -86,8 +86,21 @@ class CheckpointAuditRule(Rule):
                               evidence={"key": key})
 
     def _gates(self, ctx, ckpt: Checkpoint, entries: dict[str, CheckpointEntry]) -> Iterable[Finding]:
+        from modelwarden.analysis.dataflow import sources
+        from modelwarden.analysis.gating import dataflows, gating_sites, variable_label
+
+        sites = [s for s in gating_sites(ctx) if s.dangerous]
+        sensitive = any(  # a variable flowing into a path argument
+            sources(df.input_taint(fn, node, i), "variable")
+            for view, df in dataflows(ctx)
+            for fn in view.cg.bodies()
+            for node in fn.nodes
+            if (spec := ctx.catalog.lookup(node.op)) is not None and spec.paths and ctx.catalog.active(node)
+            for i in spec.paths
+        )
+        if not sites and not sensitive:
+            return  # nothing to evaluate: don't pay for numpy
         from modelwarden.analysis import evaluate as ev
-        from modelwarden.analysis.gating import gating_sites, variable_label
         from modelwarden.formats.checkpoint import read_entry_bytes
 
         prefix = _prefix(ctx)
@@ -105,9 +118,7 @@ class CheckpointAuditRule(Rule):
                 cache[key] = ev.decode_tensor(data, entry.dtype, entry.shape)
             return cache[key]
 
-        for site in gating_sites(ctx):
-            if not site.dangerous:
-                continue
+        for site in sites:
             view, fn, node = site.view, site.fn, site.node
             loc = node_location(ctx, view, fn, node)
             evaluator = ev.Evaluator(view, value)
