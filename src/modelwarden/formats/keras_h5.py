@@ -19,7 +19,6 @@ import os
 import resource
 import select
 import signal
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -244,15 +243,4 @@ def _has_signature(fd: int, size: int) -> bool:
 
 
 def _open_regular(path: str) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise InputError(path, "HDF5 file does not exist") from None
-    except OSError as exc:
-        if exc.errno == 40:
-            raise InputError(path, "HDF5 file is a symbolic link; refusing to follow it") from None
-        raise InputError(path, f"cannot open HDF5 file: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InputError(path, "HDF5 file is not a regular file")
-    return fd
+    return safeio.open_regular(path, "HDF5 file")

@@ -74,18 +74,7 @@ def _entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, limits: Limits
 
 
 def _open_regular(path: str) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise InputError(path, "Keras archive does not exist") from None
-    except OSError as exc:
-        if exc.errno == 40:
-            raise InputError(path, "Keras archive is a symbolic link; refusing to follow it") from None
-        raise InputError(path, f"cannot open Keras archive: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InputError(path, "Keras archive is not a regular file")
-    return fd
+    return safeio.open_regular(path, "Keras archive")
 
 
 class KerasV3Reader(Reader):

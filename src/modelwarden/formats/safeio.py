@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -10,20 +11,27 @@ from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.ir import FileEntry, FileKind
 
 
-def read_file(path: str, max_bytes: int, *, what: str = "file") -> bytes:
-    """Read a regular file, refusing symlinks, non-regular files and anything over ``max_bytes``."""
+def open_regular(path: str, what: str = "file") -> int:
+    """Open a regular file read-only without following symlinks or blocking on FIFOs; the caller closes it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise InputError(path, f"{what} does not exist") from None
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: a symlink
+        if exc.errno == errno.ELOOP:
             raise InputError(path, f"{what} is a symbolic link; refusing to follow it") from None
         raise InputError(path, f"cannot open {what}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(path, f"{what} is not a regular file")
+    return fd
+
+
+def read_file(path: str, max_bytes: int, *, what: str = "file") -> bytes:
+    """Read a regular file, refusing symlinks, non-regular files and anything over ``max_bytes``."""
+    fd = open_regular(path, what)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(path, f"{what} is not a regular file")
         if st.st_size > max_bytes:
             raise LimitExceeded(path, f"{what} is {st.st_size} bytes, over the {max_bytes}-byte limit")
         chunks = []
