@@ -1,0 +1,295 @@
+"""Sandbox speed and memory, with every ratio measured in the same run.
+
+    python bench/bench_sandbox.py [--rounds 15] [--calls 100] [--cold 3] [--json OUT.json]
+
+1. warm predict: the same signature called in-process (TensorFlow imported in this process)
+   and through a warm sandbox, interleaved round by round (tiny dense model, MobileNetV2
+   alpha=0.35 96x96, weights random - no download);
+2. cold start to first prediction: a fresh ``python -c "import tensorflow; load; predict"``
+   vs a fresh ``python -c "Sandbox().load(...).predict(...)"`` (scan skipped, and with the
+   scan gate), alternating;
+3. memory: RSS/PSS of the sandbox's processes vs an unsandboxed process that loaded and ran
+   the same model;
+4. template-process experiment: threads alive right after ``import tensorflow`` and whether a
+   ``fork()`` of that process can still load and run a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "bench" / ".work" / "models-v1"
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+
+
+def build(out: Path) -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    out.mkdir(parents=True, exist_ok=True)
+
+    class Dense(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 16], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.nn.relu(tf.matmul(x, self.w))}
+
+    d = Dense()
+    tf.saved_model.save(d, str(out / "dense"), signatures={"serving_default": d.serve})
+    import keras
+
+    net = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None)
+
+    class Mobile(tf.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 96, 96, 3], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": self.model(x, training=False)}
+
+    m = Mobile(net)
+    tf.saved_model.save(m, str(out / "mobilenet"), signatures={"serving_default": m.serve})
+    (out / ".complete").write_text("ok")
+
+
+def ensure_models() -> Path:
+    if not (CACHE / ".complete").exists():
+        print("building benchmark models ...", file=sys.stderr)
+        subprocess.run([sys.executable, __file__, "--build", str(CACHE)], check=True, env=ENV, cwd=ROOT)
+    return CACHE
+
+
+def inputs_for(name: str):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    if name == "dense":
+        return {"x": rng.normal(size=(1, 16)).astype(np.float32)}
+    return {"x": rng.normal(size=(1, 96, 96, 3)).astype(np.float32)}
+
+
+# -- warm ------------------------------------------------------------------------------------------
+
+
+def warm(models: Path, rounds: int, calls: int) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from modelwarden.sandbox import Sandbox, SandboxLimits
+
+    out = {}
+    for name, n in (("dense", calls), ("mobilenet", max(10, calls // 10))):
+        x = inputs_for(name)
+        fn = tf.saved_model.load(str(models / name)).signatures["serving_default"]
+
+        def inproc():
+            return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in x.items()}).items()}
+
+        with Sandbox(SandboxLimits(timeout_s=60)) as sb:
+            model = sb.load(models / name, scan=False)
+            ref, got = inproc(), model.predict(x)
+            np.testing.assert_allclose(got["y"], ref["y"], rtol=1e-4, atol=1e-5)
+            for _ in range(max(20, n // 2)):
+                inproc()
+                model.predict(x)
+            a, b, w = [], [], []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                for _ in range(n):
+                    inproc()
+                a.append((time.perf_counter() - t) / n)
+                t = time.perf_counter()
+                runs = []
+                for _ in range(n):
+                    model.predict(x)
+                    runs.append(model.last_run_us or 0)
+                b.append((time.perf_counter() - t) / n)
+                w.append(statistics.median(runs) / 1e6)
+            ia, sb_, wr = statistics.median(a), statistics.median(b), statistics.median(w)
+            out[name] = {"inprocess_ms": ia * 1e3, "sandbox_ms": sb_ * 1e3, "ratio": sb_ / ia,
+                         "worker_compute_ms": wr * 1e3, "boundary_overhead_ms": (sb_ - wr) * 1e3}
+    return out
+
+
+# -- cold ------------------------------------------------------------------------------------------
+
+BASELINE = r"""
+import sys, time, numpy as np
+import tensorflow as tf
+f = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+x = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
+f(x=tf.constant(x))["y"].numpy()
+def rss():
+    for ln in open("/proc/self/status"):
+        if ln.startswith("VmRSS:"): return int(ln.split()[1]) * 1024
+print("READY", rss(), flush=True)
+sys.stdin.read()
+"""
+
+SANDBOXED = r"""
+import sys, numpy as np
+from modelwarden.sandbox import Sandbox
+sb = Sandbox()
+m = sb.load(sys.argv[1], scan=sys.argv[2] == "scan")
+x = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
+m.predict({"x": x})
+print("READY", 0, flush=True)
+sb.close()
+"""
+
+
+def _time_to_ready(code: str, *args: str) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT, text=True)
+    line = p.stdout.readline()
+    elapsed = time.perf_counter() - t0
+    p.stdin.close()
+    p.wait(timeout=120)
+    if not line.startswith("READY"):
+        raise RuntimeError(f"cold-start child failed: {line!r}")
+    return elapsed, int(line.split()[1])
+
+
+def cold(models: Path, n: int) -> dict:
+    base, sand, scanned = [], [], []
+    for _ in range(n):
+        base.append(_time_to_ready(BASELINE, str(models / "dense"))[0])
+        sand.append(_time_to_ready(SANDBOXED, str(models / "dense"), "noscan")[0])
+        scanned.append(_time_to_ready(SANDBOXED, str(models / "dense"), "scan")[0])
+    b, s, c = statistics.median(base), statistics.median(sand), statistics.median(scanned)
+    return {"unsandboxed_s": b, "sandbox_s": s, "ratio": s / b, "sandbox_with_scan_s": c, "ratio_with_scan": c / b}
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+
+def _mem(pid: int) -> tuple[int, int]:
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for ln in f:
+                if ln.startswith("Rss:"):
+                    rss = int(ln.split()[1]) * 1024
+                elif ln.startswith("Pss:"):
+                    pss = int(ln.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss, pss
+
+
+def memory(models: Path) -> dict:
+    import numpy as np
+
+    from modelwarden.sandbox import Sandbox
+
+    p = subprocess.Popen([sys.executable, "-c", BASELINE, str(models / "dense")], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT, text=True)
+    p.stdout.readline()
+    base_rss, base_pss = _mem(p.pid)
+    p.stdin.close()
+    p.wait(timeout=60)
+    with Sandbox() as sb:
+        m = sb.load(models / "dense", scan=False)
+        m.predict({"x": np.zeros((1, 16), np.float32)})
+        w = sb._worker
+        boot_rss, boot_pss = _mem(w.proc.proc.pid)
+        init_rss, init_pss = _mem(w.init_pid) if w.init_pid else (0, 0)
+    mib = 1 << 20
+    return {
+        "unsandboxed_rss_mib": base_rss / mib, "worker_rss_mib": init_rss / mib, "boot_rss_mib": boot_rss / mib,
+        "boot_pss_mib": boot_pss / mib,
+        "overhead_rss_mib": (init_rss + boot_rss - base_rss) / mib,
+        "overhead_pss_mib": (init_pss + boot_pss - base_pss) / mib,
+    }
+
+
+# -- template experiment ---------------------------------------------------------------------------
+
+FORK = r"""
+import os, sys, signal, numpy as np
+import tensorflow as tf
+def threads():
+    for ln in open("/proc/self/status"):
+        if ln.startswith("Threads:"): return int(ln.split()[1])
+print("THREADS_AFTER_IMPORT", threads(), flush=True)
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)
+    f = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+    f(x=tf.constant(np.zeros((1, 16), np.float32)))["y"].numpy()
+    print("CHILD_OK", threads(), flush=True)
+    os._exit(0)
+_, st = os.waitpid(pid, 0)
+print("CHILD_STATUS", os.waitstatus_to_exitcode(st), flush=True)
+"""
+
+
+def template(models: Path) -> dict:
+    res = subprocess.run([sys.executable, "-c", FORK, str(models / "dense")], capture_output=True, text=True,
+                         env=ENV, timeout=120)
+    out = {"threads_after_import": None, "forked_child": "no answer"}
+    for ln in res.stdout.splitlines():
+        key, _, value = ln.partition(" ")
+        if key == "THREADS_AFTER_IMPORT":
+            out["threads_after_import"] = int(value)
+        elif key == "CHILD_OK":
+            out["forked_child"] = f"loaded and predicted ({value} threads)"
+        elif key == "CHILD_STATUS" and value != "0":
+            out["forked_child"] = f"failed: exit status {value} (negative = signal; -14 = hung until alarm)"
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--calls", type=int, default=100)
+    ap.add_argument("--cold", type=int, default=3)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if args.build:
+        build(Path(args.build))
+        return 0
+    os.environ.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    sys.path.insert(0, str(ROOT / "src"))
+    models = ensure_models()
+    results = {"host": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
+    results["template"] = template(models)
+    results["cold"] = cold(models, args.cold)
+    results["memory"] = memory(models)
+    results["warm"] = warm(models, args.rounds, args.calls)
+    w, c, m = results["warm"], results["cold"], results["memory"]
+    print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f}")
+    for name, target in (("dense", 1.10), ("mobilenet", 1.03)):
+        r = w[name]
+        print(f"warm predict {name:9}: in-process {r['inprocess_ms']:.3f} ms, sandbox {r['sandbox_ms']:.3f} ms "
+              f"-> {r['ratio']:.3f}x (target <= {target}x); worker compute {r['worker_compute_ms']:.3f} ms, "
+              f"boundary {r['boundary_overhead_ms']:.3f} ms")
+    print(f"cold start: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> {c['ratio']:.3f}x "
+          f"(target <= 1.2x); with the scan gate {c['sandbox_with_scan_s']:.2f} s -> {c['ratio_with_scan']:.3f}x")
+    print(f"memory: unsandboxed RSS {m['unsandboxed_rss_mib']:.0f} MiB, worker {m['worker_rss_mib']:.0f} MiB + boot "
+          f"{m['boot_rss_mib']:.0f} MiB -> overhead {m['overhead_rss_mib']:.1f} MiB RSS, "
+          f"{m['overhead_pss_mib']:.1f} MiB PSS (target <= 50 MiB)")
+    t = results["template"]
+    print(f"template: {t['threads_after_import']} threads right after `import tensorflow`; fork() child: {t['forked_child']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The sandboxed worker: imports TensorFlow, loads one model, answers predict requests.
+
+Requests come from the (trusted) parent; replies are treated as hostile by it.
+Every failure is reported as ``{"ok": false, "error": CODE, "message": ...}`` with
+a CODE from :data:`modelwarden.sandbox.errors.WORKER_REPORTABLE`.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import numpy as np
+
+from modelwarden.sandbox import protocol
+
+
+class WorkerError(Exception):
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+def main(fd: int, cfg: dict, layers: dict | None = None) -> int:
+    sock = socket.socket(fileno=fd)
+    model = cfg.get("model") or {}
+    if model.get("recheck"):
+        # The second opinion runs before TensorFlow is even imported (and while the parent
+        # runs its own scan): no byte of the model reaches TensorFlow unless both agree.
+        try:
+            recheck(str(model["path"]), model.get("policy"), model.get("fail_on"))
+        except WorkerError as exc:
+            protocol.send_frame(sock, {"op": "ready", "ok": False, "error": exc.code, "message": str(exc)[:8000]})
+            return 0
+    t0 = time.monotonic()
+    import tensorflow as tf  # noqa: F401 - the one place TF is imported
+
+    import_s = time.monotonic() - t0
+    protocol.send_frame(sock, {"op": "ready", "ok": True, "tf": tf.__version__, "import_s": round(import_s, 3)})
+    worker = Worker(tf, cfg, layers or {})
+    max_in = int(cfg.get("max_input_bytes", 1 << 30))
+    reader = protocol.FrameReader(sock)
+    spin_s = float(cfg.get("spin_s", 0.0))
+    while True:
+        try:
+            header, body = reader.recv(max_body=max_in, spin_s=spin_s)
+        except protocol.ChannelClosed:
+            return 0
+        op = header.get("op")
+        if op == "close":
+            return 0
+        try:
+            reply, chunks = worker.handle(op, header, body)
+        except WorkerError as exc:
+            reply, chunks = {"ok": False, "error": exc.code, "message": str(exc)[:8000], **exc.details}, []
+        except MemoryError as exc:
+            reply, chunks = {"ok": False, "error": "memory_limit", "message": f"out of memory: {exc}"[:2000]}, []
+        except Exception as exc:  # noqa: BLE001 - every model error goes back as a message
+            reply, chunks = _classify(tf, exc), []
+        del body
+        protocol.send_frame(sock, reply, chunks)
+
+
+def _classify(tf: Any, exc: Exception) -> dict:
+    msg = f"{type(exc).__name__}: {exc}"[:8000]
+    if isinstance(exc, tf.errors.ResourceExhaustedError):
+        return {"ok": False, "error": "memory_limit", "message": msg}
+    return {"ok": False, "error": "execution_failed", "message": msg}
+
+
+def recheck(path: str, policy: Any, fail_on: Any) -> None:
+    """Second opinion: scan the exact bytes TensorFlow is about to load, inside the sandbox."""
+    try:
+        from modelwarden.scanner import scan
+    except ImportError as exc:
+        raise WorkerError("sandbox_error", f"in-sandbox re-check unavailable: cannot import modelwarden.scanner ({exc})") from None
+    kwargs: dict[str, Any] = {"policy": policy}
+    if fail_on:
+        from modelwarden.analysis.interface import Severity
+
+        kwargs["fail_on"] = Severity.parse(str(fail_on))
+    report = scan(path, **kwargs)
+    failing = report.failing()
+    if report.errors or failing:
+        items = [f"{f.rule_id} {f.severity.label}: {f.message} ({f.location.logical() or f.location.file})"
+                 for f in failing[:50]]
+        items += [f"unreadable: {e.path}: {e.message}" for e in report.errors[:20]]
+        raise WorkerError("op_blocked", "in-sandbox re-check refused the model: " + "; ".join(items)[:6000],
+                          findings=[f.rule_id for f in failing[:200]])
+
+
+
+def _spec(name: str, dtype: Any, shape: Any) -> dict:
+    try:
+        dims = None if shape is None else [None if d is None or d < 0 else int(d) for d in shape]
+    except TypeError:
+        dims = None
+    return {"name": str(name), "dtype": str(np.dtype(dtype).name) if dtype is not None else "unknown", "shape": dims}
+
+
+class Worker:
+    def __init__(self, tf: Any, cfg: dict, layers: dict) -> None:
+        self.tf = tf
+        self.cfg = cfg
+        self.layers = layers
+        self.model: Any = None
+        self.kind = ""
+        self.signatures: dict[str, Any] = {}
+        self.specs: dict[str, dict[str, list[dict]]] = {}
+        self._input_specs: dict[str, dict[str, protocol.TensorSpec]] = {}
+
+    def handle(self, op: Any, header: dict, body: bytearray) -> tuple[dict, list]:
+        if op == "load":
+            return self.load(header), []
+        if op == "predict":
+            return self.predict(header, body)
+        if op == "ping":
+            return {"ok": True}, []
+        if op == "introspect":
+            from modelwarden.runtime.introspect import introspect
+
+            return {"ok": True, "info": introspect(self.layers)}, []
+        raise WorkerError("sandbox_error", f"unknown op {str(op)[:40]!r}")
+
+    # -- load ------------------------------------------------------------------------------------
+
+    def load(self, header: dict) -> dict:
+        if self.model is not None:
+            raise WorkerError("sandbox_error", "a model is already loaded in this worker")
+        path = str(header["path"])
+        kind = str(header["kind"])
+        try:
+            if kind == "saved_model":
+                self._load_saved_model(path)
+            elif kind == "keras":
+                self._load_keras(path, safe_mode=bool(header.get("keras_safe_mode", True)))
+            elif kind == "tflite":
+                self._load_tflite(path)
+            else:
+                raise WorkerError("load_failed", f"unsupported model kind {kind!r}")
+        except WorkerError:
+            raise
+        except MemoryError as exc:
+            raise WorkerError("memory_limit", f"out of memory while loading: {exc}") from None
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, self.tf.errors.ResourceExhaustedError):
+                raise WorkerError("memory_limit", f"{type(exc).__name__}: {exc}"[:4000]) from None
+            raise WorkerError("load_failed", f"{type(exc).__name__}: {exc}"[:4000]) from None
+        self.kind = kind
+        return {"ok": True, "kind": kind, "signatures": self.specs}
+
+    def _load_saved_model(self, path: str) -> None:
+        tf = self.tf
+        loaded = tf.saved_model.load(path)
+        self.model = loaded
+        for name, fn in loaded.signatures.items():
+            _args, kwargs = fn.structured_input_signature
+            ins = [_spec(k, v.dtype.as_numpy_dtype, v.shape.as_list() if v.shape.rank is not None else None)
+                   for k, v in sorted(kwargs.items())]
+            outs = [_spec(k, v.dtype.as_numpy_dtype, v.shape.as_list() if v.shape.rank is not None else None)
+                    for k, v in sorted(fn.structured_outputs.items())]
+            self.signatures[name] = fn
+            self.specs[name] = {"inputs": ins, "outputs": outs}
+
+    def _load_keras(self, path: str, safe_mode: bool) -> None:
+        import keras
+
+        model = keras.saving.load_model(path, safe_mode=safe_mode, compile=False)
+        self.model = model
+        ins = [_spec(_keras_name(t), t.dtype, list(t.shape)) for t in model.inputs]
+        names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
+        outs = [_spec(n, t.dtype, list(t.shape)) for n, t in zip(names, model.outputs)]
+        self.keras_inputs = [s["name"] for s in ins]
+        self.keras_outputs = [s["name"] for s in outs]
+        self.signatures["serving_default"] = model
+        self.specs["serving_default"] = {"inputs": ins, "outputs": outs}
+
+    def _load_tflite(self, path: str) -> None:
+        interp = self.tf.lite.Interpreter(model_path=path)
+        self.model = interp
+        sigs = interp.get_signature_list()
+        if sigs:
+            for name in sigs:
+                runner = interp.get_signature_runner(name)
+                ins = [_spec(k, d["dtype"], d["shape_signature"]) for k, d in sorted(runner.get_input_details().items())]
+                outs = [_spec(k, d["dtype"], d["shape_signature"]) for k, d in sorted(runner.get_output_details().items())]
+                self.signatures[name] = runner
+                self.specs[name] = {"inputs": ins, "outputs": outs}
+        else:
+            interp.allocate_tensors()
+            ins = [_spec(d["name"], d["dtype"], d["shape_signature"]) for d in interp.get_input_details()]
+            outs = [_spec(d["name"], d["dtype"], d["shape_signature"]) for d in interp.get_output_details()]
+            self.signatures["serving_default"] = None
+            self.specs["serving_default"] = {"inputs": ins, "outputs": outs}
+
+    # -- predict ---------------------------------------------------------------------------------
+
+    def predict(self, header: dict, body: bytearray) -> tuple[dict, list]:
+        if self.model is None:
+            raise WorkerError("sandbox_error", "no model loaded")
+        name = str(header.get("signature") or "")
+        if name not in self.signatures:
+            raise WorkerError("invalid_input", f"no signature {name!r} (available: {', '.join(sorted(self.signatures))})")
+        try:
+            inputs = protocol.decode_tensors(header.get("tensors"), body, max_bytes=len(body) + 1)
+        except protocol.FrameError as exc:
+            raise WorkerError("invalid_input", str(exc)) from None
+        specs = self._input_specs.get(name)
+        if specs is None:
+            specs = self._input_specs[name] = protocol.specs_from_json(self.specs[name]["inputs"], "inputs")
+        problems = protocol.check_inputs(inputs, specs, name)
+        if problems:
+            raise WorkerError("invalid_input", "; ".join(problems))
+        t0 = time.perf_counter()
+        outputs = self._run(name, inputs)
+        run_us = int((time.perf_counter() - t0) * 1e6)
+        total = sum(a.nbytes for a in outputs.values())
+        limit = int(self.cfg.get("max_output_bytes", 1 << 28))
+        if total > limit:
+            raise WorkerError("output_too_large", f"outputs total {total} bytes, above the limit of {limit}")
+        entries, chunks, _n = protocol.encode_tensors(outputs)
+        return {"ok": True, "tensors": entries, "run_us": run_us}, chunks
+
+    def _run(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tf = self.tf
+        fn = self.signatures[name]
+        if self.kind == "saved_model":
+            out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+            return {k: np.asarray(v.numpy()) for k, v in out.items()}
+        if self.kind == "keras":
+            args = [inputs[n] for n in self.keras_inputs]
+            out = self.model(args[0] if len(args) == 1 else args, training=False)
+            if isinstance(out, dict):
+                return {str(k): np.asarray(v) for k, v in out.items()}
+            if not isinstance(out, (list, tuple)):
+                out = [out]
+            return {n: np.asarray(v) for n, v in zip(self.keras_outputs, out)}
+        if fn is not None:  # TFLite signature runner
+            return {k: np.array(v) for k, v in fn(**inputs).items()}
+        interp = self.model
+        for d in interp.get_input_details():
+            arr = inputs[d["name"]]
+            if list(d["shape"]) != list(arr.shape):
+                interp.resize_tensor_input(d["index"], arr.shape)
+                interp.allocate_tensors()
+            interp.set_tensor(d["index"], arr)
+        interp.invoke()
+        return {d["name"]: np.array(interp.get_tensor(d["index"])) for d in interp.get_output_details()}
+
+
+def _keras_name(t: Any) -> str:
+    name = getattr(t, "name", "") or "input"
+    return name.split(":")[0]
+

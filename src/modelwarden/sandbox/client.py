@@ -1,0 +1,592 @@
+"""The parent side: ``Sandbox`` (one warm worker, one model) and ``SandboxedModel``.
+
+The parent never imports TensorFlow and never trusts the worker: every reply is
+bounded and validated by :mod:`protocol`; any violation, death or timeout kills the
+whole worker tree and raises a specific :class:`SandboxError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelwarden.errors import UsageError
+from modelwarden.sandbox import cgroups, protocol
+from modelwarden.sandbox.errors import (
+    ERRORS_BY_CODE, WORKER_REPORTABLE, DeadlineExceeded, InvalidInput, MemoryLimitExceeded, OutputTooLarge,
+    ProtocolViolation, SandboxError, SandboxUnavailable, ScanRefused, WorkerCrashed,
+)
+from modelwarden.sandbox.interface import (
+    SANDBOX_PKG_DIR, Backend, FsPlan, LaunchSpec, SandboxLimits, WorkerProcess, plan_filesystem,
+)
+from modelwarden.sandbox.nsinit import encode_config
+
+REPLY_HEADER_MAX = 256 * 1024
+SPIN_MAX_S = 0.0  # >0: calls faster than this are awaited by polling, not sleeping (see FrameReader);
+#                   off by default: on a loaded 2-core host polling steals the CPU TensorFlow needs
+WORKER_SPIN_S = 0.0  # >0: the worker polls this long for the next request before sleeping
+
+
+def model_kind(path: str | os.PathLike) -> str:
+    """saved_model | keras | tflite, from the path's shape (the worker re-detects nothing)."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "saved_model.pb").is_file() or (p / "saved_model.pbtxt").is_file():
+            return "saved_model"
+        raise UsageError(f"{path}: directory is not a SavedModel (no saved_model.pb)")
+    if not p.is_file():
+        raise UsageError(f"{path}: no such file or directory")
+    suffix = p.suffix.lower()
+    if suffix == ".keras":
+        return "keras"
+    if suffix == ".tflite":
+        return "tflite"
+    raise UsageError(f"{path}: cannot run this format (supported: SavedModel directory, .keras, .tflite)")
+
+
+def get_backend(name: str) -> Backend:
+    """Instantiate a backend by name; ``auto`` picks the built-in one, then bwrap, then gVisor."""
+    from modelwarden.sandbox.bwrap import BwrapBackend
+    from modelwarden.sandbox.gvisor import GvisorBackend
+    from modelwarden.sandbox.namespaces import NamespacesBackend
+    from modelwarden.sandbox.unsandboxed import UnsandboxedBackend
+
+    table: dict[str, type[Backend]] = {
+        "namespaces": NamespacesBackend, "bwrap": BwrapBackend, "gvisor": GvisorBackend,
+        "unsafe-none": UnsandboxedBackend,
+    }
+    if name == "auto":
+        reasons = []
+        for cls in (NamespacesBackend, BwrapBackend, GvisorBackend):
+            ok, why = cls.availability()
+            if ok:
+                return cls()
+            reasons.append(f"{cls.name}: {why}")
+        raise SandboxUnavailable("no sandbox backend works on this host: " + "; ".join(reasons)
+                                 + " (run `modelwarden doctor`)")
+    if name not in table:
+        raise UsageError(f"unknown backend {name!r} (choose from auto, {', '.join(table)})")
+    ok, why = table[name].availability()
+    if not ok:
+        raise SandboxUnavailable(f"backend {name} is not available here: {why} (run `modelwarden doctor`)")
+    return table[name]()
+
+
+@dataclass(frozen=True)
+class Signature:
+    name: str
+    inputs: dict[str, protocol.TensorSpec]
+    outputs: dict[str, protocol.TensorSpec]
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+NOBODY = 65534
+MAX_WALK = 20_000
+
+
+def _readable_by_others(path: str) -> bool:
+    """True if every file and directory of ``path`` is readable by any user (bounded walk)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not os.path.isdir(path):
+        return bool(st.st_mode & 0o004)
+    if st.st_mode & 0o005 != 0o005:
+        return False
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            seen += 1
+            if seen > MAX_WALK:
+                return False
+            try:
+                mode = os.lstat(os.path.join(dirpath, name)).st_mode
+            except OSError:
+                return False
+            if (name in dirnames and mode & 0o005 != 0o005) or (name in filenames and not mode & 0o004
+                                                                and not os.path.islink(os.path.join(dirpath, name))):
+                return False
+    return True
+
+
+def identity_for(plan: FsPlan) -> tuple[int, int] | None:
+    """Host uid/gid the worker's uid 0 maps to, when we are root and can do better than root.
+
+    ``nobody`` when the model (and policy file) are readable by anyone, else the model's owner
+    if that is not root, else ``None`` (the worker stays the caller's uid; see docs/sandbox.md).
+    """
+    if os.geteuid() != 0:
+        return None
+    user_data = [b.src for b in plan.binds if b.noexec]
+    runtime = [b.src for b in plan.binds if not b.noexec]
+    if all(os.stat(p).st_mode & 0o005 == 0o005 if os.path.isdir(p) else os.stat(p).st_mode & 0o004
+           for p in runtime) and all(_readable_by_others(p) for p in user_data):
+        return NOBODY, NOBODY
+    st = os.stat(plan.host_model)
+    if st.st_uid != 0:
+        return st.st_uid, st.st_gid
+    return None
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Worker:
+    """One started worker process tree and its channel."""
+
+    def __init__(self, backend: Backend, plan: FsPlan, limits: SandboxLimits, runtime: dict, debug: bool,
+                 use_cgroups: bool = True) -> None:
+        self.limits = limits
+        self.backend = backend
+        self.dead = False
+        self._pidfd: int | None = None
+        self.init_pid: int | None = None
+        self.ready_info: dict = {}
+        self.cg = (cgroups.create(limits.memory_bytes, limits.max_processes, limits.cpus) if use_cgroups
+                   else cgroups.WorkerCgroups(reason="cgroups disabled by the caller"))
+        self.memory_cgroup = "memory" in self.cg.dirs
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = parent
+        self.reader = protocol.FrameReader(parent)
+        self._last_call_s = 0.0
+        try:
+            spec = LaunchSpec(plan, limits, child.fileno(), runtime, self.cg.procs_files, debug)
+            try:
+                self.proc: WorkerProcess = backend.start(spec)
+            except OSError as exc:
+                raise SandboxUnavailable(f"cannot start the {backend.name} sandbox: {exc}") from None
+        except BaseException:
+            parent.close()
+            child.close()
+            self.cg.remove()
+            raise
+        child.close()
+        self.map_to = identity_for(plan) if backend.name == "namespaces" else None
+        cfg = self._config(plan, limits, runtime, backend)
+        try:
+            parent.sendall(encode_config(cfg))
+        except OSError as exc:
+            self.kill()
+            raise SandboxUnavailable(f"sandbox boot failed: {exc}") from None
+
+    def _config(self, plan: FsPlan, limits: SandboxLimits, runtime: dict, backend: Backend) -> dict:
+        sandboxed = backend.name != "unsafe-none"
+        env = {"HOME": "/tmp", "TMPDIR": "/tmp", "PATH": "/nonexistent", "LANG": "C.UTF-8",
+               "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "KERAS_HOME": "/tmp/.keras",
+               "PYTHONDONTWRITEBYTECODE": "1", "KERAS_BACKEND": "tensorflow"}
+        if not sandboxed:
+            import sys
+            import tempfile
+
+            env.update(HOME=tempfile.gettempdir(), TMPDIR=tempfile.gettempdir(), KERAS_HOME=os.path.join(
+                tempfile.gettempdir(), ".keras-modelwarden"))
+            sys_path = [p for p in sys.path if p]
+        else:
+            sys_path = list(plan.sys_path)
+        import modelwarden
+
+        pkg_host = os.path.dirname(os.path.abspath(modelwarden.__file__))
+        return {
+            "parent_pid": os.getpid(),
+            "binds": [dataclasses.asdict(b) for b in plan.binds] if sandboxed else [],
+            "symlinks": [list(s) for s in plan.symlinks] if sandboxed else [],
+            "namespaces": ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"],
+            "limits": {**dataclasses.asdict(limits), "rlimit_as_headroom": limits.as_headroom()},
+            "memory_by_cgroup": "memory" in self.cg.dirs,
+            "pids_by_cgroup": "pids" in self.cg.dirs,
+            "cpus": limits.cpus,
+            "env": env,
+            "sys_path": sys_path,
+            "pkg_host": pkg_host,
+            "pkg_inside": f"{SANDBOX_PKG_DIR}/modelwarden" if sandboxed and SANDBOX_PKG_DIR in plan.sys_path else pkg_host,
+            "map_to": list(self.map_to) if self.map_to else None,
+            "drop_caps": sandboxed,
+            "seccomp": sandboxed,
+            "runtime": runtime,
+            "layers": {"backend": backend.name, "cgroups": ",".join(self.cg.controllers) or "none",
+                       "host_uid": (self.map_to or (os.geteuid(), 0))[0],
+                       "cgroup_note": self.cg.reason},
+        }
+
+    # -- receiving -----------------------------------------------------------------------------------
+
+    def _map_ids(self, target: tuple[int, int]) -> None:
+        """Map the boot process's user namespace: inside 0 -> ``target`` on the host (we are root)."""
+        pid = self.proc.proc.pid  # our own child, not a pid the worker told us
+        try:
+            for name, value in (("uid_map", target[0]), ("gid_map", target[1])):
+                with open(f"/proc/{pid}/{name}", "w") as f:
+                    f.write(f"0 {value} 1")
+            self.sock.sendall(encode_config({"op": "mapped"}))
+        except OSError as exc:
+            self.kill()
+            raise SandboxUnavailable(f"cannot map the sandbox's user namespace: {exc}") from None
+
+    def wait_ready(self, deadline: float) -> None:
+        if getattr(self.backend, "boot_frame", False):
+            header, _ = self._recv(deadline, "sandbox boot", max_body=0)
+            self._check_fatal(header)
+            if header.get("op") == "map" and self.map_to:
+                self._map_ids(self.map_to)
+                header, _ = self._recv(deadline, "sandbox boot", max_body=0)
+                self._check_fatal(header)
+            pid = header.get("pid")
+            if header.get("op") != "boot" or type(pid) is not int or pid <= 1:
+                self._violation("bad boot message")
+            self.init_pid = pid
+            try:
+                self._pidfd = os.pidfd_open(pid)
+            except (OSError, AttributeError):
+                self._pidfd = None
+            # holding the pidfd, make sure it is the boot process's child (not a recycled pid)
+            if self._pidfd is not None and _ppid(pid) != self.proc.proc.pid:
+                os.close(self._pidfd)
+                self._pidfd = None
+                self.init_pid = None
+        header, _ = self._recv(deadline, "TensorFlow start-up in the sandbox", max_body=0)
+        self._check_fatal(header)
+        if header.get("op") != "ready":
+            self._violation("expected the ready message")
+        if header.get("ok") is not True:
+            code = header.get("error")
+            if not isinstance(code, str) or code not in WORKER_REPORTABLE:
+                self._violation("unknown error code")
+            self.kill()
+            raise ERRORS_BY_CODE[code](str(header.get("message", code))[:8000])
+        self.ready_info = header
+
+    def _check_fatal(self, header: dict) -> None:
+        if header.get("op") == "fatal":
+            msg = str(header.get("message", ""))[:2000]
+            self.kill()
+            raise SandboxUnavailable(f"{msg} (run `modelwarden doctor`)")
+
+    def _violation(self, what: str) -> None:
+        self.kill()
+        raise ProtocolViolation(f"the worker broke the protocol ({what}); it was killed")
+
+    def _recv(self, deadline: float, what: str, max_body: int) -> tuple[dict, bytearray]:
+        if self.dead:
+            raise WorkerCrashed("the sandbox worker is no longer running")
+        try:
+            # spin briefly only for calls known to be short (a spinning parent steals a core from TF)
+            spin = min(2 * self._last_call_s, SPIN_MAX_S) if 0 < self._last_call_s < SPIN_MAX_S else 0.0
+            return self.reader.recv(max_body=max_body, deadline=deadline, max_header=REPLY_HEADER_MAX, spin_s=spin)
+        except protocol.FrameTimeout:
+            self.kill()
+            raise DeadlineExceeded(f"{what} did not finish within its deadline; the worker was killed") from None
+        except protocol.ChannelClosed:
+            self._died(what)
+        except protocol.FrameError as exc:
+            self.kill()
+            if "body of" in str(exc) and max_body:
+                raise OutputTooLarge(f"the model's output exceeds the limit of {max_body} bytes; the worker was killed") from None
+            raise ProtocolViolation(f"the worker sent a malformed frame ({exc}); it was killed") from None
+        raise AssertionError("unreachable")
+
+    def _died(self, what: str) -> None:
+        status = self.kill(grace=1.0)
+        if self.oom:
+            raise MemoryLimitExceeded(
+                f"the worker exceeded its memory limit of {self.limits.memory_bytes} bytes during {what} and was killed")
+        sig = 0
+        if status is not None and 128 < status <= 128 + 64:
+            sig = status - 128  # the boot process reports its child's death by signal this way
+        elif status is not None and status < 0:
+            sig = -status
+        if sig == signal.SIGXCPU:
+            raise WorkerCrashed(f"the worker exceeded its CPU-time limit ({self.limits.cpu_seconds}s) during {what}")
+        if sig:
+            hint = ""
+            if not self.memory_cgroup and self.backend.name != "unsafe-none" and sig in (
+                    signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS):
+                hint = (" (memory is limited by RLIMIT_AS on this host: running out of address space often"
+                        " ends in a crash; a larger --memory may help)")
+            raise WorkerCrashed(f"the worker died from {_signal_name(sig)} during {what}{hint}")
+        raise WorkerCrashed(f"the worker exited unexpectedly (status {status}) during {what}")
+
+    # -- requests ------------------------------------------------------------------------------------
+
+    def request(self, header: Mapping, chunks: list, timeout: float, what: str, max_body: int) -> tuple[dict, bytearray]:
+        if self.dead:
+            raise WorkerCrashed("the sandbox worker is no longer running (an earlier call killed it)")
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        try:
+            protocol.send_frame(self.sock, header, chunks, deadline=deadline)
+        except protocol.FrameTimeout:
+            self.kill()
+            raise DeadlineExceeded(f"{what}: the worker stopped reading its input; it was killed") from None
+        except OSError:
+            self._died(what)
+        reply, body = self._recv(deadline, what, max_body)
+        self._last_call_s = time.monotonic() - t0
+        if reply.get("ok") is True:
+            return reply, body
+        code = reply.get("error")
+        msg = str(reply.get("message", ""))[:8000]
+        if not isinstance(code, str) or code not in WORKER_REPORTABLE:
+            self._violation("unknown error code")
+        if body:
+            self._violation("error reply with a body")
+        cls = ERRORS_BY_CODE[code]
+        if code == "memory_limit":
+            self.kill()  # an allocation failure may leave TF in a bad state
+        raise cls(msg or code)
+
+    # -- teardown ------------------------------------------------------------------------------------
+
+    def kill(self, grace: float = 0.0) -> int | None:
+        """Kill the whole tree, reap it, remove cgroups.  Returns the host process's exit status.
+
+        ``grace``: when the worker already died, give the host process that long to exit by
+        itself so its status tells how the worker died.
+        """
+        if self.dead:
+            return self._status
+        self.dead = True
+        p = self.proc.proc
+        status = None
+        if grace:
+            try:
+                status = p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                status = None
+        self.oom = self.cg.memory_exhausted()
+        if self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+        self.cg.kill_all()
+        if status is None:
+            p.kill()
+            try:
+                status = p.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # cannot happen with SIGKILL short of a kernel hang
+                status = None
+        for pid in self.proc.kill_pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self.sock.close()
+        self.cg.remove()
+        self._status = status
+        return status
+
+    oom = False
+    _status: int | None = None
+
+
+class SandboxedModel:
+    """A model loaded inside a sandbox; ``predict`` runs one signature on numpy inputs."""
+
+    def __init__(self, sandbox: "Sandbox", kind: str, signatures: dict[str, Signature]) -> None:
+        self._sandbox = sandbox
+        self.kind = kind
+        self.signatures = signatures
+        self.last_run_us: int | None = None
+
+    def signature(self, name: str | None) -> Signature:
+        if name is None:
+            if "serving_default" in self.signatures:
+                name = "serving_default"
+            elif len(self.signatures) == 1:
+                name = next(iter(self.signatures))
+            else:
+                raise InvalidInput(f"choose a signature: {', '.join(sorted(self.signatures)) or 'none'}")
+        if name not in self.signatures:
+            raise InvalidInput(f"no signature {name!r} (available: {', '.join(sorted(self.signatures)) or 'none'})")
+        return self.signatures[name]
+
+    def predict(self, inputs: Mapping[str, Any], signature: str | None = None, timeout: float | None = None) -> dict[str, np.ndarray]:
+        sig = self.signature(signature)
+        arrays = {str(k): np.asarray(v) for k, v in inputs.items()}
+        problems = protocol.check_inputs(arrays, sig.inputs, sig.name)
+        if problems:
+            raise InvalidInput("; ".join(problems))
+        try:
+            entries, chunks, total = protocol.encode_tensors(arrays)
+        except protocol.FrameError as exc:
+            raise InvalidInput(str(exc)) from None
+        lim = self._sandbox.limits
+        if total > lim.max_input_bytes:
+            raise InvalidInput(f"inputs total {total} bytes, above the limit of {lim.max_input_bytes}")
+        worker = self._sandbox._require_worker()
+        reply, body = worker.request({"op": "predict", "signature": sig.name, "tensors": entries}, chunks,
+                                     timeout or lim.timeout_s, f"predict({sig.name})", lim.max_output_bytes)
+        try:
+            out = protocol.decode_tensors(reply.get("tensors"), body, max_bytes=lim.max_output_bytes)
+        except protocol.FrameError as exc:
+            worker.kill()
+            raise ProtocolViolation(f"the worker sent invalid outputs ({exc}); it was killed") from None
+        run_us = reply.get("run_us")
+        self.last_run_us = run_us if type(run_us) is int else None  # worker-reported compute time (bench)
+        expected = set(sig.outputs)
+        if expected and set(out) != expected:
+            worker.kill()
+            raise ProtocolViolation(f"the worker returned outputs {sorted(out)[:20]}, the signature declares {sorted(expected)[:20]}")
+        for name, arr in out.items():
+            spec = sig.outputs.get(name)
+            if spec is not None and spec.dtype in protocol.DTYPES and arr.dtype.name != spec.dtype:
+                worker.kill()
+                raise ProtocolViolation(f"the worker returned {name!r} as {arr.dtype.name}, the signature declares {spec.dtype}")
+        return out
+
+
+class Sandbox:
+    """An isolated worker running one model::
+
+        with modelwarden.Sandbox(SandboxLimits(memory_bytes=2 << 30)) as sb:
+            model = sb.load("model_dir")
+            out = model.predict({"x": array}, signature="serving_default")
+
+    ``load`` scans the model first (``scan=True``) and refuses it on findings at or above
+    ``fail_on``; the worker re-checks the bytes it loads with the same policy.  The worker
+    stays warm for repeated ``predict`` calls until ``close``.
+    """
+
+    def __init__(self, limits: SandboxLimits | None = None, *, backend: str = "auto", policy: Any = None,
+                 fail_on: str | None = None, debug: bool | None = None, use_cgroups: bool = True) -> None:
+        self.limits = limits or SandboxLimits()
+        self.backend_name = backend
+        self.policy = policy
+        self.fail_on = fail_on
+        self.debug = bool(os.environ.get("MODELWARDEN_SANDBOX_DEBUG")) if debug is None else debug
+        self.use_cgroups = use_cgroups  # False: rlimits only (what hosts without delegation get)
+        self._worker: _Worker | None = None
+        self._model: SandboxedModel | None = None
+        self.timings: dict[str, float] = {}
+        self.scan_report: Any = None
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill the worker tree and remove everything it used (idempotent)."""
+        if self._worker is not None:
+            self._worker.kill()
+
+    @property
+    def alive(self) -> bool:
+        return self._worker is not None and not self._worker.dead
+
+    def _require_worker(self) -> _Worker:
+        if self._worker is None:
+            raise UsageError("load a model first")
+        return self._worker
+
+    def load(self, path: str | os.PathLike, *, scan: bool = True, recheck: bool | None = None,
+             keras_safe_mode: bool = True) -> SandboxedModel:
+        """Start the worker with ``path`` as its only model, scan, re-check inside, load.
+
+        ``scan=False`` skips the host-side static scan *and* (unless ``recheck=True``) the
+        in-sandbox re-check; isolation applies regardless.  ``keras_safe_mode=False`` lets
+        Keras deserialize Python code (Lambda layers) - inside the sandbox only.
+        """
+        if self._worker is not None:
+            raise UsageError("a Sandbox runs exactly one model; open another Sandbox for another model")
+        kind = model_kind(path)
+        recheck = scan if recheck is None else recheck
+        t0 = time.monotonic()
+        backend = get_backend(self.backend_name)
+        policy_file = None
+        policy_arg: Any = self.policy
+        if isinstance(self.policy, (str, os.PathLike)) and str(self.policy) not in ("default", "strict") and os.path.isfile(self.policy):
+            policy_file = str(self.policy)
+        elif self.policy is not None and not isinstance(self.policy, str):
+            raise UsageError("Sandbox(policy=...) takes a profile name or a policy file path")
+        plan = plan_filesystem(path, policy_file)
+        if backend.name == "unsafe-none":
+            plan = dataclasses.replace(plan, model_path=plan.host_model, policy_path=policy_file or "")
+        runtime = {"max_output_bytes": self.limits.max_output_bytes, "max_input_bytes": self.limits.max_input_bytes,
+                   "spin_s": WORKER_SPIN_S,
+                   "model": {"path": plan.model_path, "kind": kind, "recheck": bool(recheck),
+                             "policy": plan.policy_path or (policy_arg if isinstance(policy_arg, str) else None),
+                             "fail_on": self.fail_on}}
+        self._worker = worker = _Worker(backend, plan, self.limits, runtime, self.debug, self.use_cgroups)
+        # overlap: the worker imports TensorFlow while the parent scans
+        if scan:
+            try:
+                self._host_scan(path)
+            except BaseException:
+                worker.kill()
+                raise
+        self.timings["scan_s"] = time.monotonic() - t0
+        deadline = t0 + self.limits.load_timeout_s
+        worker.wait_ready(deadline)
+        self.timings["ready_s"] = time.monotonic() - t0
+        req = {"op": "load", "path": plan.model_path, "kind": kind, "keras_safe_mode": bool(keras_safe_mode)}
+        reply, _ = worker.request(req, [], max(0.1, deadline - time.monotonic()), "model load", 0)
+        self.timings["load_s"] = time.monotonic() - t0
+        sigs_raw = reply.get("signatures")
+        if not isinstance(sigs_raw, dict) or len(sigs_raw) > 256:
+            worker._violation("bad signature table")
+        signatures: dict[str, Signature] = {}
+        try:
+            for name, sig in sigs_raw.items():
+                if not isinstance(name, str) or len(name) > protocol.MAX_NAME_CHARS or not isinstance(sig, dict):
+                    raise protocol.FrameError("bad signature entry")
+                signatures[name] = Signature(name, protocol.specs_from_json(sig.get("inputs"), "inputs"),
+                                             protocol.specs_from_json(sig.get("outputs"), "outputs"))
+        except protocol.FrameError as exc:
+            worker._violation(str(exc))
+        self._model = SandboxedModel(self, kind, signatures)
+        return self._model
+
+    def _host_scan(self, path: str | os.PathLike) -> None:
+        try:
+            from modelwarden.scanner import scan as static_scan
+        except ImportError as exc:
+            raise SandboxError(f"the static scan is unavailable ({exc}); refusing to run unscanned "
+                               "(use --skip-scan / scan=False to run it sandboxed without a scan)") from None
+        kwargs: dict[str, Any] = {"policy": self.policy}
+        if self.fail_on:
+            from modelwarden.analysis.interface import Severity
+
+            kwargs["fail_on"] = Severity.parse(self.fail_on)
+        report = static_scan(str(path), **kwargs)
+        self.scan_report = report
+        failing = report.failing()
+        if report.errors or failing:
+            lines = [f"{f.rule_id} [{f.severity.label}] {f.message} ({f.location.logical() or f.location.file})"
+                     for f in failing[:50]]
+            lines += [f"unreadable: {e.path}: {e.message}" for e in report.errors[:20]]
+            raise ScanRefused(f"refused by the static scan ({len(failing)} finding(s) at or above "
+                              f"{report.fail_on.label}, {len(report.errors)} error(s)):\n  " + "\n  ".join(lines), report)
+
+    def introspect(self) -> dict:
+        """The worker's own view of its confinement (uid, caps, seccomp, mounts, sockets...)."""
+        worker = self._require_worker()
+        reply, _ = worker.request({"op": "introspect"}, [], self.limits.timeout_s, "introspect", 0)
+        info = reply.get("info")
+        return info if isinstance(info, dict) else {}

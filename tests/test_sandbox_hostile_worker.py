@@ -1,0 +1,138 @@
+"""The parent against a hostile worker: a real process that answers with malformed frames.
+
+A compromised worker controls everything it sends.  Whatever it sends, the parent must end
+in a specific error, kill it, and neither crash, hang nor allocate what the worker claims.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from modelwarden.sandbox import (
+    DeadlineExceeded, OutputTooLarge, ProtocolViolation, Sandbox, SandboxLimits, WorkerCrashed,
+)
+from modelwarden.sandbox.client import SandboxedModel, Signature, _Worker
+from modelwarden.sandbox.interface import Backend, LaunchSpec, WorkerProcess, plan_filesystem
+from modelwarden.sandbox.protocol import TensorSpec
+
+FAKE = r'''
+import json, os, signal, socket, struct, sys, time
+MAGIC = 0x4D574631
+fd = int(sys.argv[1]); mode = sys.argv[2]
+s = socket.socket(fileno=fd)
+def read_exact(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c: sys.exit(0)
+        b += c
+    return b
+n, = struct.unpack(">I", read_exact(4)); read_exact(n)          # launch config
+def frame(header, body=b"", hlen=None, blen=None, magic=MAGIC):
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    s.sendall(struct.pack(">IIQ", magic, len(h) if hlen is None else hlen, len(body) if blen is None else blen) + h + body)
+frame({"op": "ready", "ok": True})
+while True:
+    _, hl, bl = struct.unpack(">IIQ", read_exact(16)); read_exact(hl); read_exact(bl)   # a request
+    if mode == "huge_body":
+        frame({"ok": True, "tensors": []}, blen=1 << 40)
+    elif mode == "bad_magic":
+        frame({"ok": True}, magic=0x41414141)
+    elif mode == "not_json":
+        frame(b"\x00garbage{{{")
+    elif mode == "deep_json":
+        frame(b"[" * 100000 + b"]" * 100000)
+    elif mode == "huge_header":
+        frame({"ok": True}, hlen=1 << 31)
+    elif mode == "unknown_error":
+        frame({"ok": False, "error": "rm -rf /", "message": "x"})
+    elif mode == "wrong_outputs":
+        frame({"ok": True, "tensors": [{"name": "zzz", "dtype": "float32", "shape": [1]}]}, b"\0" * 4)
+    elif mode == "wrong_dtype":
+        frame({"ok": True, "tensors": [{"name": "y", "dtype": "float64", "shape": [1]}]}, b"\0" * 8)
+    elif mode == "lying_shape":
+        frame({"ok": True, "tensors": [{"name": "y", "dtype": "float32", "shape": [1000]}]}, b"\0" * 4)
+    elif mode == "object_dtype":
+        frame({"ok": True, "tensors": [{"name": "y", "dtype": "object", "shape": [1]}]}, b"\0" * 8)
+    elif mode == "half_frame":
+        s.sendall(struct.pack(">IIQ", MAGIC, 100, 0) + b"{")
+        time.sleep(60)
+    elif mode == "stall":
+        time.sleep(60)
+    elif mode == "crash":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif mode == "exit":
+        sys.exit(0)
+    elif mode == "ok":
+        frame({"ok": True, "tensors": [{"name": "y", "dtype": "float32", "shape": [1]}]}, b"\0\0\x80\x3f")
+'''
+
+
+class FakeBackend(Backend):
+    """Launches the hostile fake worker above instead of the real runtime."""
+
+    name = "fake"
+    boot_frame = False
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        return True, "test"
+
+    def start(self, spec: LaunchSpec) -> WorkerProcess:
+        proc = subprocess.Popen([sys.executable, "-c", FAKE, str(spec.channel_fd), self.mode],
+                                pass_fds=(spec.channel_fd,), stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return WorkerProcess(proc)
+
+
+def _model(tmp_path, mode: str, limits: SandboxLimits) -> tuple[SandboxedModel, _Worker]:
+    (tmp_path / "m").mkdir(exist_ok=True)
+    worker = _Worker(FakeBackend(mode), plan_filesystem(tmp_path / "m"), limits, {}, False, use_cgroups=False)
+    worker.wait_ready(time.monotonic() + 20)
+    sb = Sandbox(limits)
+    sb._worker = worker
+    sig = Signature("serving_default", {"x": TensorSpec("x", "float32", (1,))}, {"y": TensorSpec("y", "float32", (1,))})
+    return SandboxedModel(sb, "saved_model", {"serving_default": sig}), worker
+
+
+X = {"x": np.ones(1, np.float32)}
+
+
+def test_the_fake_worker_works_when_honest(tmp_path):
+    model, worker = _model(tmp_path, "ok", SandboxLimits())
+    assert model.predict(X)["y"].tolist() == [1.0]
+    worker.kill()
+
+
+@pytest.mark.parametrize("mode, error, match", [
+    ("huge_body", OutputTooLarge, "exceeds the limit"),
+    ("bad_magic", ProtocolViolation, "magic"),
+    ("not_json", ProtocolViolation, "not valid JSON"),
+    ("deep_json", ProtocolViolation, "not valid JSON|JSON object"),
+    ("huge_header", ProtocolViolation, "header of"),
+    ("unknown_error", ProtocolViolation, "unknown error code"),
+    ("wrong_outputs", ProtocolViolation, "returned outputs"),
+    ("wrong_dtype", ProtocolViolation, "float64"),
+    ("lying_shape", ProtocolViolation, "extends past"),
+    ("object_dtype", ProtocolViolation, "not allowed"),
+    ("half_frame", DeadlineExceeded, "deadline"),
+    ("stall", DeadlineExceeded, "deadline"),
+    ("crash", WorkerCrashed, "SIGSEGV"),
+    ("exit", WorkerCrashed, "exited unexpectedly"),
+])
+def test_hostile_replies_end_in_a_specific_error_and_a_dead_worker(tmp_path, mode, error, match):
+    model, worker = _model(tmp_path, mode, SandboxLimits(timeout_s=1.0, max_output_bytes=1 << 20))
+    t0 = time.monotonic()
+    with pytest.raises(error, match=match):
+        model.predict(X)
+    assert time.monotonic() - t0 < 3.0
+    assert worker.dead and worker.proc.proc.poll() is not None
+    with pytest.raises(WorkerCrashed, match="no longer running"):
+        model.predict(X)

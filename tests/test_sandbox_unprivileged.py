@@ -1,0 +1,83 @@
+"""The built-in backend as an unprivileged user (uid 65534): no cgroups, rlimits take over.
+
+The test runner is root here, so it re-runs the real interpreter as ``nobody``: in a private
+mount namespace (``unshare -m``) the Python prefix is bind-mounted to a world-traversable
+place (it may live under /root, mode 0700) and ``setpriv`` drops to uid/gid 65534.  The
+child then uses ``modelwarden.Sandbox`` exactly as a normal user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = [
+    pytest.mark.sandbox,
+    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("unshare"),
+                       reason="needs root plus setpriv/unshare to become an unprivileged user"),
+]
+
+CHILD = r"""
+import glob, json, os, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from modelwarden.sandbox import Sandbox, SandboxLimits, SandboxError
+run, esc = sys.argv[2], sys.argv[3]
+out = {"uid": os.getuid()}
+lim = SandboxLimits(memory_bytes=1 << 30, max_processes=120, timeout_s=60)
+with Sandbox(lim) as sb:
+    m = sb.load(run + "/dense", scan=False)
+    out["y"] = m.predict({"x": np.ones((1, 4), np.float32)})["y"].tolist()
+    info = sb.introspect()
+    out["info"] = {k: info[k] for k in ("uid", "pid", "root", "net_interfaces", "rlimits", "layers", "status")}
+with Sandbox(lim) as sb:
+    m = sb.load(esc + "/lambda_forkbomb.keras", scan=False, keras_safe_mode=False)
+    out["forkbomb"] = m.predict({"x": np.zeros((1, 8), np.float32)})["attack"][0][:2].tolist()
+with Sandbox(lim) as sb:
+    m = sb.load(esc + "/memory_bomb", scan=False)
+    try:
+        m.predict({"n": np.int32(2048)})
+        out["bomb"] = "no error"
+    except SandboxError as e:
+        out["bomb"] = type(e).__name__
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_sandbox_works_for_an_unprivileged_user(fixture_dir):
+    run_models = fixture_dir("build_run_models")
+    escape = fixture_dir("build_escape")
+    prefix = sys.base_prefix
+    exe = os.path.relpath(os.path.realpath(sys.executable), os.path.realpath(prefix))
+    if exe.startswith(".."):
+        pytest.skip("interpreter outside its prefix (venv?)")
+    script = (
+        'mount -t tmpfs -o size=1m,mode=0755 none /mnt && mkdir /mnt/py && mount --bind "$0" /mnt/py && '
+        'exec setpriv --reuid=65534 --regid=65534 --clear-groups env -i HOME=/nonexistent '
+        'LD_LIBRARY_PATH=/mnt/py/lib TF_CPP_MIN_LOG_LEVEL=3 "/mnt/py/$1" -c "$2" "$3" "$4" "$5"'
+    )
+    res = subprocess.run(["unshare", "-m", "sh", "-c", script, prefix, exe, CHILD, str(ROOT / "src"),
+                          str(run_models), str(escape)], capture_output=True, text=True, timeout=600, cwd="/")
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, res.stdout[-2000:] + res.stderr[-4000:]
+    out = json.loads(lines[0][7:])
+    assert out["uid"] == 65534
+    assert out["y"][0] == pytest.approx([1.7, 1.1], rel=1e-5)
+    info = out["info"]
+    assert info["uid"] == 0 and info["pid"] == 1
+    assert info["layers"]["cgroups"] == "none"  # nobody cannot create cgroups: rlimits instead
+    assert info["rlimits"]["nproc"] == [120, 120]
+    assert info["rlimits"]["as"][0] > 1 << 30
+    assert int(info["status"]["CapEff"], 16) == 0 and info["status"]["Seccomp"] == "2"
+    assert info["net_interfaces"] == ["lo"]
+    assert "model" in info["root"] and "root" not in info["root"] and "home" not in info["root"]
+    forks, err = out["forkbomb"]
+    assert err == 11 and forks < 120  # EAGAIN from RLIMIT_NPROC
+    assert out["bomb"] == "MemoryLimitExceeded"
