@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rules": ("modelwarden.cli.rules_cmd", "list every rule: stable id, severity, description"),
     "run": ("modelwarden.cli.run_cmd", "execute a model inside the sandbox"),
     "doctor": ("modelwarden.cli.doctor_cmd", "show which isolation layers this host offers"),
+    "serve": ("modelwarden.cli.serve_cmd", "serve audited models over TensorFlow Serving's REST API, sandboxed"),
+    "token": ("modelwarden.cli.token_cmd", "create, list and revoke bearer tokens for `modelwarden serve`"),
     "advisories": (
         "modelwarden.cli.advisories_cmd",
         "list published TensorFlow security advisories for an op or a model's ops",

@@ -1,0 +1,283 @@
+"""Throughput and latency of `modelwarden serve` vs an unsafe in-process baseline and KServe, one run.
+
+    python bench/bench_serve.py [--duration 10] [--concurrency 1,8,32] [--mobilenet] [--workers 2]
+
+Servers (all on 127.0.0.1, TensorFlow Serving / KServe V1 REST: POST /v1/models/NAME:predict {"instances": ...}):
+- modelwarden: TLS off, auth ON (bearer token), sandbox ON (namespaces + seccomp + cgroups), scan gate on;
+- baseline:    the same HTTP stack (uvicorn + starlette + modelwarden's codec) calling TensorFlow IN-PROCESS,
+               no auth, no sandbox (what "just wrap TF in a web server" costs);
+- kserve:      KServe's Python model server (``kserve.ModelServer``, V1 protocol) with the same SavedModel
+               loaded in-process; only if ``pip install kserve`` works in bench/.work/venv (never system-wide).
+Load comes from a second process (asyncio + httpx, keep-alive connections, ``concurrency`` loops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".work"
+VENV_PY = WORK / "venv" / "bin" / "python"
+
+BASELINE = r'''
+import sys, os
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf, numpy as np, uvicorn, asyncio
+from starlette.requests import Request
+from starlette.responses import Response
+from modelwarden.server import codec
+from modelwarden.server.limits import parse_json
+path, port = sys.argv[1], int(sys.argv[2])
+m = tf.saved_model.load(path)
+fn = m.signatures["serving_default"]
+_, kw = fn.structured_input_signature
+specs = {k: type("S", (), {"dtype": v.dtype.name})() for k, v in kw.items()}
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                await send({"type": msg["type"] + ".complete"})
+                if msg["type"] == "lifespan.shutdown":
+                    return
+        return
+    req = Request(scope, receive)
+    body = await req.body()
+    r = codec.parse_predict(parse_json(body, 64, 10**8), lambda n: specs, 10**8)
+    out = await asyncio.get_running_loop().run_in_executor(None, lambda: {k: v.numpy() for k, v in fn(**{k: tf.constant(a) for k, a in r.inputs.items()}).items()})
+    await Response(codec.dumps(codec.format_predict(out, r.row_format)), media_type="application/json")(scope, receive, send)
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+'''
+
+KSERVE = r'''
+import sys, os
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf, numpy as np
+import kserve
+path, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+class TFModel(kserve.Model):
+    def __init__(self):
+        super().__init__(name)
+        self.load()
+    def load(self):
+        self.m = tf.saved_model.load(path)
+        self.fn = self.m.signatures["serving_default"]
+        _, kw = self.fn.structured_input_signature
+        self.inp, spec = next(iter(kw.items()))
+        self.dtype = spec.dtype.as_numpy_dtype
+        self.ready = True
+        return True
+    def predict(self, payload, headers=None):
+        x = np.asarray(payload["instances"], dtype=self.dtype)
+        out = self.fn(**{self.inp: tf.constant(x)})
+        return {"predictions": next(iter(out.values())).numpy().tolist()}
+kserve.ModelServer(http_port=port, grpc_port=port + 1, workers=1, enable_grpc=False).start([TFModel()])
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 300, headers: dict | None = None, body: bytes | None = None) -> None:
+    import httpx
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            r = httpx.post(url, content=body, headers=headers or {}, timeout=30)
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
+
+
+# -- load generator (runs in its own process) ---------------------------------------------------------
+
+
+async def _load(url: str, body: bytes, headers: dict, concurrency: int, duration: float) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        for _ in range(min(concurrency, 4)):  # warm-up
+            await client.post(url, content=body, headers=headers)
+        stop = time.perf_counter() + duration
+
+        async def loop() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                r = await client.post(url, content=body, headers=headers)
+                if r.status_code == 200:
+                    lat.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat.sort()
+    q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan"))
+    return {"n": len(lat), "errors": errors, "rps": len(lat) / wall, "p50_ms": q(0.50), "p99_ms": q(0.99)}
+
+
+def run_load(url: str, body: bytes, headers: dict, concurrency: int, duration: float) -> dict:
+    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
+        f.write(body)
+    try:
+        p = subprocess.run([sys.executable, __file__, "--load-worker", url, f.name, json.dumps(headers),
+                            str(concurrency), str(duration)], capture_output=True, text=True, timeout=duration + 300)
+    finally:
+        os.unlink(f.name)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-2000:])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# -- servers ----------------------------------------------------------------------------------------
+
+
+class Proc:
+    def __init__(self, argv: list[str], env: dict | None = None, log: Path | None = None) -> None:
+        self.log = open(log or os.devnull, "wb")
+        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                  start_new_session=True)
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGTERM)
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        self.log.close()
+
+
+def start_modelwarden(name: str, base: Path, workers: int) -> tuple[Proc, str, dict]:
+    from modelwarden.server.auth import TokenStore
+
+    d = Path(tempfile.mkdtemp(prefix="mw-bench-"))
+    token, _ = TokenStore(str(d / "tokens.json")).create([name], "predict")
+    (d / "serve.toml").write_text(f'[server]\ntoken_db = "{d / "tokens.json"}"\naccess_log = "{d / "access.log"}"\n'
+                                  f'[limits]\nmax_body = "64MiB"\nmax_json_elements = 100000000\n'
+                                  f'max_concurrent_requests = 256\n'
+                                  f'[[models]]\nname = "{name}"\nbase_path = "{base}"\nworkers = {workers}\n')
+    port = free_port()
+    runner = ("import sys\nfrom modelwarden import cli\n"
+              "cli.COMMANDS.setdefault('serve', ('modelwarden.cli.serve_cmd', 'serve'))\n"
+              "sys.exit(cli.main(['serve', *sys.argv[1:]]))\n")
+    p = Proc([sys.executable, "-c", runner, "--config", str(d / "serve.toml"), "--port", str(port)],
+             log=WORK / "serve-modelwarden.log")
+    return p, f"http://127.0.0.1:{port}/v1/models/{name}:predict", {"Authorization": f"Bearer {token}"}
+
+
+def start_baseline(name: str, path: Path) -> tuple[Proc, str, dict]:
+    port = free_port()
+    p = Proc([sys.executable, "-c", BASELINE, str(path), str(port)], log=WORK / "serve-baseline.log")
+    return p, f"http://127.0.0.1:{port}/v1/models/{name}:predict", {}
+
+
+def kserve_available() -> str:
+    if not VENV_PY.exists():
+        return "bench/.work/venv missing"
+    p = subprocess.run([str(VENV_PY), "-c", "import kserve"], capture_output=True, text=True)
+    return "" if p.returncode == 0 else (p.stderr.strip().splitlines() or ["import kserve failed"])[-1]
+
+
+def start_kserve(name: str, path: Path) -> tuple[Proc, str, dict]:
+    port = free_port()
+    p = Proc([str(VENV_PY), "-c", KSERVE, str(path), str(port), name], log=WORK / "serve-kserve.log")
+    return p, f"http://127.0.0.1:{port}/v1/models/{name}:predict", {}
+
+
+def build_models(mobilenet: bool) -> dict[str, tuple[Path, Path, bytes]]:
+    """name -> (base_path with versions, version dir, request body)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.conftest import build_fixtures
+
+    out = {}
+    serve = build_fixtures("build_serve_models")
+    out["dense"] = (serve / "dense", serve / "dense" / "1", json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]]}).encode())
+    if mobilenet:
+        base = WORK / "serve-models" / "mobilenet"
+        if not (base / "1" / "saved_model.pb").exists():
+            code = ("import keras, sys\nm = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))\n"
+                    "m.export(sys.argv[1])\n")
+            subprocess.run([sys.executable, "-c", code, str(base / "1")], check=True, timeout=900,
+                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        import numpy as np
+
+        img = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32).round(3)
+        out["mobilenet"] = (base, base / "1", json.dumps({"instances": img.tolist()}).encode())
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--mobilenet", action="store_true", help="also MobileNetV2 (builds it once, slow)")
+    ap.add_argument("--workers", type=int, default=2, help="modelwarden sandboxed workers per model")
+    ap.add_argument("--no-kserve", action="store_true")
+    ap.add_argument("--json", help="write results here")
+    args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    models = build_models(args.mobilenet)
+    why_not = "disabled (--no-kserve)" if args.no_kserve else kserve_available()
+    servers = ["modelwarden", "baseline"] + ([] if why_not else ["kserve"])
+    if why_not:
+        print(f"note: KServe skipped: {why_not}")
+    results: dict = {}
+    for name, (base, vdir, body) in models.items():
+        for server in servers:
+            starter = {"modelwarden": lambda: start_modelwarden(name, base, args.workers),
+                       "baseline": lambda: start_baseline(name, vdir), "kserve": lambda: start_kserve(name, vdir)}[server]
+            proc, url, headers = starter()
+            try:
+                wait_http(url, headers={**headers, "Content-Type": "application/json"}, body=body)
+                for c in levels:
+                    r = run_load(url, body, {**headers, "Content-Type": "application/json"}, c, args.duration)
+                    results[(name, server, c)] = r
+                    print(f"{name:10} {server:12} c={c:<3} {r['rps']:9.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                          f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}", flush=True)
+            finally:
+                proc.stop()
+    print("\nratios (modelwarden / other), same run:")
+    for name in models:
+        for other in servers[1:]:
+            for c in levels:
+                a, b = results.get((name, "modelwarden", c)), results.get((name, other, c))
+                if a and b:
+                    print(f"{name:10} vs {other:9} c={c:<3} throughput x{a['rps'] / b['rps']:.2f}   "
+                          f"p50 x{a['p50_ms'] / b['p50_ms']:.2f}   p99 x{a['p99_ms'] / b['p99_ms']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"|".join(map(str, k)): v for k, v in results.items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--load-worker":
+        url, body_file, headers, conc, dur = sys.argv[2:7]
+        res = asyncio.run(_load(url, Path(body_file).read_bytes(), json.loads(headers), int(conc), float(dur)))
+        print(json.dumps(res))
+        sys.exit(0)
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The ASGI application: TensorFlow Serving's REST API behind authentication and request limits.
+
+Order of checks for every request (each cheap step before the next, costlier one):
+health endpoints (no auth, reveal nothing) -> authentication (401) -> route (404/405) ->
+authorisation for the model and scope (403; checked before the model's existence so a
+token cannot probe for models it may not use) -> per-token rate limit (429) ->
+concurrency limit (503) -> body size (413) -> gzip ratio (413) -> JSON depth/elements ->
+signature validation (400) -> a sandboxed worker within the request deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelwarden.sandbox import errors as sberr
+from modelwarden.server import codec
+from modelwarden.server.auth import AuthError, TokenStore, authorize
+from modelwarden.server.config import ServerConfig
+from modelwarden.server.limits import (
+    ConcurrencyLimiter, RateLimiter, RequestError, decode_content, parse_json, read_body,
+)
+from modelwarden.server.log import AuditLog
+from modelwarden.server.metrics import Metrics
+from modelwarden.server.registry import Registry
+
+TF_ROUTE = re.compile(
+    r"^/v1/models/(?P<name>[^/:]{1,128})"
+    r"(?:/versions/(?P<version>\d{1,18})|/labels/(?P<label>[^/:]{1,64}))?"
+    r"(?:(?P<meta>/metadata)|:(?P<verb>predict|classify|regress))?/?$"
+)
+ADMIN_ROUTE = re.compile(r"^/modelwarden/v1/models/(?P<name>[^/:]{1,128})/versions/(?P<version>\d{1,18})/"
+                         r"(?P<what>scan-report|workers)$")
+OFFLOAD_BYTES = 64 * 1024  # bodies above this are parsed in a thread (keeps the event loop responsive)
+
+SANDBOX_STATUS: dict[type, tuple[int, str]] = {
+    sberr.InvalidInput: (400, "invalid_input"),
+    sberr.ExecutionFailed: (400, "execution_failed"),
+    sberr.MemoryLimitExceeded: (429, "memory_limit"),  # RESOURCE_EXHAUSTED, as TF Serving maps it
+    sberr.DeadlineExceeded: (504, "deadline"),
+    sberr.WorkerCrashed: (500, "worker_crashed"),
+    sberr.OutputTooLarge: (500, "output_too_large"),
+    sberr.ProtocolViolation: (500, "protocol_violation"),
+    sberr.SandboxUnavailable: (503, "sandbox_unavailable"),
+}
+LIMIT_KINDS = {"memory_limit": "memory", "deadline": "deadline", "output_too_large": "output"}
+
+
+def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(codec.dumps(doc), status_code=status, media_type="application/json", headers=headers)
+
+
+class App:
+    """ASGI callable; ``registry`` loads the configured models at start-up (lifespan)."""
+
+    def __init__(self, cfg: ServerConfig, tokens: TokenStore, log: AuditLog | None = None) -> None:
+        self.cfg = cfg
+        self.tokens = tokens
+        self.log = log or AuditLog(cfg.access_log)
+        self.metrics = Metrics()
+        self.registry = Registry(cfg, self._event)
+        self.rate = RateLimiter(cfg.rate_per_token, cfg.rate_burst)
+        self.concurrency = ConcurrencyLimiter(cfg.max_concurrent_requests)
+        self._start_task: asyncio.Task | None = None
+
+    # -- events from the registry / pools ----------------------------------------------------------
+
+    def _event(self, event: str, fields: dict) -> None:
+        self.log.write(event, **fields)
+        model = str(fields.get("pool", fields.get("model", ""))).split("/")[0]
+        if event == "worker_restarted":
+            self.metrics.restarts.inc(model, str(fields.get("reason", "")))
+
+    # -- ASGI ----------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        response = await self.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                self._start_task = asyncio.get_running_loop().create_task(self._start())
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                if self._start_task and not self._start_task.done():
+                    self._start_task.cancel()
+                self.registry.close()
+                self.log.write("server_stopped")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _start(self) -> None:
+        self.log.write("server_starting", models=[m.name for m in self.cfg.models])
+        try:
+            await self.registry.start()
+        except Exception as exc:  # noqa: BLE001 - keep serving health endpoints, report
+            self.log.write("startup_failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+            self.registry.ready = True
+            return
+        self.log.write("server_ready")
+
+    # -- request handling ------------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        t0 = time.monotonic()
+        path = request.url.path
+        method = request.method
+        if path in ("/healthz", "/readyz"):
+            if method != "GET":
+                return _json(405, {"error": "method not allowed"})
+            ok = path == "/healthz" or self.registry.ready
+            return _json(200 if ok else 503, {"status": "ok" if ok else "starting"})
+        ident = None
+        ctx: dict[str, Any] = {"model": "", "api": "auth", "version": None}
+        try:
+            self.tokens.refresh()
+            ident = self.tokens.authenticate(request.headers.get("authorization"))
+            ctx["api"] = "unknown"
+            response = await self._route(request, ident, path, method, t0, ctx)
+            status = response.status_code
+            outcome = "ok"
+        except AuthError as exc:
+            model = ctx["model"]
+            kind = "unauthenticated" if exc.status == 401 else "forbidden"
+            headers = {"WWW-Authenticate": 'Bearer realm="modelwarden"'} if exc.status == 401 else None
+            response, status, outcome = _json(exc.status, {"error": str(exc)}, headers), exc.status, kind
+            self.metrics.errors.inc(self._known(model), kind)
+            self.log.write("auth_failure", token_id=exc.token_id, status=status, reason=str(exc)[:200],
+                           path=path[:200], remote=request.client.host if request.client else None)
+        except RequestError as exc:
+            model = ctx["model"]
+            headers = {"Retry-After": str(int(math.ceil(exc.retry_after)))} if exc.retry_after else None
+            response, status, outcome = _json(exc.status, {"error": str(exc)}, headers), exc.status, exc.kind
+            self.metrics.errors.inc(self._known(model), exc.kind)
+        except sberr.SandboxError as exc:
+            model = ctx["model"]
+            status, kind = SANDBOX_STATUS.get(type(exc), (500, getattr(exc, "code", "sandbox_error")))
+            response, outcome = _json(status, {"error": str(exc)}), kind
+            self.metrics.errors.inc(self._known(model), kind)
+            limit = LIMIT_KINDS.get(kind) or ("cpu" if "CPU-time" in str(exc) else None)
+            if limit:
+                self.metrics.limit_hits.inc(self._known(model), limit)
+        except Exception as exc:  # noqa: BLE001 - a real server fault: 500, logged, never a traceback to clients
+            model = ctx["model"]
+            response, status, outcome = _json(500, {"error": "internal server error"}), 500, "internal"
+            self.metrics.errors.inc(self._known(model), "internal")
+            self.log.write("internal_error", error=f"{type(exc).__name__}: {exc}"[:2000], path=path[:200])
+        elapsed = time.monotonic() - t0
+        model, api, version = ctx["model"], ctx["api"], ctx["version"]
+        m = self._known(model)
+        self.metrics.requests.inc(m, api, str(status))
+        self.metrics.latency.observe(elapsed, m, api)
+        self.log.write("access", token_id=ident.token_id if ident else None, model=model[:128] or None,
+                       version=version, api=api, method=method, status=status, outcome=outcome,
+                       ms=round(elapsed * 1000, 2), remote=request.client.host if request.client else None)
+        return response
+
+    def _known(self, model: str) -> str:
+        return model if model in self.registry.models else ""
+
+    async def _route(self, request: Request, ident: Any, path: str, method: str,
+                     t0: float, ctx: dict[str, Any]) -> Response:
+        if path == "/monitoring/prometheus/metrics":
+            ctx["api"] = "metrics"
+            authorize(ident, "metrics", None)
+            self._update_gauges()
+            return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        m = TF_ROUTE.match(path)
+        if m:
+            name = m.group("name")
+            verb = m.group("verb")
+            api = verb or ("metadata" if m.group("meta") else "status")
+            ctx.update(model=name, api=api)
+            want = "POST" if verb else "GET"
+            authorize(ident, "predict" if verb else "metadata", name)
+            if method != want:
+                raise RequestError(405, f"{method} is not allowed here (use {want})", kind="bad_method")
+            self.rate.check(ident.token_id)
+            ctx["version"] = int(m.group("version")) if m.group("version") else None
+            if api == "status":
+                return self._status(name, m.group("version"), m.group("label"))
+            vs = self.registry.resolve(name, m.group("version"), m.group("label"))
+            ctx["version"] = vs.version
+            if api == "metadata":
+                return self._metadata(vs)
+            self.concurrency.enter()
+            self.metrics.inflight.set(self.concurrency.inflight)
+            try:
+                resp = await self._predict(request, vs, verb, t0)
+            finally:
+                self.concurrency.leave()
+                self.metrics.inflight.set(self.concurrency.inflight)
+            return resp
+        a = ADMIN_ROUTE.match(path)
+        if a:
+            name = a.group("name")
+            ctx.update(model=name, api="admin", version=int(a.group("version")))
+            authorize(ident, "admin", name)
+            if method != "GET":
+                raise RequestError(405, f"{method} is not allowed here (use GET)", kind="bad_method")
+            vs = self.registry.resolve(name, a.group("version"), require_available=False)
+            if a.group("what") == "workers":
+                return _json(200, {"workers": vs.pool.info() if vs.pool else [], "restarts": vs.pool.restarts if vs.pool
+                                   else 0, "state": vs.state})
+            if vs.report is None:
+                raise RequestError(404, "no scan report for this version (not scanned)", kind="not_found")
+            from modelwarden.report import renderer
+
+            body = renderer("json").render(vs.report)
+            return Response(body, media_type="application/json")
+        raise RequestError(404, f"Malformed request: {method} {path[:200]}", kind="not_found")
+
+    def _update_gauges(self) -> None:
+        for e in self.registry.models.values():
+            for v, vs in e.versions.items():
+                self.metrics.workers.set(vs.pool.alive if vs.pool else 0, e.config.name, str(v))
+
+    def _status(self, name: str, version: str | None, label: str | None) -> Response:
+        e = self.registry.entry(name)
+        if version is not None or label is not None:
+            vs = self.registry.resolve(name, version, label, require_available=False)
+            states = [vs.status_json()]
+        else:
+            states = [vs.status_json() for _, vs in sorted(e.versions.items(), reverse=True)]
+            if not states:
+                raise RequestError(404, f"Could not find any versions of model {name}: {e.discovery_error}"[:500],
+                                   kind="not_found")
+        return _json(200, {"model_version_status": states})
+
+    def _metadata(self, vs: Any) -> Response:
+        return _json(200, {"model_spec": {"name": vs.model, "signature_name": "", "version": str(vs.version)},
+                           "metadata": {"signature_def": codec.signature_def_map(vs.pool.signatures, vs.methods)}})
+
+    async def _predict(self, request: Request, vs: Any, verb: str, t0: float) -> Response:
+        cfg = self.cfg
+        deadline = t0 + cfg.request_timeout_s
+        body = await read_body(request.stream(), request.headers.get("content-length"), cfg.max_body_bytes)
+        pool = vs.pool
+        chosen: list[str] = []
+
+        def specs_for(sig_name: str | None) -> dict:
+            sigs = pool.signatures
+            if sig_name in (None, ""):
+                sig_name = "serving_default" if "serving_default" in sigs else (next(iter(sigs)) if len(sigs) == 1 else None)
+                if sig_name is None:
+                    raise codec.bad(f"choose a signature_name: {', '.join(sorted(sigs))}")
+            if sig_name not in sigs:
+                raise codec.bad(f"Serving signature name: \"{sig_name[:128]}\" not found in signature def")
+            chosen.append(sig_name)
+            return sigs[sig_name].inputs
+
+        def decode() -> codec.PredictRequest:
+            raw = decode_content(body, request.headers.get("content-encoding"), cfg.max_body_bytes, cfg.gzip_max_ratio)
+            doc = parse_json(raw, cfg.max_json_depth, cfg.max_json_elements)
+            if verb != "predict":
+                self._check_method(vs, doc, verb)
+            return codec.parse_predict(doc, specs_for, cfg.max_json_elements)
+
+        loop = asyncio.get_running_loop()
+        req = await loop.run_in_executor(None, decode) if len(body) > OFFLOAD_BYTES else decode()
+        outputs = await pool.predict(req.inputs, chosen[-1], deadline)
+        if sum(a.size for a in outputs.values()) > 100_000:
+            payload = await loop.run_in_executor(None, lambda: codec.dumps(codec.format_predict(outputs, req.row_format)))
+        else:
+            payload = codec.dumps(codec.format_predict(outputs, req.row_format))
+        return Response(payload, media_type="application/json")
+
+    def _check_method(self, vs: Any, doc: Any, verb: str) -> None:
+        sig = doc.get("signature_name") if isinstance(doc, dict) else None
+        sig = sig if isinstance(sig, str) and sig else "serving_default"
+        method = vs.methods.get(sig, (codec.PREDICT_METHOD, {}, {}))[0] or codec.PREDICT_METHOD
+        want = codec.CLASSIFY_METHOD if verb == "classify" else codec.REGRESS_METHOD
+        if method != want:
+            raise codec.bad(f"Expected {'classification' if verb == 'classify' else 'regression'} signature "
+                            f"method_name to be {want}. Was: {method}")
+        raise RequestError(501, f"{verb} signatures take serialized tf.Example strings (DT_STRING), which cannot "
+                                "cross the sandbox boundary in this version; export a predict signature instead",
+                           kind="unimplemented")

@@ -1,0 +1,259 @@
+"""TensorFlow Serving's REST JSON: request parsing against a signature, response shapes.
+
+Request: ``{"signature_name": ..., "instances": [...]}`` (row format) or
+``{"signature_name": ..., "inputs": ...}`` (columnar), values as nested lists,
+``NaN``/``Infinity`` literals, ``{"b64": "..."}`` for binary values.  Response:
+``{"predictions": [...]}`` for the row format (one object per instance when the
+signature has several outputs), ``{"outputs": ...}`` for the columnar one.
+
+Only numeric and boolean tensors cross the sandbox boundary (no string tensors), so a
+``{"b64": ...}`` value is accepted where the input is ``uint8``: its bytes become that
+element's uint8 vector.  Anywhere else it is a 400 naming the limitation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelwarden.server.limits import RequestError
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+TF_DTYPES = {
+    "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int32": "DT_INT32", "uint8": "DT_UINT8", "int16": "DT_INT16",
+    "int8": "DT_INT8", "complex64": "DT_COMPLEX64", "int64": "DT_INT64", "bool": "DT_BOOL", "uint16": "DT_UINT16",
+    "float16": "DT_HALF", "uint32": "DT_UINT32", "uint64": "DT_UINT64", "complex128": "DT_COMPLEX128",
+    "object": "DT_STRING", "bytes": "DT_STRING", "str": "DT_STRING",
+}
+
+
+def bad(message: str) -> RequestError:
+    return RequestError(400, message, kind="invalid_argument")
+
+
+@dataclass
+class PredictRequest:
+    signature_name: str | None
+    inputs: dict[str, np.ndarray]
+    row_format: bool
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _unwrap_b64(value: Any, name: str, dtype: str, budget: list[int]) -> Any:
+    """Replace every ``{"b64": s}`` in ``value`` by the decoded bytes as a list of ints (uint8 inputs)."""
+    if _is_b64(value):
+        if dtype != "uint8":
+            raise bad(f"input {name!r}: binary values ({{\"b64\": ...}}) need a DT_STRING input, which cannot cross "
+                      f"the sandbox boundary; this input is {TF_DTYPES.get(dtype, dtype)} (uint8 inputs accept b64 bytes)")
+        s = value["b64"]
+        if not isinstance(s, str):
+            raise bad(f"input {name!r}: 'b64' must hold a base64 string")
+        try:
+            raw = base64.b64decode(s, validate=True)
+        except (binascii.Error, ValueError):
+            try:  # TF Serving accepts the URL-safe alphabet too
+                raw = base64.urlsafe_b64decode(s.encode("ascii"))
+            except (binascii.Error, ValueError, UnicodeEncodeError):
+                raise bad(f"input {name!r}: Unable to base64 decode") from None
+        budget[0] -= len(raw)
+        if budget[0] < 0:
+            raise RequestError(413, "decoded binary values exceed the element limit", kind="too_large")
+        return np.frombuffer(raw, np.uint8)
+    if isinstance(value, list):
+        if any(isinstance(v, (list, dict)) for v in value):
+            return [_unwrap_b64(v, name, dtype, budget) for v in value]
+        return value
+    if isinstance(value, dict):
+        raise bad(f"input {name!r}: unexpected JSON object (only {{\"b64\": ...}} objects are values)")
+    return value
+
+
+def _stack(values: list, name: str) -> np.ndarray:
+    """np.array over b64-decoded vectors (same length) or plain nested lists."""
+    try:
+        if values and all(isinstance(v, np.ndarray) for v in values):
+            if len({v.shape for v in values}) != 1:
+                raise bad(f"input {name!r}: binary values of different lengths cannot form one tensor")
+            return np.stack(values)
+        return np.array(values)
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise bad(f"input {name!r}: values do not form a tensor of consistent shape and type ({str(exc)[:200]})") from None
+
+
+def to_array(value: Any, name: str, dtype: str, budget: list[int]) -> np.ndarray:
+    """A JSON value as an array of ``dtype``; refuses lossy or impossible conversions (400)."""
+    value = _unwrap_b64(value, name, dtype, budget)
+    if isinstance(value, np.ndarray):
+        raw = value
+    elif isinstance(value, list):
+        raw = _stack(value, name) if any(isinstance(v, np.ndarray) for v in value) else _array(value, name)
+    else:
+        raw = _array(value, name)
+    try:
+        target = np.dtype(dtype)
+    except TypeError:
+        raise bad(f"input {name!r}: dtype {dtype} is not supported by this server") from None
+    kind = raw.dtype.kind
+    if raw.size == 0 and kind == "f":
+        return raw.astype(target)
+    if kind not in "biuf":
+        if kind in "US":
+            raise bad(f"input {name!r}: string values need a DT_STRING input, which cannot cross the sandbox "
+                      f"boundary; the signature expects {TF_DTYPES.get(dtype, dtype)}")
+        raise bad(f"input {name!r}: values are not numbers of consistent shape (expected {TF_DTYPES.get(dtype, dtype)})")
+    tk = target.kind
+    if tk == "b":
+        if kind != "b":
+            raise bad(f"input {name!r}: expected booleans (DT_BOOL)")
+    elif tk in "iu":
+        if kind not in "iu":
+            raise bad(f"input {name!r}: expected integers ({TF_DTYPES.get(dtype, dtype)}), got "
+                      f"{'booleans' if kind == 'b' else 'non-integer numbers'}")
+        if raw.size:
+            info = np.iinfo(target)
+            lo, hi = int(raw.min()), int(raw.max())
+            if lo < info.min or hi > info.max:
+                raise bad(f"input {name!r}: value out of range for {TF_DTYPES.get(dtype, dtype)}")
+    elif tk in "fc":
+        if kind == "b":
+            raise bad(f"input {name!r}: expected numbers ({TF_DTYPES.get(dtype, dtype)}), got booleans")
+    else:
+        raise bad(f"input {name!r}: dtype {dtype} is not supported by this server")
+    return raw.astype(target, copy=False)
+
+
+def _array(value: Any, name: str) -> np.ndarray:
+    try:
+        return np.array(value)
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise bad(f"input {name!r}: values do not form a tensor of consistent shape and type ({str(exc)[:200]})") from None
+
+
+def parse_predict(doc: Any, specs_for: Any, max_elements: int) -> PredictRequest:
+    """Validate a predict body; ``specs_for(signature_name) -> {input name: TensorSpec}``."""
+    if not isinstance(doc, dict):
+        raise bad("JSON Value: request body must be a JSON object")
+    unknown = set(doc) - {"signature_name", "instances", "inputs"}
+    if unknown:
+        raise bad(f"unknown key(s) in request: {', '.join(sorted(str(k)[:40] for k in unknown))}")
+    sig_name = doc.get("signature_name")
+    if sig_name is not None and not isinstance(sig_name, str):
+        raise bad("'signature_name' must be a string")
+    if "instances" in doc and "inputs" in doc:
+        raise bad("Not both 'instances' and 'inputs' can be specified")
+    if "instances" not in doc and "inputs" not in doc:
+        raise bad("Missing 'inputs' or 'instances' key")
+    specs: Mapping[str, Any] = specs_for(sig_name)
+    names = list(specs)
+    budget = [max_elements]
+    if "instances" in doc:
+        instances = doc["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise bad("'instances' must be a non-empty JSON list")
+        if all(isinstance(i, dict) and not _is_b64(i) for i in instances):
+            keys = set(instances[0])
+            for idx, inst in enumerate(instances):
+                if set(inst) != keys:
+                    raise bad(f"Failed to process element: {idx} of 'instances' list. JSON object has different "
+                              f"named inputs than the first element")
+            _check_names(keys, names)
+            arrays = {k: to_array([inst[k] for inst in instances], k, specs[k].dtype, budget) for k in keys}
+        elif any(isinstance(i, dict) and not _is_b64(i) for i in instances):
+            raise bad("'instances' mixes named (object) and unnamed elements")
+        else:
+            if len(names) != 1:
+                raise bad(f"the signature has {len(names)} inputs ({', '.join(names)}): each instance must be a JSON "
+                          f"object naming them")
+            arrays = {names[0]: to_array(instances, names[0], specs[names[0]].dtype, budget)}
+        return PredictRequest(sig_name, arrays, True)
+    inputs = doc["inputs"]
+    if isinstance(inputs, dict) and not _is_b64(inputs):
+        _check_names(set(inputs), names)
+        arrays = {k: to_array(v, k, specs[k].dtype, budget) for k, v in inputs.items()}
+    else:
+        if len(names) != 1:
+            raise bad(f"the signature has {len(names)} inputs ({', '.join(names)}): 'inputs' must be a JSON object naming them")
+        arrays = {names[0]: to_array(inputs, names[0], specs[names[0]].dtype, budget)}
+    return PredictRequest(sig_name, arrays, False)
+
+
+def _check_names(given: set[str], expected: list[str]) -> None:
+    unknown = sorted(given - set(expected))
+    if unknown:
+        raise bad(f"JSON object: does not have named input: {unknown[0][:80]} (inputs: {', '.join(expected)})")
+    missing = sorted(set(expected) - given)
+    if missing:
+        raise bad(f"missing input(s): {', '.join(missing)}")
+
+
+def _jsonable(arr: np.ndarray) -> Any:
+    if arr.dtype.kind == "c":  # TF Serving writes complex numbers as [real, imag]
+        return np.stack([arr.real, arr.imag], axis=-1).tolist()
+    return arr.tolist()
+
+
+def format_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict:
+    if not row_format:
+        if len(outputs) == 1:
+            return {"outputs": _jsonable(next(iter(outputs.values())))}
+        return {"outputs": {k: _jsonable(v) for k, v in outputs.items()}}
+    if len(outputs) == 1:
+        arr = next(iter(outputs.values()))
+        return {"predictions": _jsonable(arr) if arr.ndim else [_jsonable(arr)]}
+    batch = None
+    for k, v in outputs.items():
+        if v.ndim == 0:
+            raise RequestError(400, f"Tensor name: {k} has no shape information", kind="invalid_argument")
+        if batch is None:
+            batch = v.shape[0]
+        elif v.shape[0] != batch:
+            raise RequestError(400, f"Tensor name: {k} has inconsistent batch size: {v.shape[0]} expecting: {batch}",
+                               kind="invalid_argument")
+    cols = {k: _jsonable(v) for k, v in outputs.items()}
+    return {"predictions": [{k: cols[k][i] for k in cols} for i in range(batch or 0)]}
+
+
+def dumps(doc: Any) -> bytes:
+    """JSON with NaN/Infinity literals, as TensorFlow Serving writes them."""
+    return json.dumps(doc, separators=(",", ":"), allow_nan=True).encode()
+
+
+# -- metadata -------------------------------------------------------------------------------------
+
+
+def tensor_info(spec: Any, tensor_name: str = "") -> dict:
+    shape = spec.shape
+    if shape is None:
+        ts: dict = {"dim": [], "unknown_rank": True}
+    else:
+        ts = {"dim": [{"size": str(-1 if d is None else d), "name": ""} for d in shape], "unknown_rank": False}
+    return {"dtype": TF_DTYPES.get(spec.dtype, "DT_INVALID"), "tensor_shape": ts, "name": tensor_name}
+
+
+def signature_def_map(signatures: Mapping[str, Any], extra: Mapping[str, Any]) -> dict:
+    """``signature_def`` JSON as TF Serving's GetModelMetadata returns it.
+
+    ``extra``: per signature, (method_name, {input: tensor name}, {output: tensor name})
+    read statically from saved_model.pb when available.
+    """
+    out = {}
+    for name, sig in signatures.items():
+        method, in_names, out_names = extra.get(name, (PREDICT_METHOD, {}, {}))
+        out[name] = {
+            "inputs": {k: tensor_info(s, in_names.get(k, "")) for k, s in sig.inputs.items()},
+            "outputs": {k: tensor_info(s, out_names.get(k, "")) for k, s in sig.outputs.items()},
+            "method_name": method,
+        }
+    return {"signature_def": out}

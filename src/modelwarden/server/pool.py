@@ -1,0 +1,188 @@
+"""A pool of sandboxed workers per model version.
+
+Each worker is a :class:`modelwarden.sandbox.Sandbox` holding the model warm.  A request
+takes an idle worker (waiting at most until its deadline, else 503 + Retry-After),
+runs ``predict`` in a thread, and gives the worker back.  When a call kills its worker
+(crash, deadline, memory limit, protocol violation) the request gets that error and a
+replacement starts in the background, with exponential back-off if replacements keep
+failing; other workers, versions and models are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from modelwarden.sandbox.errors import SandboxError
+from modelwarden.sandbox.interface import SandboxLimits
+from modelwarden.server.limits import RequestError
+
+
+@dataclass
+class Worker:
+    sandbox: Any  # modelwarden.sandbox.Sandbox
+    model: Any  # SandboxedModel
+    started: float = field(default_factory=time.time)
+    busy: bool = False
+    calls: int = 0
+
+    @property
+    def pid(self) -> int | None:
+        w = getattr(self.sandbox, "_worker", None)
+        proc = getattr(getattr(w, "proc", None), "proc", None)
+        return getattr(proc, "pid", None)
+
+
+@dataclass
+class PoolSpec:
+    path: str
+    limits: SandboxLimits
+    backend: str
+    policy: str | None
+    fail_on: str | None
+    size: int
+
+
+class WorkerPool:
+    """``size`` warm sandboxed workers for one model version."""
+
+    def __init__(self, label: str, spec: PoolSpec, loader: concurrent.futures.Executor,
+                 on_event: Callable[[str, dict], None]) -> None:
+        self.label = label
+        self.spec = spec
+        self._loader = loader
+        self._calls = concurrent.futures.ThreadPoolExecutor(max_workers=spec.size, thread_name_prefix=f"mw-{label}")
+        self._idle: asyncio.Queue[Worker] = asyncio.Queue()
+        self.workers: list[Worker] = []
+        self.signatures: dict[str, Any] = {}
+        self.restarts = 0
+        self._failures = 0  # consecutive failed starts (back-off)
+        self._closed = False
+        self._on_event = on_event
+        self.last_error = ""
+
+    def _start_one(self) -> Worker:
+        from modelwarden.sandbox.client import Sandbox
+
+        sb = Sandbox(self.spec.limits, backend=self.spec.backend, policy=self.spec.policy, fail_on=self.spec.fail_on)
+        try:
+            # the registry ran the host scan gate once for this version; the worker still re-checks
+            # the exact bytes TensorFlow loads, inside the sandbox, before importing TensorFlow.
+            model = sb.load(self.spec.path, scan=False, recheck=True)
+        except BaseException:
+            sb.close()
+            raise
+        return Worker(sb, model)
+
+    async def start(self) -> None:
+        """Start every worker; raises the first start error if none could start."""
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(*(loop.run_in_executor(self._loader, self._start_one)
+                                         for _ in range(self.spec.size)), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for r in results:
+            if isinstance(r, Worker):
+                self._add(r)
+        if not self.workers:
+            raise errors[0]
+        for _ in errors:  # partial start: keep trying in the background
+            self._schedule_replacement("start failed")
+
+    def _add(self, w: Worker) -> None:
+        if self._closed:
+            w.sandbox.close()
+            return
+        if not self.signatures:
+            self.signatures = dict(w.model.signatures)
+        self.workers.append(w)
+        self._idle.put_nowait(w)
+
+    @property
+    def alive(self) -> int:
+        return sum(1 for w in self.workers if w.sandbox.alive)
+
+    async def predict(self, inputs: dict, signature: str | None, deadline: float) -> dict:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestError(504, "request deadline exceeded before a worker was free", kind="deadline")
+        try:
+            worker = await asyncio.wait_for(self._idle.get(), remaining)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise RequestError(503, f"all workers of {self.label} are busy or restarting", retry_after=1.0,
+                               kind="overloaded") from None
+        worker.busy = True
+        loop = asyncio.get_running_loop()
+        timeout = max(0.05, deadline - time.monotonic())
+        if self.spec.limits.timeout_s:
+            timeout = min(timeout, self.spec.limits.timeout_s)
+        try:
+            out = await loop.run_in_executor(self._calls, worker.model.predict, inputs, signature, timeout)
+        except SandboxError as exc:
+            self._release(worker, exc)
+            raise
+        except BaseException as exc:
+            self._release(worker, exc)
+            raise
+        self._release(worker, None)
+        return out
+
+    def _release(self, worker: Worker, exc: BaseException | None) -> None:
+        worker.busy = False
+        worker.calls += 1
+        if worker.sandbox.alive and not self._closed:
+            self._idle.put_nowait(worker)
+            return
+        # the call killed the worker: drop it, start another
+        if worker in self.workers:
+            self.workers.remove(worker)
+        worker.sandbox.close()
+        reason = getattr(exc, "code", None) or "died"
+        self._on_event("worker_lost", {"pool": self.label, "reason": reason, "pid": worker.pid})
+        self._schedule_replacement(reason)
+
+    def _schedule_replacement(self, reason: str) -> None:
+        if self._closed:
+            return
+        asyncio.get_running_loop().create_task(self._replace(reason))
+
+    async def _replace(self, reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            if self._failures:
+                await asyncio.sleep(min(60.0, 0.5 * 2 ** min(self._failures, 7)))
+            try:
+                w = await loop.run_in_executor(self._loader, self._start_one)
+            except Exception as exc:  # noqa: BLE001 - keep serving; report and retry
+                self._failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                self._on_event("worker_start_failed", {"pool": self.label, "error": self.last_error})
+                continue
+            self._failures = 0
+            self.restarts += 1
+            self._on_event("worker_restarted", {"pool": self.label, "reason": reason, "pid": w.pid})
+            self._add(w)
+            return
+
+    def info(self) -> list[dict]:
+        return [{"pid": w.pid, "busy": w.busy, "alive": w.sandbox.alive, "calls": w.calls,
+                 "started": round(w.started, 3)} for w in self.workers]
+
+    def close(self) -> None:
+        self._closed = True
+        for w in self.workers:
+            w.sandbox.close()
+        self.workers.clear()
+        self._calls.shutdown(wait=False, cancel_futures=True)
+
+
+def pool_limits(memory_bytes: int, timeout_s: float | None, max_processes: int) -> SandboxLimits:
+    kw: dict[str, Any] = {"memory_bytes": memory_bytes, "max_processes": max_processes}
+    if timeout_s:
+        kw["timeout_s"] = timeout_s
+    else:
+        kw["timeout_s"] = 3600.0  # the request deadline bounds every call
+    kw["cpu_seconds"] = 86400  # lifetime CPU budget of a warm worker; when spent it is replaced
+    return SandboxLimits(**kw)

@@ -1,0 +1,221 @@
+"""Served models: version discovery under ``base_path``, version policies, labels, the scan gate.
+
+Model paths come only from the configuration.  A version is a direct child directory of
+``base_path`` named by a decimal number; symlinked versions are refused (a link could point
+anywhere).  Every version is scanned statically under the server's policy before any
+worker starts; a version that fails the gate stays unavailable and its report is kept
+for admins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from modelwarden.server.config import ModelConfig, ServerConfig
+from modelwarden.server.limits import RequestError
+from modelwarden.server.pool import PoolSpec, WorkerPool, pool_limits
+
+MAX_VERSION_DIGITS = 18
+
+
+@dataclass
+class VersionState:
+    model: str
+    version: int
+    path: str
+    state: str = "START"  # START | LOADING | AVAILABLE | END (TF Serving's ManagerState names)
+    error_code: str = "OK"
+    error_message: str = ""
+    pool: WorkerPool | None = None
+    report: Any = None  # modelwarden Report of the scan gate
+    methods: dict[str, tuple[str, dict, dict]] = field(default_factory=dict)
+
+    def status_json(self) -> dict:
+        return {"version": str(self.version), "state": self.state,
+                "status": {"error_code": self.error_code, "error_message": self.error_message}}
+
+
+@dataclass
+class ModelEntry:
+    config: ModelConfig
+    versions: dict[int, VersionState] = field(default_factory=dict)
+    discovery_error: str = ""
+
+
+def not_found(message: str) -> RequestError:
+    return RequestError(404, message, kind="not_found")
+
+
+def discover_versions(m: ModelConfig) -> tuple[list[tuple[int, str]], str]:
+    """(version, path) pairs under base_path chosen by the version policy, and an error text."""
+    try:
+        st = os.stat(m.base_path)
+    except OSError as exc:
+        return [], f"base_path {m.base_path}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return [], f"base_path {m.base_path} is not a directory"
+    found: list[tuple[int, str]] = []
+    problems: list[str] = []
+    try:
+        entries = list(os.scandir(m.base_path))[:100_000]
+    except OSError as exc:
+        return [], f"cannot list {m.base_path}: {exc.strerror}"
+    for e in entries:
+        if not e.name.isdigit() or not e.name.isascii() or len(e.name) > MAX_VERSION_DIGITS:
+            continue
+        if e.is_symlink():
+            problems.append(f"version {e.name} is a symbolic link (refused)")
+            continue
+        if not e.is_dir(follow_symlinks=False):
+            continue
+        found.append((int(e.name), e.path))
+    found.sort(reverse=True)
+    if m.version_policy == "latest":
+        chosen = found[: m.num_versions]
+    elif m.version_policy == "all":
+        chosen = found
+    else:
+        by_version = dict(found)
+        chosen = [(v, by_version[v]) for v in sorted(m.versions, reverse=True) if v in by_version]
+        missing = sorted(set(m.versions) - set(by_version))
+        if missing:
+            problems.append(f"specific version(s) not found under {m.base_path}: {', '.join(map(str, missing))}")
+    if not found:
+        problems.append(f"no version directories under {m.base_path}")
+    return chosen, "; ".join(problems)
+
+
+def signature_methods(path: str) -> dict[str, tuple[str, dict, dict]]:
+    """Method name and graph tensor names per signature, read statically (best effort)."""
+    try:
+        from modelwarden.formats.detect import discover
+        from modelwarden.ir import ArtifactFormat
+        from modelwarden.scanner import read_artifact
+
+        cands, _ = discover([path])
+        out: dict[str, tuple[str, dict, dict]] = {}
+        for c in cands:
+            if c.format != ArtifactFormat.SAVEDMODEL:
+                continue
+            for g in read_artifact(c).graphs:
+                if "serve" not in g.tags and g.tags:
+                    continue
+                for s in g.signatures:
+                    out.setdefault(s.name, (s.method or "", {t.name: t.tensor for t in s.inputs},
+                                            {t.name: t.tensor for t in s.outputs}))
+        return out
+    except Exception:  # noqa: BLE001 - metadata extras only; the scan gate already judged the model
+        return {}
+
+
+class Registry:
+    def __init__(self, cfg: ServerConfig, on_event: Callable[[str, dict], None]) -> None:
+        self.cfg = cfg
+        self.models: dict[str, ModelEntry] = {m.name: ModelEntry(m) for m in cfg.models}
+        self._on_event = on_event
+        self._loader = concurrent.futures.ThreadPoolExecutor(max_workers=cfg.load_concurrency,
+                                                             thread_name_prefix="mw-load")
+        self._scanner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mw-scan")
+        self.ready = False
+
+    # -- start-up ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        tasks = []
+        for entry in self.models.values():
+            chosen, err = discover_versions(entry.config)
+            entry.discovery_error = err
+            if err:
+                self._on_event("model_discovery", {"model": entry.config.name, "error": err})
+            for v, path in chosen:
+                vs = entry.versions[v] = VersionState(entry.config.name, v, path)
+                tasks.append(self._load(entry.config, vs))
+        await asyncio.gather(*tasks)
+        self.ready = True
+
+    def _scan(self, m: ModelConfig, vs: VersionState) -> Any:
+        from modelwarden.scanner import scan
+
+        return scan(vs.path, policy=self.cfg.policy, fail_on=m.fail_on or self.cfg.fail_on)
+
+    async def _load(self, m: ModelConfig, vs: VersionState) -> None:
+        loop = asyncio.get_running_loop()
+        vs.state = "LOADING"
+        try:
+            report = await loop.run_in_executor(self._scanner, self._scan, m, vs)
+        except Exception as exc:  # noqa: BLE001 - an unreadable model is refused, not a crash
+            self._fail(vs, "FAILED_PRECONDITION", f"scan gate could not scan the model: {exc}")
+            return
+        vs.report = report
+        failing = report.failing()
+        if report.errors or failing:
+            parts = [f"{f.rule_id} {f.severity.label}" for f in failing[:10]] + \
+                    [f"unreadable: {e.message}" for e in report.errors[:5]]
+            self._fail(vs, "FAILED_PRECONDITION",
+                       f"refused by the scan gate ({len(failing)} finding(s) at or above {report.fail_on.label}, "
+                       f"{len(report.errors)} error(s)): {', '.join(parts)}")
+            self._on_event("scan_refused", {"model": m.name, "version": vs.version,
+                                            "findings": [f.rule_id for f in failing[:50]]})
+            return
+        vs.methods = await loop.run_in_executor(self._scanner, signature_methods, vs.path)
+        spec = PoolSpec(vs.path, pool_limits(m.memory_bytes, m.timeout_s, m.max_processes), self.cfg.backend,
+                        self.cfg.policy, m.fail_on or self.cfg.fail_on, m.workers)
+        pool = WorkerPool(f"{m.name}/{vs.version}", spec, self._loader, self._on_event)
+        try:
+            await pool.start()
+        except Exception as exc:  # noqa: BLE001
+            pool.close()
+            code = getattr(exc, "code", "") or type(exc).__name__
+            self._fail(vs, "UNAVAILABLE" if code != "op_blocked" else "FAILED_PRECONDITION",
+                       f"could not start a sandboxed worker ({code}): {str(exc)[:1000]}")
+            return
+        vs.pool = pool
+        vs.state = "AVAILABLE"
+        self._on_event("model_loaded", {"model": m.name, "version": vs.version, "workers": len(pool.workers)})
+
+    def _fail(self, vs: VersionState, code: str, message: str) -> None:
+        vs.state, vs.error_code, vs.error_message = "END", code, message
+        self._on_event("model_unavailable", {"model": vs.model, "version": vs.version, "error": message[:2000]})
+
+    # -- lookup ------------------------------------------------------------------------------------
+
+    def entry(self, name: str) -> ModelEntry:
+        e = self.models.get(name)
+        if e is None:
+            raise not_found(f"Servable not found for request: Latest({name[:128]})")
+        return e
+
+    def resolve(self, name: str, version: str | None = None, label: str | None = None,
+                require_available: bool = True) -> VersionState:
+        """TF Serving's lookup: a specific version, a label, or the latest available version."""
+        e = self.entry(name)
+        if label is not None:
+            if label not in e.config.labels:
+                raise RequestError(404, f"Unrecognized servable version label: {label[:64]}", kind="not_found")
+            v = e.config.labels[label]
+            vs = e.versions.get(v)
+            what = f"Specific({name}, {v})"
+        elif version is not None:
+            v = int(version)
+            vs = e.versions.get(v)
+            what = f"Specific({name}, {v})"
+        else:
+            avail = [vs for vs in e.versions.values() if vs.state == "AVAILABLE"]
+            vs = max(avail, key=lambda s: s.version) if avail else None
+            what = f"Latest({name})"
+        if vs is None or (require_available and vs.state != "AVAILABLE"):
+            raise not_found(f"Servable not found for request: {what}")
+        return vs
+
+    def close(self) -> None:
+        for e in self.models.values():
+            for vs in e.versions.values():
+                if vs.pool:
+                    vs.pool.close()
+        self._loader.shutdown(wait=False, cancel_futures=True)
+        self._scanner.shutdown(wait=False, cancel_futures=True)
