@@ -209,18 +209,38 @@ class VersionChoice:
     source: str  # "--tf-version", "installed package tensorflow", "model (...)", or why none
 
 
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
 @cache
 def installed_tf() -> tuple[str, str] | None:
-    """(version, distribution) of a TensorFlow installed beside modelwarden, without importing it."""
-    from importlib import metadata  # lazily: only when a model uses an op with advisories
+    """(version, distribution) of a TensorFlow installed beside modelwarden, without importing it.
 
-    for name in PYPI_NAMES:
+    Reads the ``NAME-VERSION.dist-info`` directory names on ``sys.path`` (what
+    ``importlib.metadata`` does, without importing it and the e-mail and socket
+    modules it pulls in: this runs in every scan of a model with advisory ops).
+    """
+    import os
+    import sys
+
+    wanted = {_normalise(n): n for n in PYPI_NAMES}
+    found: dict[str, str] = {}
+    for entry in sys.path:
         try:
-            return metadata.version(name), name
-        except metadata.PackageNotFoundError:
+            names = os.listdir(entry or ".")
+        except OSError:
             continue
-        except Exception:  # a broken dist-info must not break a scan
-            continue
+        for d in names:
+            if not d.endswith(".dist-info") or "-" not in d:
+                continue
+            dist, _, version = d[: -len(".dist-info")].rpartition("-")
+            key = _normalise(dist)
+            if key in wanted and wanted[key] not in found:
+                found[wanted[key]] = version
+    for name in PYPI_NAMES:  # preference order
+        if name in found:
+            return found[name], name
     return None
 
 
