@@ -48,7 +48,8 @@ def test_discover_errors_name_the_path(tmp_path):
     _, errors = discover([str(tmp_path / "missing"), str(tmp_path / "readme.txt")])
     assert [e.reason for e in errors] == [
         "no such file or directory",
-        "not a recognised model format (SavedModel, GraphDef, Keras, TFLite, checkpoint)",
+        "not a recognised model format (SavedModel, GraphDef, Keras, TFLite, checkpoint, pickle, "
+        "PyTorch, NumPy, ONNX, safetensors, zip/tar)",
     ]
 
 

@@ -372,6 +372,153 @@ class ArtifactFormat(enum.StrEnum):
     KERAS_H5 = "keras-h5"
     TFLITE = "tflite"
     TF_CHECKPOINT = "tf-checkpoint"
+    PICKLE = "pickle"  # plain pickle, joblib, dill-style: one or more pickle streams
+    PYTORCH = "pytorch"  # torch.save zip layout or the legacy magic-number pickle sequence
+    NUMPY = "numpy"  # .npy, or .npz (a zip of .npy)
+    ONNX = "onnx"
+    SAFETENSORS = "safetensors"
+    ARCHIVE = "archive"  # zip / tar (optionally gzip) that is not a known model container
+
+
+# --------------------------------------------------------------------------
+# Pickle programs (plain pickle, joblib, PyTorch, NumPy object arrays)
+
+
+@dataclass(frozen=True, slots=True)
+class PickleImport:
+    """A global the unpickler would import: ``module.name`` at byte ``pos`` of its stream.
+
+    ``resolved`` is False when the module or name is not a plain string the parser can see
+    (STACK_GLOBAL fed by a call result, EXT codes): ``detail`` says what it was.
+    """
+
+    module: str
+    name: str
+    pos: int
+    opcode: str  # GLOBAL, STACK_GLOBAL, INST, EXT1/2/4
+    resolved: bool = True
+    detail: str = ""
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.module}.{self.name}" if self.module else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class PickleCall:
+    """A call the unpickler would make: ``target`` (dotted import, or ``<...>`` when not a plain
+    import) at byte ``pos``; ``args`` is a short rendering of the arguments."""
+
+    target: str
+    pos: int
+    opcode: str  # REDUCE, NEWOBJ, NEWOBJ_EX, OBJ, INST, BUILD (a __setstate__ call)
+    args: str = ""
+    resolved: bool = True
+
+
+@dataclass(frozen=True)
+class PickleProgram:
+    """What one pickle stream would do, found by reading its opcodes (never by unpickling).
+
+    ``source`` is the file or archive member the stream is in; ``offset``..``end`` its bytes.
+    ``error`` says why parsing stopped before STOP (everything before the break is kept).
+    """
+
+    source: str
+    offset: int
+    protocol: int
+    imports: tuple[PickleImport, ...]
+    calls: tuple[PickleCall, ...]
+    opcodes: int
+    end: int
+    error: str = ""
+    persistent_ids: tuple[str, ...] = ()  # PERSID/BINPERSID payloads (short renderings, bounded)
+    role: str = ""  # "torch data.pkl", "legacy torch magic", "npy object array", "joblib"...
+
+
+# --------------------------------------------------------------------------
+# safetensors, ONNX, archives
+
+
+@dataclass(frozen=True, slots=True)
+class SafetensorsTensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # data_offsets, relative to the end of the header
+    end: int
+    extra_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    source: str
+    header_len: int
+    file_size: int
+    tensors: tuple[SafetensorsTensor, ...]
+    metadata: Mapping[str, object] = field(default_factory=dict)  # raw JSON values (rules check the types)
+    metadata_present: bool = False
+    duplicate_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OnnxNode:
+    name: str
+    op_type: str
+    domain: str
+    scope: str  # "graph", "graph/Loop_3.body", "function:custom.F" ...
+
+
+@dataclass(frozen=True, slots=True)
+class OnnxTensor:
+    name: str
+    scope: str
+    data_type: int
+    dims: tuple[int, ...]
+    external_location: str = ""  # external_data "location", when the data lives in another file
+    kind: str = "initializer"  # initializer, sparse_initializer, attribute
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    source: str
+    ir_version: int
+    producer: str
+    opsets: tuple[tuple[str, int], ...]
+    nodes: tuple[OnnxNode, ...]
+    tensors: tuple[OnnxTensor, ...]
+    functions: tuple[str, ...] = ()  # "domain:name" of model-local functions
+    subgraphs: int = 0  # graphs nested in node attributes
+    max_depth: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveMember:
+    """One member of a zip/tar container (``container`` is "" for the outer archive, else the
+    chain of members it is nested in, joined with "!")."""
+
+    name: str
+    kind: FileKind
+    size: int = 0  # declared uncompressed size
+    compressed: int = 0
+    container: str = ""
+    encrypted: bool = False
+    link_target: str = ""
+    content: str = ""  # what the first bytes are: "pickle", "zip", "tar", "npy", "safetensors", "onnx", ""
+    hardlink: bool = False
+
+    @property
+    def display(self) -> str:
+        return f"{self.container}!{self.name}" if self.container else self.name
+
+
+@dataclass(frozen=True)
+class ArchiveFacts:
+    kind: str  # "zip", "tar", "tar.gz"
+    members: tuple[ArchiveMember, ...]
+    total_members: int
+    max_depth: int = 0  # deepest nested archive reached
+    skipped: tuple[str, ...] = ()  # why some content was not inspected (limits), for people
 
 
 @dataclass(frozen=True)
@@ -386,3 +533,7 @@ class Artifact:
     checkpoints: tuple[Checkpoint, ...] = ()
     files: tuple[FileEntry, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
+    pickles: tuple[PickleProgram, ...] = ()
+    safetensors: tuple[SafetensorsHeader, ...] = ()
+    onnx: OnnxModel | None = None
+    archive: ArchiveFacts | None = None

@@ -15,6 +15,12 @@ READERS: dict[ArtifactFormat, str] = {
     ArtifactFormat.KERAS_H5: "modelwarden.formats.keras_h5:KerasH5Reader",
     ArtifactFormat.TFLITE: "modelwarden.formats.tflite:TFLiteReader",
     ArtifactFormat.TF_CHECKPOINT: "modelwarden.formats.checkpoint:CheckpointReader",
+    ArtifactFormat.PICKLE: "modelwarden.formats.pickle_file:PickleReader",
+    ArtifactFormat.PYTORCH: "modelwarden.formats.pytorch:PyTorchReader",
+    ArtifactFormat.NUMPY: "modelwarden.formats.numpy_file:NumpyReader",
+    ArtifactFormat.ONNX: "modelwarden.formats.onnx:OnnxReader",
+    ArtifactFormat.SAFETENSORS: "modelwarden.formats.safetensors:SafetensorsReader",
+    ArtifactFormat.ARCHIVE: "modelwarden.formats.archive:ArchiveReader",
 }
 
 

@@ -13,12 +13,15 @@ import stat
 from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.formats import safeio
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
-from modelwarden.formats.savedmodel import find_model_files
 from modelwarden.ir import ArtifactFormat
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 TABLE_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")  # LevelDB table footer (tensor bundle .index)
 ZIP_MAGIC = b"PK\x03\x04"
+UNRECOGNISED = (
+    "not a recognised model format (SavedModel, GraphDef, Keras, TFLite, checkpoint, pickle, "
+    "PyTorch, NumPy, ONNX, safetensors, zip/tar)"
+)
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
 _GRAPHDEF_TEXT_KEYS = (b"node", b"library", b"versions")
 _SAVEDMODEL_TEXT_KEYS = (b"saved_model_schema_version", b"meta_graphs")
@@ -106,39 +109,110 @@ def sniff_protobuf(path: str, head: bytes, size: int) -> ArtifactFormat | None:
     return None
 
 
-def _is_keras_zip(path: str) -> bool:
+def _zip_names(path: str) -> list[str] | None:
+    """Member names from the central directory (bounded), or None when it is not a readable zip."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as zf:
-            names = set()
-            for i, info in enumerate(zf.infolist()):
-                if i > DEFAULT_LIMITS.max_zip_members:
-                    break
-                names.add(info.filename)
-            return "config.json" in names
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return False
+            return [info.filename for info in zf.infolist()[: DEFAULT_LIMITS.max_zip_members + 1]]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return None
+
+
+def _is_keras_zip(path: str) -> bool:
+    names = _zip_names(path)
+    return names is not None and "config.json" in names
+
+
+def sniff_zip(path: str) -> ArtifactFormat:
+    """Which container a zip is: Keras v3, PyTorch, NumPy .npz, or a plain archive."""
+    names = _zip_names(path)
+    if names is None:
+        return ArtifactFormat.ARCHIVE  # the archive reader says what is wrong with it
+    if "config.json" in names:
+        return ArtifactFormat.KERAS_V3
+    from modelwarden.formats.pytorch import is_torch_zip_names
+
+    if is_torch_zip_names(names):
+        return ArtifactFormat.PYTORCH
+    files = [n for n in names if not n.endswith("/")]
+    if files and all(n.endswith(".npy") for n in files):
+        return ArtifactFormat.NUMPY
+    return ArtifactFormat.ARCHIVE
+
+
+_LEGACY_TORCH = bytes.fromhex("80028a0a6cfc9c46f9206aa850192e")
+_COMPRESSED_HEAD = 1 << 16
+
+
+def sniff_other(path: str, head: bytes, size: int) -> ArtifactFormat | None:
+    """Pickle-family, NumPy, safetensors, ONNX, tar: by content, reading at most a few KB."""
+    if head.startswith(b"\x93NUMPY"):
+        return ArtifactFormat.NUMPY
+    if head.startswith(_LEGACY_TORCH):
+        return ArtifactFormat.PYTORCH
+    if len(head) >= 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        # a hostile length is still recognised (then refused by the reader) when its bytes hold
+        # NUL or 0xff, which text never does (0xff is invalid UTF-8)
+        if 2 <= n <= size - 8 or (n > size and (b"\x00" in head[:8] or b"\xff" in head[:8])):
+            return ArtifactFormat.SAFETENSORS
+    from modelwarden.formats.onnx import sniff_onnx
+
+    if sniff_onnx(head, size):
+        return ArtifactFormat.ONNX
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return ArtifactFormat.ARCHIVE
+    from modelwarden.formats.archive import is_pickle_head
+    from modelwarden.formats.pickle_file import compression_of
+
+    kind = compression_of(head)
+    if kind:
+        inner = _decompressed_head(head if len(head) < 4096 else safeio.read_head(path, _COMPRESSED_HEAD), kind)
+        if kind == "gzip" and len(inner) >= 262 and inner[257:262] == b"ustar":
+            return ArtifactFormat.ARCHIVE
+        return ArtifactFormat.PICKLE if is_pickle_head(inner, size * 1000) else None
+    if is_pickle_head(head, size):
+        return ArtifactFormat.PICKLE
+    return None
+
+
+def _decompressed_head(data: bytes, kind: str) -> bytes:
+    import bz2
+    import lzma
+    import zlib
+
+    try:
+        if kind in ("gzip", "zlib"):
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS if kind == "gzip" else zlib.MAX_WBITS)
+            return d.decompress(data, 4096)
+        d2 = bz2.BZ2Decompressor() if kind == "bz2" else lzma.LZMADecompressor()
+        return d2.decompress(data, 4096)
+    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError):
+        return b""
 
 
 def sniff(path: str) -> ArtifactFormat | None:
     """Recognise one regular file by content; None when it is not a model artifact we read."""
     head = safeio.read_head(path, 4096)
-    if len(head) < 8:
-        return None
     try:
         size = os.stat(path, follow_symlinks=False).st_size
     except OSError:
         return None
+    if len(head) < 8:
+        from modelwarden.formats.archive import is_pickle_head
+
+        return ArtifactFormat.PICKLE if len(head) >= 4 and is_pickle_head(head, size) else None
     if head[4:8] == b"TFL3":
         return ArtifactFormat.TFLITE
     if head.startswith(HDF5_MAGIC) or _hdf5_at_userblock(path, size):
         return ArtifactFormat.KERAS_H5
-    if head.startswith(ZIP_MAGIC):
-        return ArtifactFormat.KERAS_V3 if _is_keras_zip(path) else None
+    if head.startswith((ZIP_MAGIC, b"PK\x05\x06")):
+        return sniff_zip(path)
     if size >= 48 and _tail(path, 8) == TABLE_MAGIC:
         return ArtifactFormat.TF_CHECKPOINT
-    return sniff_protobuf(path, head, size)
+    return sniff_other(path, head, size) or sniff_protobuf(path, head, size)
 
 
 def _tail(path: str, n: int) -> bytes:
@@ -203,11 +277,13 @@ def _discover_one(top: str, found: dict[str, Candidate], limits: Limits) -> None
             return
         fmt = sniff(top)
         if fmt is None:
-            raise InputError(top, "not a recognised model format (SavedModel, GraphDef, Keras, TFLite, checkpoint)")
+            raise InputError(top, UNRECOGNISED)
         _add(found, Candidate(top, fmt, top))
         return
     if not stat.S_ISDIR(st.st_mode):
         raise InputError(top, "not a regular file or directory")
+    from modelwarden.formats.savedmodel import find_model_files
+
     count = 0
     stack = [top]
     while stack:
