@@ -14,6 +14,7 @@ from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.formats import safeio
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
 from modelwarden.ir import ArtifactFormat
+from modelwarden.formats.protoschema import read_varint
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 TABLE_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")  # LevelDB table footer (tensor bundle .index)
@@ -25,18 +26,6 @@ UNRECOGNISED = (
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
 _GRAPHDEF_TEXT_KEYS = (b"node", b"library", b"versions")
 _SAVEDMODEL_TEXT_KEYS = (b"saved_model_schema_version", b"meta_graphs")
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while pos < len(buf) and shift < 64:
-        b = buf[pos]
-        result |= (b & 0x7F) << shift
-        pos += 1
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-    return -1, pos
 
 
 def _text_key(head: bytes) -> bytes:
@@ -59,13 +48,13 @@ def _looks_like_nodedef(buf: bytes, pos: int, end: int) -> bool:
     """Does ``buf[pos:end]`` start like a NodeDef (name=1 string, op=2 identifier)?"""
     if pos >= end or buf[pos] != 0x0A:
         return False
-    n, pos = _varint(buf, pos + 1)
+    n, pos = read_varint(buf, pos + 1)
     if n < 0 or pos + n > end:
         return False
     pos += n
     if pos >= end or buf[pos] != 0x12:
         return False
-    m, pos = _varint(buf, pos + 1)
+    m, pos = read_varint(buf, pos + 1)
     op = buf[pos : pos + m]
     return 0 < m <= 256 and len(op) == m and all(chr(c).isalnum() or c in b"_>." for c in op)
 
@@ -83,12 +72,12 @@ def sniff_protobuf(path: str, head: bytes, size: int) -> ArtifactFormat | None:
     if tag == 0x08 and len(head) > 2 and head[2] == 0x12:  # saved_model_schema_version, meta_graphs
         return ArtifactFormat.SAVEDMODEL
     if tag == 0x0A:  # GraphDef.node
-        n, pos = _varint(head, 1)
+        n, pos = read_varint(head, 1)
         if n > 0 and pos + n <= size and _looks_like_nodedef(head, pos, min(len(head), pos + n)):
             return ArtifactFormat.GRAPHDEF
         return None
     if tag == 0x12:  # SavedModel.meta_graphs or GraphDef.library: decide by parsing
-        n, _ = _varint(head, 1)
+        n, _ = read_varint(head, 1)
         if n <= 0 or n > size:
             return None
         from modelwarden.formats import tfproto

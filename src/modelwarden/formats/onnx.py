@@ -13,33 +13,22 @@ from modelwarden.errors import LimitExceeded
 from modelwarden.formats import onnxproto, safeio
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
 from modelwarden.ir import Artifact, ArtifactFormat, OnnxModel, OnnxNode, OnnxTensor
+from modelwarden.formats.protoschema import read_varint
 
 _MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
 MAX_DIMS = 64
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while pos < len(buf) and shift < 70:
-        b = buf[pos]
-        result |= (b & 0x7F) << shift
-        pos += 1
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-    return -1, pos
 
 
 def sniff_onnx(head: bytes, size: int) -> bool:
     """Does ``head`` start a ModelProto?  ir_version first, then known fields in order, up to the graph."""
     if len(head) < 4 or head[0] != 0x08:
         return False
-    version, pos = _varint(head, 1)
+    version, pos = read_varint(head, 1)
     if not 1 <= version <= 64:
         return False
     last = 1
     while pos < len(head):
-        key, pos = _varint(head, pos)
+        key, pos = read_varint(head, pos)
         if key < 0:
             return False
         number, wire = key >> 3, key & 7
@@ -47,9 +36,9 @@ def sniff_onnx(head: bytes, size: int) -> bool:
             return False
         last = number
         if wire == 0:
-            _, pos = _varint(head, pos)
+            _, pos = read_varint(head, pos)
             continue
-        n, pos = _varint(head, pos)
+        n, pos = read_varint(head, pos)
         if number == 7:
             return n > 0  # the graph: enough evidence (a truncated one is the reader's to report)
         if n < 0 or pos + n > size:

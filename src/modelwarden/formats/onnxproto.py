@@ -9,17 +9,11 @@ onnx package's descriptors when it is installed.
 
 from __future__ import annotations
 
-from functools import cache
+from google.protobuf.message import Message
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError, Message
-
-from modelwarden.errors import InputError
+from modelwarden.formats.protoschema import ProtoSchema
 
 PACKAGE = "modelwarden_onnx"
-_T = descriptor_pb2.FieldDescriptorProto
-_SCALARS = {"string": _T.TYPE_STRING, "bytes": _T.TYPE_BYTES, "int32": _T.TYPE_INT32, "int64": _T.TYPE_INT64,
-            "uint64": _T.TYPE_UINT64, "float": _T.TYPE_FLOAT, "double": _T.TYPE_DOUBLE}
 
 # (name, number, type); "X*" repeated; other names are messages below.
 MESSAGES: dict[str, list[tuple[str, int, str]]] = {
@@ -58,37 +52,12 @@ MESSAGES: dict[str, list[tuple[str, int, str]]] = {
 }
 
 
-@cache
-def _pool() -> descriptor_pool.DescriptorPool:
-    fdp = descriptor_pb2.FileDescriptorProto(name="modelwarden/onnx_subset.proto", package=PACKAGE, syntax="proto3")
-    for name, fields in MESSAGES.items():
-        msg = fdp.message_type.add(name=name)
-        for fname, number, typ in fields:
-            f = msg.field.add(name=fname, number=number, json_name=fname)
-            repeated = typ.endswith("*")
-            typ = typ.rstrip("*")
-            f.label = _T.LABEL_REPEATED if repeated else _T.LABEL_OPTIONAL
-            if typ in _SCALARS:
-                f.type = _SCALARS[typ]
-            else:
-                f.type = _T.TYPE_MESSAGE
-                f.type_name = f".{PACKAGE}.{typ}"
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return pool
+SCHEMA = ProtoSchema(PACKAGE, "modelwarden/onnx_subset.proto", MESSAGES, label="ONNX ")
 
 
-@cache
 def message_class(name: str) -> type[Message]:
-    return message_factory.GetMessageClass(_pool().FindMessageTypeByName(f"{PACKAGE}.{name}"))
+    return SCHEMA.message_class(name)
 
 
 def parse(name: str, data: bytes, path: str) -> Message:
-    msg = message_class(name)()
-    try:
-        msg.ParseFromString(data)
-    except DecodeError as exc:
-        raise InputError(path, f"not a valid ONNX {name} protobuf ({exc or 'decode error'})") from None
-    except RecursionError:
-        raise InputError(path, f"ONNX {name} protobuf is nested too deeply") from None
-    return msg
+    return SCHEMA.parse(name, data, path)

@@ -14,29 +14,11 @@ Usage::
 
 from __future__ import annotations
 
-from functools import cache
+from google.protobuf.message import Message
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf.message import DecodeError, Message
-
-from modelwarden.errors import InputError
+from modelwarden.formats.protoschema import ProtoSchema
 
 PACKAGE = "tensorflow"
-
-# Scalar type names -> FieldDescriptorProto types.
-_T = descriptor_pb2.FieldDescriptorProto
-_SCALARS = {
-    "string": _T.TYPE_STRING,
-    "bytes": _T.TYPE_BYTES,
-    "int32": _T.TYPE_INT32,
-    "int64": _T.TYPE_INT64,
-    "uint32": _T.TYPE_UINT32,
-    "uint64": _T.TYPE_UINT64,
-    "fixed32": _T.TYPE_FIXED32,
-    "float": _T.TYPE_FLOAT,
-    "double": _T.TYPE_DOUBLE,
-    "bool": _T.TYPE_BOOL,
-}
 
 # Each field: (name, number, type[, oneof]).  "X*" is repeated; "map<K,V>" a map;
 # "enum:E" an enum declared in ENUMS.  Nested names use dots.
@@ -281,88 +263,19 @@ def dtype_name(value: int) -> str:
     return DTYPE_NAMES.get(value, f"dtype({value})")
 
 
-def _field(msg: descriptor_pb2.DescriptorProto, owner: str, spec: tuple, oneofs: dict[str, int]) -> None:
-    name, number, typ = spec[0], spec[1], spec[2]
-    f = msg.field.add(name=name, number=number, json_name=name)
-    repeated = typ.endswith("*")
-    typ = typ.rstrip("*")
-    f.label = _T.LABEL_REPEATED if repeated else _T.LABEL_OPTIONAL
-    if typ.startswith("map<"):
-        key, value = typ[4:-1].split(",")
-        entry_name = "".join(p.capitalize() for p in name.split("_")) + "Entry"
-        entry = msg.nested_type.add(name=entry_name)
-        entry.options.map_entry = True
-        _field(entry, f"{owner}.{entry_name}", ("key", 1, key), {})
-        _field(entry, f"{owner}.{entry_name}", ("value", 2, value), {})
-        f.label = _T.LABEL_REPEATED
-        f.type = _T.TYPE_MESSAGE
-        f.type_name = f".{PACKAGE}.{owner}.{entry_name}"
-    elif typ in _SCALARS:
-        f.type = _SCALARS[typ]
-    elif typ.startswith("enum:"):
-        f.type = _T.TYPE_ENUM
-        f.type_name = f".{PACKAGE}.{typ[5:]}"
-    else:
-        f.type = _T.TYPE_MESSAGE
-        f.type_name = f".{PACKAGE}.{typ}"
-    if len(spec) > 3:
-        oneof = spec[3]
-        if oneof not in oneofs:
-            oneofs[oneof] = len(msg.oneof_decl)
-            msg.oneof_decl.add(name=oneof)
-        f.oneof_index = oneofs[oneof]
-    elif not repeated and f.type != _T.TYPE_MESSAGE:
-        f.proto3_optional = False
+SCHEMA = ProtoSchema(PACKAGE, "modelwarden/tensorflow_subset.proto", MESSAGES, ENUMS)
 
 
-@cache
-def _pool() -> descriptor_pool.DescriptorPool:
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="modelwarden/tensorflow_subset.proto", package=PACKAGE, syntax="proto3"
-    )
-    for enum_name, values in ENUMS.items():
-        e = fdp.enum_type.add(name=enum_name)
-        for number, vname in sorted(values.items()):
-            e.value.add(name=vname, number=number)
-    built: dict[str, descriptor_pb2.DescriptorProto] = {}
-    for full in sorted(MESSAGES, key=lambda n: n.count(".")):
-        parent, _, leaf = full.rpartition(".")
-        container = built[parent].nested_type if parent else fdp.message_type
-        built[full] = container.add(name=leaf)
-    for full, fields in MESSAGES.items():
-        oneofs: dict[str, int] = {}
-        for spec in fields:
-            _field(built[full], full, spec, oneofs)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return pool
-
-
-@cache
 def message_class(name: str) -> type[Message]:
     """The generated class for ``name`` (e.g. ``"SavedModel"``, ``"GraphDef"``)."""
-    return message_factory.GetMessageClass(_pool().FindMessageTypeByName(f"{PACKAGE}.{name}"))
+    return SCHEMA.message_class(name)
 
 
 def parse(name: str, data: bytes, path: str) -> Message:
     """Parse binary ``data`` as message ``name``; malformed input raises :class:`InputError`."""
-    msg = message_class(name)()
-    try:
-        msg.ParseFromString(data)
-    except DecodeError as exc:
-        raise InputError(path, f"not a valid {name} protobuf ({exc or 'decode error'})") from None
-    except RecursionError:
-        raise InputError(path, f"{name} protobuf is nested too deeply") from None
-    return msg
+    return SCHEMA.parse(name, data, path)
 
 
 def parse_text(name: str, text: str, path: str) -> Message:
     """Parse protobuf text format (``.pbtxt``); unknown fields are skipped."""
-    msg = message_class(name)()
-    try:
-        text_format.Parse(text, msg, allow_unknown_field=True)
-    except text_format.ParseError as exc:
-        raise InputError(path, f"not a valid {name} in protobuf text format ({exc})") from None
-    except RecursionError:
-        raise InputError(path, f"{name} text is nested too deeply") from None
-    return msg
+    return SCHEMA.parse_text(name, text, path)
