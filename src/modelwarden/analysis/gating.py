@@ -67,7 +67,7 @@ def _has_sinks(ctx: AnalysisContext, view: GraphView) -> bool:
         data = node.data_inputs
         if index >= len(data):
             return True
-        producer = view.values._nodes(fn).get(tensor_node(data[index]))
+        producer = view.values.nodes(fn).get(tensor_node(data[index]))
         return producer is not None and producer.op == "Const"
 
     for fn in view.cg.bodies():
@@ -281,7 +281,7 @@ def render_expr(view: GraphView, fn: Function, tensor: str, budget: list[int] | 
                 offset = 0 if edge.attr == "" else BRANCH_OPS.get(call.op, 0)
                 data = call.data_inputs
                 return render_expr(view, caller, data[j + offset], budget, depth + 1) if j + offset < len(data) else arg.name
-    node = view.values._nodes(fn).get(name)
+    node = view.values.nodes(fn).get(name)
     if node is None:
         return name
     if node.op == "Const":

@@ -58,7 +58,8 @@ class Resolver:
         saver = self.graph.saver
         self._saver_filename = tensor_node(saver.filename_tensor) if saver and saver.filename_tensor else ""
 
-    def _nodes(self, fn: Function) -> dict[str, Node]:
+    def nodes(self, fn: Function) -> dict[str, Node]:
+        """Nodes of a body by name (indexed once)."""
         idx = self._index.get(fn.name)
         if idx is None:
             idx = self._index[fn.name] = {n.name: n for n in fn.nodes}
@@ -78,7 +79,7 @@ class Resolver:
             for i, arg in enumerate(fn.args):
                 if arg.name == name:
                     return self._arg(fn, i, parent, depth)
-        node = self._nodes(fn).get(name)
+        node = self.nodes(fn).get(name)
         if node is None:
             return Value("unknown", detail=f"unknown tensor {tensor!r}")
         op = node.op
@@ -124,7 +125,7 @@ class Resolver:
             if cap.kind == "variable":
                 return Value("variable", detail=cap.value)
             if cap.kind == "constant":
-                node = self._nodes(self.graph.main).get(cap.value)
+                node = self.nodes(self.graph.main).get(cap.value)
                 if node is not None:
                     return self.resolve(self.graph.main, node.name, None, depth + 1)
             return Value("unknown", detail=f"captured {cap.kind}")
@@ -133,7 +134,7 @@ class Resolver:
         caller = self.graph.function(parent.caller)
         if caller is None:
             return Value("unknown")
-        call = self._nodes(caller).get(parent.node)
+        call = self.nodes(caller).get(parent.node)
         if call is None:
             return Value("unknown")
         offset = 0 if parent.attr == "" else _CALL_OFFSETS.get(call.op)

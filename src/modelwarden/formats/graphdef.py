@@ -10,8 +10,11 @@ from modelwarden.ir import Artifact, ArtifactFormat, EntryKind, EntryPoint, Grap
 
 
 def looks_like_text(data: bytes) -> bool:
+    """Protobuf text starts with a field name or a comment; binary GraphDefs start with a tag byte."""
     head = data[:4096].lstrip()
-    return bool(head) and b"\x00" not in head[:512] and head[:1].isalpha() or head[:1] == b"#"
+    if not head or b"\x00" in head[:512]:
+        return False
+    return head[:1].isalpha() or head[:1] == b"#"
 
 
 class GraphDefReader(Reader):
