@@ -91,9 +91,99 @@ def test_offsets_are_aligned_for_zero_copy():
     np.testing.assert_array_equal(out["b"], np.ones(5))
 
 
-def test_object_arrays_cannot_cross():
+def test_object_arrays_of_non_strings_cannot_cross():
+    with pytest.raises(FrameError, match="bytes or str"):
+        encode_tensors({"s": np.array([b"a", 3], dtype=object)})
     with pytest.raises(FrameError, match="cannot cross"):
-        encode_tensors({"s": np.array(["a", "b"], dtype=object)})
+        encode_tensors({"t": np.array(["2020-01-01"], dtype="datetime64[D]")})
+
+
+# -- string tensors ---------------------------------------------------------------------------------
+
+
+def _strings(values, shape=None):
+    arr = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        arr[i] = v
+    return arr.reshape(shape if shape is not None else (len(values),))
+
+
+def test_string_tensors_roundtrip_with_layout():
+    tensors = {
+        "pre": np.arange(3, dtype=np.int32),
+        "s": _strings([b"", b"abc", b"\x00\xff\x00", "h\u00e9".encode()], (2, 2)),
+        "scalar": _strings([b"one"], ()),
+        "empty": _strings([], (0, 3)),
+        "text": np.array(["x", "yz"]),  # str arrays go as UTF-8
+        "post": np.float64(2.0),
+    }
+    header, out = _roundtrip(tensors)
+    assert [e["dtype"] for e in header["tensors"]] == ["int32", "string", "string", "string", "string", "float64"]
+    assert out["s"].dtype == object and out["s"].shape == (2, 2)
+    assert out["s"].tolist() == [[b"", b"abc"], [b"\x00\xff\x00", "h\u00e9".encode()]]
+    assert out["scalar"].shape == () and out["scalar"][()] == b"one"
+    assert out["empty"].shape == (0, 3)
+    assert out["text"].tolist() == [b"x", b"yz"]
+    np.testing.assert_array_equal(out["pre"], tensors["pre"])
+    assert out["post"] == 2.0
+    # layout: at an aligned offset, uint64 little-endian lengths then the bytes
+    entries, chunks, n = encode_tensors({"s": _strings([b"ab", b"c"])})
+    body = b"".join(bytes(c) for c in chunks)
+    assert body == struct.pack("<QQ", 2, 1) + b"abc" and n == len(body)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=12), st.booleans())
+def test_string_roundtrip_property(values, two_d):
+    shape = (len(values),)
+    if two_d and len(values) % 2 == 0:
+        shape = (2, len(values) // 2)
+    tensors = {"n": np.arange(len(values), dtype=np.int8), "s": _strings(values, shape)}
+    _, out = _roundtrip(tensors)
+    assert out["s"].shape == shape and out["s"].reshape(-1).tolist() == values
+    assert all(type(v) is bytes for v in out["s"].reshape(-1).tolist())
+
+
+def _string_body(lengths, data=b""):
+    return struct.pack(f"<{len(lengths)}Q", *lengths) + data
+
+
+@pytest.mark.parametrize("shape, body, match", [
+    ([3], _string_body([1, 1]), "past the end"),  # fewer lengths than elements
+    ([1 << 40, 1 << 40], _string_body([1]), "past the end"),  # huge element count: no allocation
+    ([2], _string_body([1, 5], b"abc"), "past the end"),  # a length past the body
+    ([2], _string_body([2, 2], b"abc"), "past the end"),  # lengths sum past the body
+    ([2], _string_body([(1 << 64) - 1, 1], b"a"), "past the end"),  # overflow bait
+    ([2], _string_body([1, 1], b"abcd"), "trailing"),  # bytes left over
+    ([1], _string_body([3], b"abc") + b"\x00" * 8, "trailing"),
+])
+def test_decode_rejects_hostile_string_blocks(shape, body, match):
+    with pytest.raises(FrameError, match=match):
+        decode_tensors([{"name": "s", "dtype": "string", "shape": shape}], body, max_bytes=1 << 30)
+
+
+def test_string_totals_count_against_the_limit():
+    entries, chunks, n = encode_tensors({"s": _strings([b"x" * 100, b"y" * 100])})
+    body = b"".join(bytes(c) for c in chunks)
+    assert decode_tensors(entries, body, max_bytes=n)["s"].tolist() == [b"x" * 100, b"y" * 100]
+    with pytest.raises(FrameError, match="above the limit"):
+        decode_tensors(entries, body, max_bytes=n - 1)
+
+
+def test_string_overflow_sum_is_caught():
+    # each length fits the body, but their uint64 sum wraps around to a small number
+    body = _string_body([1 << 63, 1 << 63, 2], b"ab")
+    with pytest.raises(FrameError):
+        decode_tensors([{"name": "s", "dtype": "string", "shape": [3]}], body, max_bytes=1 << 30)
+
+
+def test_check_inputs_string_versus_numeric():
+    specs = {"s": TensorSpec("s", "string", (None,)), "x": TensorSpec("x", "float32", (None,))}
+    ok = {"s": _strings([b"a"]), "x": np.zeros(1, np.float32)}
+    assert check_inputs(ok, specs, "sig") == []
+    assert check_inputs({"s": np.array(["a"]), "x": np.zeros(1, np.float32)}, specs, "sig") == []
+    bad = check_inputs({"s": np.zeros(1, np.float32), "x": _strings([b"1"])}, specs, "sig")
+    assert any("'s' has dtype float32" in p for p in bad) and any("'x' has dtype string" in p for p in bad)
 
 
 # -- hostile tensor blocks --------------------------------------------------------------------------

@@ -59,6 +59,13 @@ while True:
         frame({"ok": True, "tensors": [{"name": "y", "dtype": "float32", "shape": [1000]}]}, b"\0" * 4)
     elif mode == "object_dtype":
         frame({"ok": True, "tensors": [{"name": "y", "dtype": "object", "shape": [1]}]}, b"\0" * 8)
+    elif mode == "string_huge_count":
+        frame({"ok": True, "tensors": [{"name": "y", "dtype": "string", "shape": [1 << 40]}]}, b"\0" * 16)
+    elif mode == "string_bad_length":
+        frame({"ok": True, "tensors": [{"name": "y", "dtype": "string", "shape": [1]}]},
+              struct.pack("<Q", (1 << 64) - 1) + b"abc")
+    elif mode == "string_for_float":
+        frame({"ok": True, "tensors": [{"name": "y", "dtype": "string", "shape": [1]}]}, struct.pack("<Q", 1) + b"a")
     elif mode == "half_frame":
         s.sendall(struct.pack(">IIQ", MAGIC, 100, 0) + b"{")
         time.sleep(60)
@@ -122,6 +129,9 @@ def test_the_fake_worker_works_when_honest(tmp_path):
     ("wrong_dtype", ProtocolViolation, "float64"),
     ("lying_shape", ProtocolViolation, "extends past"),
     ("object_dtype", ProtocolViolation, "not allowed"),
+    ("string_huge_count", ProtocolViolation, "past the end"),
+    ("string_bad_length", ProtocolViolation, "past the end"),
+    ("string_for_float", ProtocolViolation, "as string, the signature declares float32"),
     ("half_frame", DeadlineExceeded, "deadline"),
     ("stall", DeadlineExceeded, "deadline"),
     ("crash", WorkerCrashed, "SIGSEGV"),

@@ -270,3 +270,22 @@ def test_root_callers_worker_runs_as_an_unprivileged_host_user(models, tmp_path,
 def test_limits_are_validated(field, value):
     with pytest.raises(UsageError):
         SandboxLimits(**{field: value})
+
+
+def test_string_tensors_cross_the_boundary(fixture_dir):
+    d = fixture_dir("build_serve_models")
+    with Sandbox(LIMITS) as sb:
+        model = sb.load(d / "strings" / "1")
+        sig = model.signature(None)
+        assert sig.inputs["text"].dtype == "string" and sig.outputs["upper"].dtype == "string"
+        text = np.empty(4, dtype=object)
+        text[:] = [b"abc", "h\u00e9".encode(), b"\xff\x00z", b""]
+        out = model.predict({"text": text})
+        assert out["upper"].dtype == object
+        assert out["upper"].tolist() == [b"ABC", b"H\xc3\xa9", b"\xff\x00Z", b""]  # ASCII-only
+        assert out["length"].tolist() == [3, 3, 3, 0] and out["echo_bytes"].tolist() == text.tolist()
+        assert model.predict({"text": np.array(["x", "yz"])})["upper"].tolist() == [b"X", b"YZ"]  # str: UTF-8
+        with pytest.raises(InvalidInput, match="dtype float32, signature 'serving_default' expects string"):
+            model.predict({"text": np.zeros(2, np.float32)})
+        with pytest.raises(InvalidInput, match="expects string"):
+            model.predict({"text": np.zeros(2, np.int64)})

@@ -174,6 +174,12 @@ base_path = "{serve / 'multi'}"
 name = "bytes"
 base_path = "{serve / 'bytes'}"
 [[models]]
+name = "strings"
+base_path = "{serve / 'strings'}"
+[[models]]
+name = "examples"
+base_path = "{serve / 'examples'}"
+[[models]]
 name = "slow"
 base_path = "{serve / 'slow'}"
 [[models]]
@@ -310,6 +316,59 @@ def test_classify_on_predict_signature_is_refused_like_tf_serving(env):
     r = post(env, "/v1/models/dense:classify", {"examples": [{"x": 1}]})
     assert r.status_code == 400
     assert "tensorflow/serving/classify" in r.json()["error"]
+
+
+def test_string_inputs_and_outputs(env):
+    raw = b"\xffjpeg\x00"
+    r = post(env, "/v1/models/strings:predict",
+             {"instances": ["abc", "h\u00e9llo", {"b64": base64.b64encode(raw).decode()}]})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert [p["upper"] for p in preds[:2]] == ["ABC", "H\u00e9LLO"]  # ASCII-only upper, as TF does
+    assert preds[2]["upper"] == {"b64": base64.b64encode(b"\xffJPEG\x00").decode()}  # not UTF-8: b64
+    assert [p["length"] for p in preds] == [3, 6, 6]
+    assert preds[0]["echo_bytes"] == {"b64": base64.b64encode(b"abc").decode()}  # *_bytes: always b64
+    r = post(env, "/v1/models/strings:predict", {"inputs": {"text": ["x", {"b64": "eXk="}]}})
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"]["upper"] == ["X", "YY"]
+    r = post(env, "/v1/models/strings:predict", {"instances": [1, 2]})
+    assert r.status_code == 400 and "DT_STRING" in r.json()["error"]
+    r = post(env, "/v1/models/dense:predict", {"instances": [["a", "b", "c", "d"]]})
+    assert r.status_code == 400 and "DT_STRING" in r.json()["error"]
+    meta = get(env, "/v1/models/strings/metadata").json()["metadata"]["signature_def"]["signature_def"]
+    assert meta["serving_default"]["inputs"]["text"]["dtype"] == "DT_STRING"
+
+
+def test_classify_on_a_real_classification_signature(env):
+    r = post(env, "/v1/models/examples:classify",
+             {"context": {"scale": 2.0}, "examples": [{"x": [0.0, 0.0]}, {"x": [1.0, 0.0], "scale": [0.5]}]})
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    assert [[c for c, _ in row] for row in result] == [["neg", "pos"], ["neg", "pos"]]
+    assert result[0][0][1] == pytest.approx(0.5) and result[0][1][1] == pytest.approx(0.5)
+    import math
+    p = math.exp(0.5) / (math.exp(0.5) + 1)  # the example's scale 0.5 overrides the context's 2.0
+    assert result[1][0][1] == pytest.approx(p, rel=1e-5)
+    r = post(env, "/v1/models/examples:classify", {"signature_name": "classify", "examples": [{"x": [3.0, 3.0]}]})
+    assert r.status_code == 200 and r.json()["result"][0][1][1] == pytest.approx(0.5)
+
+
+def test_regress_on_a_real_regression_signature(env):
+    r = post(env, "/v1/models/examples:regress", {
+        "signature_name": "regress", "context": {"n": 10},
+        "examples": [{"x": [1.5, 2.5]}, {"x": [1.0, 2.0], "scale": 2.0, "tag": "abc"},
+                     {"x": [0.0, 0.0], "n": -1, "tag": {"b64": base64.b64encode(b"\x00\x01").decode()}}]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"result": [14.0, 19.0, 1.0]}
+    # the wrong verb for the signature, malformed examples, a parse error inside the model
+    r = post(env, "/v1/models/examples:regress", {"examples": [{"x": [1, 2]}]})
+    assert r.status_code == 400 and "tensorflow/serving/regress" in r.json()["error"]
+    r = post(env, "/v1/models/examples:regress", {"signature_name": "regress", "examples": [{"x": True}]})
+    assert r.status_code == 400 and "booleans" in r.json()["error"]
+    r = post(env, "/v1/models/examples:regress", {"signature_name": "regress", "examples": [{"y": [1.0]}]})
+    assert r.status_code == 400 and "required" in r.json()["error"]  # TF's own parse error
+    r = post(env, "/v1/models/examples:predict", {"signature_name": "regress", "instances": ["not an example"]})
+    assert r.status_code == 400
 
 
 # -- authentication and authorisation ----------------------------------------------------------------

@@ -97,7 +97,12 @@ def _spec(name: str, dtype: Any, shape: Any) -> dict:
         dims = None if shape is None else [None if d is None or d < 0 else int(d) for d in shape]
     except TypeError:
         dims = None
-    return {"name": str(name), "dtype": str(np.dtype(dtype).name) if dtype is not None else "unknown", "shape": dims}
+    if dtype is None:
+        dname = "unknown"
+    else:
+        dt = np.dtype(dtype)
+        dname = protocol.STRING if dt.kind in "OSU" else str(dt.name)  # tf.string's numpy dtype is object
+    return {"name": str(name), "dtype": dname, "shape": dims}
 
 
 class Worker:
@@ -216,7 +221,7 @@ class Worker:
         t0 = time.perf_counter()
         outputs = self._run(name, inputs)
         run_us = int((time.perf_counter() - t0) * 1e6)
-        total = sum(a.nbytes for a in outputs.values())
+        total = sum(protocol.tensor_nbytes(a) for a in outputs.values())
         limit = int(self.cfg.get("max_output_bytes", 1 << 28))
         if total > limit:
             raise WorkerError("output_too_large", f"outputs total {total} bytes, above the limit of {limit}")
@@ -227,8 +232,9 @@ class Worker:
         tf = self.tf
         fn = self.signatures[name]
         if self.kind == "saved_model":
-            out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
-            return {k: np.asarray(v.numpy()) for k, v in out.items()}
+            out = fn(**{k: tf.constant(v, dtype=tf.string) if v.dtype.kind == "O" else tf.constant(v)
+                        for k, v in inputs.items()})
+            return {k: _to_numpy(tf, v) for k, v in out.items()}
         if self.kind == "keras":
             args = [inputs[n] for n in self.keras_inputs]
             out = self.model(args[0] if len(args) == 1 else args, training=False)
@@ -248,6 +254,14 @@ class Worker:
             interp.set_tensor(d["index"], arr)
         interp.invoke()
         return {d["name"]: np.array(interp.get_tensor(d["index"])) for d in interp.get_output_details()}
+
+
+def _to_numpy(tf: Any, t: Any) -> np.ndarray:
+    """A TF tensor as numpy; tf.string becomes an object array of bytes (also for scalars)."""
+    value = t.numpy()
+    if t.dtype == tf.string:
+        return np.array(value, dtype=object) if isinstance(value, np.ndarray) else protocol.string_array([value], ())
+    return np.asarray(value)
 
 
 def _keras_name(t: Any) -> str:

@@ -454,9 +454,11 @@ class SandboxedModel:
             raise ProtocolViolation(f"the worker returned outputs {sorted(out)[:20]}, the signature declares {sorted(expected)[:20]}")
         for name, arr in out.items():
             spec = sig.outputs.get(name)
-            if spec is not None and spec.dtype in protocol.DTYPES and arr.dtype.name != spec.dtype:
+            known = spec is not None and (spec.dtype in protocol.DTYPES or spec.dtype == protocol.STRING)
+            if known and protocol.dtype_name(arr) != spec.dtype:
                 worker.kill()
-                raise ProtocolViolation(f"the worker returned {name!r} as {arr.dtype.name}, the signature declares {spec.dtype}")
+                raise ProtocolViolation(f"the worker returned {name!r} as {protocol.dtype_name(arr)}, "
+                                        f"the signature declares {spec.dtype}")
         return out
 
 

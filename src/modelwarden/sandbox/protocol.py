@@ -4,7 +4,9 @@ A frame is a 16-byte prefix ``MAGIC u32 | header_len u32 | body_len u64``
 (big-endian), a UTF-8 JSON object (the header) and ``body_len`` raw bytes.
 Tensors travel as header entries ``{"name", "dtype", "shape"}`` plus their
 C-order bytes in the body, each starting at a 64-byte aligned offset so the
-receiver can wrap them without copying.
+receiver can wrap them without copying.  String tensors (dtype ``"string"``, numpy
+object arrays of ``bytes``) are one block: ``count`` little-endian uint64 element
+lengths, then the concatenated element bytes (``count`` = product of the shape).
 
 Everything the worker sends is hostile: :func:`recv_frame` bounds every size
 before allocating and :func:`decode_tensors` checks names, dtypes, shapes,
@@ -32,7 +34,10 @@ MAX_RANK = 32
 MAX_NAME_CHARS = 256
 MAX_DIM = 1 << 40
 
-# dtype names on the wire -> numpy dtypes (little-endian, fixed size).  No object dtypes.
+STRING = "string"  # DT_STRING: numpy object arrays of bytes; see encode/decode_tensors
+LENGTH = np.dtype("<u8")  # element length prefix of string tensors
+
+# dtype names on the wire -> numpy dtypes (little-endian, fixed size).  Strings are separate (STRING).
 DTYPES: dict[str, np.dtype] = {
     name: np.dtype(name).newbyteorder("<") if np.dtype(name).itemsize > 1 else np.dtype(name)
     for name in (
@@ -74,13 +79,50 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+def dtype_name(arr: np.ndarray) -> str:
+    """``arr``'s dtype as the signatures name it: ``"string"`` for object/bytes/str arrays."""
+    return STRING if arr.dtype.kind in "OSU" else arr.dtype.name
+
+
 def wire_dtype(arr: np.ndarray) -> str:
     """The wire name of ``arr``'s dtype, or FrameError if it cannot cross the boundary."""
     dt = arr.dtype
+    if dt.kind in "OSU":
+        return STRING
     name = dt.name
-    if name not in DTYPES or dt.kind == "O":
-        raise FrameError(f"dtype {dt} cannot cross the sandbox boundary (supported: {', '.join(DTYPES)})")
+    if name not in DTYPES:
+        raise FrameError(f"dtype {dt} cannot cross the sandbox boundary (supported: {', '.join(DTYPES)}, {STRING})")
     return name
+
+
+def string_elements(arr: np.ndarray) -> list[bytes]:
+    """The elements of a string array in C order as ``bytes`` (``str`` is UTF-8 encoded)."""
+    out: list[bytes] = []
+    for v in arr.reshape(-1).tolist():
+        if isinstance(v, bytes):
+            out.append(v)
+        elif isinstance(v, (bytearray, memoryview)):
+            out.append(bytes(v))
+        elif isinstance(v, str):
+            out.append(v.encode("utf-8"))
+        else:
+            raise FrameError(f"string tensors hold bytes or str, not {type(v).__name__}")
+    return out
+
+
+def tensor_nbytes(arr: np.ndarray) -> int:
+    """Bytes ``arr`` occupies on the wire (string tensors: length prefixes + element bytes)."""
+    if arr.dtype.kind in "OSU":
+        return arr.size * LENGTH.itemsize + sum(len(e) for e in string_elements(arr))
+    return arr.nbytes
+
+
+def string_array(elements: Sequence[bytes], shape: Sequence[int]) -> np.ndarray:
+    """An object array of ``elements`` (bytes) with ``shape``."""
+    arr = np.empty(len(elements), dtype=object)
+    for i, e in enumerate(elements):
+        arr[i] = e
+    return arr.reshape(tuple(shape))
 
 
 def encode_tensors(tensors: Mapping[str, np.ndarray]) -> tuple[list[dict], list[memoryview], int]:
@@ -92,25 +134,34 @@ def encode_tensors(tensors: Mapping[str, np.ndarray]) -> tuple[list[dict], list[
         arr = np.asarray(value)
         dtype = wire_dtype(arr)
         shape = [int(d) for d in arr.shape]
-        arr = np.require(arr, dtype=DTYPES[dtype], requirements="C")  # keeps 0-d shapes, unlike ascontiguousarray
         entries.append({"name": str(name), "dtype": dtype, "shape": shape})
         pad = _aligned(offset) - offset
         if pad:
             chunks.append(memoryview(bytes(pad)))
             offset += pad
+        if dtype == STRING:
+            elements = string_elements(arr)
+            lengths = np.array([len(e) for e in elements], dtype=LENGTH)
+            data = b"".join(elements)
+            chunks.append(memoryview(lengths.view(np.uint8)))
+            if data:
+                chunks.append(memoryview(data))
+            offset += lengths.nbytes + len(data)
+            continue
+        arr = np.require(arr, dtype=DTYPES[dtype], requirements="C")  # keeps 0-d shapes, unlike ascontiguousarray
         if arr.nbytes:
             chunks.append(memoryview(arr.reshape(-1).view(np.uint8)))
         offset += arr.nbytes
     return entries, chunks, offset
 
 
-def _check_spec_entry(entry: object, index: int) -> tuple[str, np.dtype, tuple[int, ...]]:
+def _check_spec_entry(entry: object, index: int) -> tuple[str, np.dtype | None, tuple[int, ...]]:
     if not isinstance(entry, dict) or set(entry) != {"name", "dtype", "shape"}:
         raise FrameError(f"tensor #{index}: entry must be an object with exactly name, dtype, shape")
     name, dtype, shape = entry["name"], entry["dtype"], entry["shape"]
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
         raise FrameError(f"tensor #{index}: name must be a non-empty string of at most {MAX_NAME_CHARS} characters")
-    if not isinstance(dtype, str) or dtype not in DTYPES:
+    if not isinstance(dtype, str) or (dtype not in DTYPES and dtype != STRING):
         raise FrameError(f"tensor {name!r}: dtype {str(dtype)[:40]!r} is not allowed")
     if not isinstance(shape, list) or len(shape) > MAX_RANK:
         raise FrameError(f"tensor {name!r}: shape must be a list of at most {MAX_RANK} dimensions")
@@ -119,7 +170,7 @@ def _check_spec_entry(entry: object, index: int) -> tuple[str, np.dtype, tuple[i
         if type(d) is not int or d < 0 or d > MAX_DIM:
             raise FrameError(f"tensor {name!r}: invalid dimension {str(d)[:40]!r}")
         dims.append(d)
-    return name, DTYPES[dtype], tuple(dims)
+    return name, DTYPES.get(dtype), tuple(dims)  # None: a string tensor
 
 
 def decode_tensors(entries: object, body: bytes | bytearray | memoryview, *, max_bytes: int) -> dict[str, np.ndarray]:
@@ -127,7 +178,9 @@ def decode_tensors(entries: object, body: bytes | bytearray | memoryview, *, max
 
     Rejects: non-list entries, more than MAX_TENSORS, bad/duplicate names, unknown dtypes,
     negative/huge dimensions, a layout that does not exactly cover ``body`` and totals above
-    ``max_bytes``.
+    ``max_bytes``.  String tensors: the length block must fit in the body before it is read,
+    every length must fit in the rest of the body, and the lengths must sum exactly to the
+    bytes taken (string tensors are copied into ``bytes`` objects, bounded by the body size).
     """
     if not isinstance(entries, list):
         raise FrameError("tensors must be a list")
@@ -142,6 +195,9 @@ def decode_tensors(entries: object, body: bytes | bytearray | memoryview, *, max
         if name in out:
             raise FrameError(f"duplicate tensor name {name!r}")
         count = math.prod(shape)
+        if dtype is None:
+            out[name], offset, total = _decode_strings(name, shape, count, view, offset, total, max_bytes)
+            continue
         nbytes = count * dtype.itemsize
         total += nbytes
         if total > max_bytes:
@@ -155,6 +211,38 @@ def decode_tensors(entries: object, body: bytes | bytearray | memoryview, *, max
     if offset != len(view):
         raise FrameError(f"body has {len(view) - offset} unexpected trailing bytes")
     return out
+
+
+def _decode_strings(name: str, shape: tuple[int, ...], count: int, view: memoryview, offset: int, total: int,
+                    max_bytes: int) -> tuple[np.ndarray, int, int]:
+    """One string tensor at ``offset`` (aligned): validated, copied out; (array, new offset, new total)."""
+    start = _aligned(offset)
+    remaining = len(view) - start
+    if remaining < 0 or count > remaining // LENGTH.itemsize:  # bounds count before any allocation
+        raise FrameError(f"string tensor {name!r}: {count} element lengths extend past the end of the body")
+    lbytes = count * LENGTH.itemsize
+    lengths = np.frombuffer(view[start:start + lbytes], dtype=LENGTH, count=count)
+    remaining -= lbytes
+    if count and int(lengths.max()) > remaining:
+        raise FrameError(f"string tensor {name!r}: an element length extends past the end of the body")
+    # every length <= remaining and count <= len(body)/8: the uint64 sum cannot overflow for bodies < 2**32 * 8
+    if count and int(lengths.max()) * count >= 1 << 63:
+        raise FrameError(f"string tensor {name!r}: element lengths too large")
+    data_len = int(lengths.sum(dtype=np.uint64)) if count else 0
+    if data_len > remaining:
+        raise FrameError(f"string tensor {name!r}: {data_len} bytes of elements extend past the end of the body")
+    total += lbytes + data_len
+    if total > max_bytes:
+        raise FrameError(f"tensors total {total} bytes, above the limit of {max_bytes}")
+    pos = start + lbytes
+    data = bytes(view[pos:pos + data_len])
+    ends = np.cumsum(lengths, dtype=np.uint64).tolist() if count else []
+    elements: list[bytes] = []
+    prev = 0
+    for end in ends:
+        elements.append(data[prev:end])
+        prev = end
+    return string_array(elements, shape), pos + data_len, total
 
 
 # -- framing ---------------------------------------------------------------------------------------
@@ -384,8 +472,9 @@ def check_inputs(inputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpe
             problems.append(f"missing input {spec.describe()}")
             continue
         arr = inputs[name]
-        if arr.dtype.name != spec.dtype:
-            problems.append(f"input {name!r} has dtype {arr.dtype.name}, signature {signature!r} expects {spec.dtype}")
+        have = dtype_name(arr)
+        if have != spec.dtype:
+            problems.append(f"input {name!r} has dtype {have}, signature {signature!r} expects {spec.dtype}")
         if spec.shape is not None:
             if arr.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, arr.shape)):
                 problems.append(f"input {name!r} has shape {list(arr.shape)}, expected {spec.describe()}")

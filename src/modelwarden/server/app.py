@@ -267,11 +267,16 @@ class App:
             doc = parse_json(raw, cfg.max_json_depth, cfg.max_json_elements)
             if verb != "predict":
                 self._check_method(vs, doc, verb)
+                return codec.parse_examples(doc, specs_for)
             return codec.parse_predict(doc, specs_for, cfg.max_json_elements)
 
         loop = asyncio.get_running_loop()
         req = await loop.run_in_executor(None, decode) if len(body) > OFFLOAD_BYTES else decode()
         outputs = await pool.predict(req.inputs, chosen[-1], deadline)
+        if verb != "predict":
+            batch = len(next(iter(req.inputs.values())))
+            fmt = codec.format_classify if verb == "classify" else codec.format_regress
+            return Response(codec.dumps(fmt(outputs, batch)), media_type="application/json")
         if sum(a.size for a in outputs.values()) > 100_000:
             payload = await loop.run_in_executor(None, lambda: codec.dumps(codec.format_predict(outputs, req.row_format)))
         else:
@@ -286,6 +291,3 @@ class App:
         if method != want:
             raise codec.bad(f"Expected {'classification' if verb == 'classify' else 'regression'} signature "
                             f"method_name to be {want}. Was: {method}")
-        raise RequestError(501, f"{verb} signatures take serialized tf.Example strings (DT_STRING), which cannot "
-                                "cross the sandbox boundary in this version; export a predict signature instead",
-                           kind="unimplemented")

@@ -6,15 +6,17 @@ Request: ``{"signature_name": ..., "instances": [...]}`` (row format) or
 ``{"predictions": [...]}`` for the row format (one object per instance when the
 signature has several outputs), ``{"outputs": ...}`` for the columnar one.
 
-Only numeric and boolean tensors cross the sandbox boundary (no string tensors), so a
-``{"b64": ...}`` value is accepted where the input is ``uint8``: its bytes become that
-element's uint8 vector.  Anywhere else it is a 400 naming the limitation.
+DT_STRING inputs take JSON strings (UTF-8 encoded) and ``{"b64": ...}`` values; a
+``{"b64": ...}`` value for a ``uint8`` input becomes that element's uint8 vector.  String
+outputs are written as text when they are valid UTF-8 and the output's name does not end
+in ``_bytes``, else as ``{"b64": ...}``.  ``:classify``/``:regress`` requests become
+serialized ``tf.Example`` protos (:mod:`modelwarden.server.example`) fed to the signature's
+string input; results are ``{"result": ...}`` as TF Serving writes them.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from modelwarden.sandbox import protocol
+from modelwarden.server.example import decode_b64, serialized_examples
 from modelwarden.server.limits import RequestError
 
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -32,7 +36,7 @@ TF_DTYPES = {
     "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int32": "DT_INT32", "uint8": "DT_UINT8", "int16": "DT_INT16",
     "int8": "DT_INT8", "complex64": "DT_COMPLEX64", "int64": "DT_INT64", "bool": "DT_BOOL", "uint16": "DT_UINT16",
     "float16": "DT_HALF", "uint32": "DT_UINT32", "uint64": "DT_UINT64", "complex128": "DT_COMPLEX128",
-    "object": "DT_STRING", "bytes": "DT_STRING", "str": "DT_STRING",
+    "string": "DT_STRING", "object": "DT_STRING", "bytes": "DT_STRING", "str": "DT_STRING",
 }
 
 
@@ -55,18 +59,9 @@ def _unwrap_b64(value: Any, name: str, dtype: str, budget: list[int]) -> Any:
     """Replace every ``{"b64": s}`` in ``value`` by the decoded bytes as a list of ints (uint8 inputs)."""
     if _is_b64(value):
         if dtype != "uint8":
-            raise bad(f"input {name!r}: binary values ({{\"b64\": ...}}) need a DT_STRING input, which cannot cross "
-                      f"the sandbox boundary; this input is {TF_DTYPES.get(dtype, dtype)} (uint8 inputs accept b64 bytes)")
-        s = value["b64"]
-        if not isinstance(s, str):
-            raise bad(f"input {name!r}: 'b64' must hold a base64 string")
-        try:
-            raw = base64.b64decode(s, validate=True)
-        except (binascii.Error, ValueError):
-            try:  # TF Serving accepts the URL-safe alphabet too
-                raw = base64.urlsafe_b64decode(s.encode("ascii"))
-            except (binascii.Error, ValueError, UnicodeEncodeError):
-                raise bad(f"input {name!r}: Unable to base64 decode") from None
+            raise bad(f"input {name!r}: binary values ({{\"b64\": ...}}) need a DT_STRING input; this input is "
+                      f"{TF_DTYPES.get(dtype, dtype)} (uint8 inputs accept b64 bytes too)")
+        raw = decode_b64(value, f"input {name!r}")
         budget[0] -= len(raw)
         if budget[0] < 0:
             raise RequestError(413, "decoded binary values exceed the element limit", kind="too_large")
@@ -92,8 +87,41 @@ def _stack(values: list, name: str) -> np.ndarray:
         raise bad(f"input {name!r}: values do not form a tensor of consistent shape and type ({str(exc)[:200]})") from None
 
 
+def _string_leaves(value: Any, name: str, out: list[bytes], budget: list[int]) -> tuple[int, ...]:
+    """Append the strings of a nested JSON list to ``out``; returns its shape (must be regular).
+
+    Recursion is bounded by the JSON depth limit the body already passed.
+    """
+    if isinstance(value, list):
+        shapes = {_string_leaves(v, name, out, budget) for v in value}
+        if len(shapes) > 1:
+            raise bad(f"input {name!r}: string values do not form a tensor of consistent shape")
+        return (len(value), *(shapes.pop() if shapes else ()))
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+    elif _is_b64(value):
+        raw = decode_b64(value, f"input {name!r}")
+    else:
+        raise bad(f"input {name!r}: expected strings or {{\"b64\": ...}} values (DT_STRING), got "
+                  f"{type(value).__name__ if not isinstance(value, dict) else 'a JSON object'}")
+    budget[0] -= len(raw)
+    if budget[0] < 0:
+        raise RequestError(413, "decoded string values exceed the element limit", kind="too_large")
+    out.append(raw)
+    return ()
+
+
+def string_array(value: Any, name: str, budget: list[int]) -> np.ndarray:
+    """A JSON value (strings / b64 objects, nested lists) as an object array of bytes."""
+    leaves: list[bytes] = []
+    shape = _string_leaves(value, name, leaves, budget)
+    return protocol.string_array(leaves, shape)
+
+
 def to_array(value: Any, name: str, dtype: str, budget: list[int]) -> np.ndarray:
     """A JSON value as an array of ``dtype``; refuses lossy or impossible conversions (400)."""
+    if dtype == protocol.STRING:
+        return string_array(value, name, budget)
     value = _unwrap_b64(value, name, dtype, budget)
     if isinstance(value, np.ndarray):
         raw = value
@@ -110,8 +138,8 @@ def to_array(value: Any, name: str, dtype: str, budget: list[int]) -> np.ndarray
         return raw.astype(target)
     if kind not in "biuf":
         if kind in "US":
-            raise bad(f"input {name!r}: string values need a DT_STRING input, which cannot cross the sandbox "
-                      f"boundary; the signature expects {TF_DTYPES.get(dtype, dtype)}")
+            raise bad(f"input {name!r}: string values need a DT_STRING input; the signature expects "
+                      f"{TF_DTYPES.get(dtype, dtype)}")
         raise bad(f"input {name!r}: values are not numbers of consistent shape (expected {TF_DTYPES.get(dtype, dtype)})")
     tk = target.kind
     if tk == "b":
@@ -198,7 +226,25 @@ def _check_names(given: set[str], expected: list[str]) -> None:
         raise bad(f"missing input(s): {', '.join(missing)}")
 
 
-def _jsonable(arr: np.ndarray) -> Any:
+def render_string(value: bytes, binary: bool) -> Any:
+    """A DT_STRING element: text when valid UTF-8 (and not ``binary``), else ``{"b64": ...}``."""
+    if not binary:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return {"b64": base64.b64encode(value).decode("ascii")}
+
+
+def _render_strings(obj: Any, binary: bool) -> Any:
+    if isinstance(obj, list):
+        return [_render_strings(v, binary) for v in obj]
+    return render_string(bytes(obj), binary)
+
+
+def _jsonable(arr: np.ndarray, name: str = "") -> Any:
+    if arr.dtype.kind in "OSU":  # TF Serving: names ending in _bytes are always base64
+        return _render_strings(arr.tolist(), name.endswith("_bytes"))
     if arr.dtype.kind == "c":  # TF Serving writes complex numbers as [real, imag]
         return np.stack([arr.real, arr.imag], axis=-1).tolist()
     return arr.tolist()
@@ -207,11 +253,12 @@ def _jsonable(arr: np.ndarray) -> Any:
 def format_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict:
     if not row_format:
         if len(outputs) == 1:
-            return {"outputs": _jsonable(next(iter(outputs.values())))}
-        return {"outputs": {k: _jsonable(v) for k, v in outputs.items()}}
+            k, v = next(iter(outputs.items()))
+            return {"outputs": _jsonable(v, k)}
+        return {"outputs": {k: _jsonable(v, k) for k, v in outputs.items()}}
     if len(outputs) == 1:
-        arr = next(iter(outputs.values()))
-        return {"predictions": _jsonable(arr) if arr.ndim else [_jsonable(arr)]}
+        k, arr = next(iter(outputs.items()))
+        return {"predictions": _jsonable(arr, k) if arr.ndim else [_jsonable(arr, k)]}
     batch = None
     for k, v in outputs.items():
         if v.ndim == 0:
@@ -221,8 +268,77 @@ def format_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict:
         elif v.shape[0] != batch:
             raise RequestError(400, f"Tensor name: {k} has inconsistent batch size: {v.shape[0]} expecting: {batch}",
                                kind="invalid_argument")
-    cols = {k: _jsonable(v) for k, v in outputs.items()}
+    cols = {k: _jsonable(v, k) for k, v in outputs.items()}
     return {"predictions": [{k: cols[k][i] for k in cols} for i in range(batch or 0)]}
+
+
+# -- classify / regress ---------------------------------------------------------------------------
+
+
+def parse_examples(doc: Any, specs_for: Any) -> PredictRequest:
+    """A classify/regress body as the signature's one DT_STRING input of serialized tf.Examples."""
+    if not isinstance(doc, dict):
+        raise bad("JSON Value: request body must be a JSON object")
+    unknown = set(doc) - {"signature_name", "context", "examples"}
+    if unknown:
+        raise bad(f"unknown key(s) in request: {', '.join(sorted(str(k)[:40] for k in unknown))}")
+    sig_name = doc.get("signature_name")
+    if sig_name is not None and not isinstance(sig_name, str):
+        raise bad("'signature_name' must be a string")
+    specs: Mapping[str, Any] = specs_for(sig_name)
+    if len(specs) != 1 or next(iter(specs.values())).dtype != protocol.STRING:
+        raise bad("classify/regress signatures take exactly one DT_STRING input (serialized tf.Example); this one "
+                  f"takes {', '.join(s.describe() for s in specs.values()) or 'nothing'}")
+    name = next(iter(specs))
+    serialized = serialized_examples(doc)
+    return PredictRequest(sig_name, {name: protocol.string_array(serialized, (len(serialized),))}, True)
+
+
+def _batch_check(arr: np.ndarray, name: str, batch: int, ranks: tuple[int, ...]) -> None:
+    if arr.ndim not in ranks or arr.shape[0] != batch:
+        raise RequestError(500, f"Expected output Tensor {name!r} of shape [batch_size{', num_classes' if 2 in ranks else ''}]"
+                                f" with batch_size {batch}, got {list(arr.shape)}", kind="bad_model_output")
+
+
+def format_classify(outputs: Mapping[str, np.ndarray], batch: int) -> dict:
+    """``{"result": [[[label, score], ...] per example]}`` from ``classes`` and/or ``scores``."""
+    classes, scores = outputs.get("classes"), outputs.get("scores")
+    if classes is None and scores is None:
+        raise RequestError(500, "classification signature has neither 'classes' nor 'scores' outputs",
+                           kind="bad_model_output")
+    if classes is not None:
+        _batch_check(classes, "classes", batch, (2,))
+        if classes.dtype.kind not in "OSU":
+            raise RequestError(500, "Expected classes Tensor of DT_STRING", kind="bad_model_output")
+    if scores is not None:
+        _batch_check(scores, "scores", batch, (2,))
+        if scores.dtype.kind != "f":
+            raise RequestError(500, "Expected scores Tensor of DT_FLOAT", kind="bad_model_output")
+    if classes is not None and scores is not None and classes.shape != scores.shape:
+        raise RequestError(500, f"Tensors class and score should match in shape: {list(classes.shape)} vs "
+                                f"{list(scores.shape)}", kind="bad_model_output")
+    n = (classes if classes is not None else scores).shape[1]
+    result = []
+    for i in range(batch):
+        row = []
+        for j in range(n):
+            label = render_string(bytes(classes[i, j]), False) if classes is not None else ""
+            row.append([label, float(scores[i, j]) if scores is not None else 0.0])
+        result.append(row)
+    return {"result": result}
+
+
+def format_regress(outputs: Mapping[str, np.ndarray], batch: int) -> dict:
+    """``{"result": [value per example]}`` from the ``outputs`` tensor ([batch] or [batch, 1])."""
+    out = outputs.get("outputs")
+    if out is None and len(outputs) == 1:
+        out = next(iter(outputs.values()))
+    if out is None or out.dtype.kind != "f":
+        raise RequestError(500, "regression signature needs one DT_FLOAT 'outputs' tensor", kind="bad_model_output")
+    if out.ndim == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    _batch_check(out, "outputs", batch, (1,))
+    return {"result": [float(v) for v in out.tolist()]}
 
 
 def dumps(doc: Any) -> bytes:
