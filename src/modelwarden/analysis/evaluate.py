@@ -12,7 +12,6 @@ from collections.abc import Callable
 import numpy as np
 
 from modelwarden.analysis.callgraph import tensor_node
-from modelwarden.analysis.dataflow import BRANCH_OPS
 from modelwarden.analysis.graphs import GraphView
 from modelwarden.ir import DType, Function, TensorValue
 
@@ -85,13 +84,11 @@ class Evaluator:
     def eval(self, fn: Function, tensor: str, depth: int = 0) -> np.ndarray:
         if depth > MAX_DEPTH:
             raise Unknown("expression too deep")
-        graph = self.view.graph
         name = tensor_node(tensor)
-        if fn is not graph.main and ":" not in tensor.lstrip("^"):
-            for j, arg in enumerate(fn.args):
-                if arg.name == name:
-                    return self._arg(fn, j, depth)
-        node = next((n for n in fn.nodes if n.name == name), None)
+        j = self.view.values.arg_index(fn, tensor)
+        if j is not None:
+            return self._arg(fn, j, depth)
+        node = self.view.values.nodes(fn).get(name)
         if node is None:
             raise Unknown(f"unknown tensor {tensor!r}")
         op, data = node.op, node.data_inputs
@@ -129,26 +126,18 @@ class Evaluator:
         raise Unknown(f"op {op} is not evaluated")
 
     def _arg(self, fn: Function, j: int, depth: int) -> np.ndarray:
-        graph = self.view.graph
-        caps = graph.captures.get(fn.name, ())
-        first = len(fn.args) - len(caps)
-        if caps and j >= first:
-            cap = caps[j - first]
+        cap = self.view.values.capture(fn, j)
+        if cap is not None:
             if cap.kind == "variable":
                 self.used.add(cap.value)
                 return self.variable(cap.value)
             raise Unknown(f"captured {cap.kind}")
         reach = self.view.cg.function_reach.get(fn.name)
-        edge = reach.parent if reach else None
-        caller = graph.function(edge.caller) if edge else None
-        call = next((n for n in caller.nodes if n.name == edge.node), None) if caller and edge else None
-        if call is None:
-            raise Unknown(f"argument {fn.args[j].name!r} has no caller")
-        offset = 0 if edge.attr == "" else BRANCH_OPS.get(call.op, 0)
-        data = call.data_inputs
-        if j + offset >= len(data):
-            raise Unknown("call arity mismatch")
-        return self.eval(caller, data[j + offset], depth + 1)
+        source = self.view.values.caller_input(fn, j, reach.parent if reach else None)
+        if isinstance(source, str):
+            raise Unknown(source)
+        caller, tensor, _ = source
+        return self.eval(caller, tensor, depth + 1)
 
 
 def truth(value: np.ndarray) -> bool:

@@ -263,24 +263,17 @@ def render_expr(view: GraphView, fn: Function, tensor: str, budget: list[int] | 
     if budget[0] < 0 or depth > 6:
         return "…"
     name = tensor_node(tensor)
-    graph = view.graph
-    if fn is not graph.main and ":" not in tensor.lstrip("^"):
-        for j, arg in enumerate(fn.args):
-            if arg.name == name:
-                caps = graph.captures.get(fn.name, ())
-                first = len(fn.args) - len(caps)
-                if caps and j >= first:
-                    cap = caps[j - first]
-                    return variable_label(cap.value) if cap.kind == "variable" else f"<{cap.kind} {cap.value}>"
-                parent = view.cg.function_reach.get(fn.name)
-                edge = parent.parent if parent else None
-                caller = graph.function(edge.caller) if edge else None
-                call = next((n for n in caller.nodes if n.name == edge.node), None) if caller and edge else None
-                if call is None:
-                    return arg.name
-                offset = 0 if edge.attr == "" else BRANCH_OPS.get(call.op, 0)
-                data = call.data_inputs
-                return render_expr(view, caller, data[j + offset], budget, depth + 1) if j + offset < len(data) else arg.name
+    j = view.values.arg_index(fn, tensor)
+    if j is not None:
+        cap = view.values.capture(fn, j)
+        if cap is not None:
+            return variable_label(cap.value) if cap.kind == "variable" else f"<{cap.kind} {cap.value}>"
+        reach = view.cg.function_reach.get(fn.name)
+        source = view.values.caller_input(fn, j, reach.parent if reach else None)
+        if isinstance(source, str):
+            return fn.args[j].name
+        caller, caller_tensor, _ = source
+        return render_expr(view, caller, caller_tensor, budget, depth + 1)
     node = view.values.nodes(fn).get(name)
     if node is None:
         return name

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelwarden.analysis.callgraph import CallGraph, CallEdge, tensor_node
-from modelwarden.ir import Function, Node, TensorValue
+from modelwarden.ir import Capture, Function, Node, TensorValue
 
 PASS_THROUGH = frozenset(
     {"Identity", "StopGradient", "Snapshot", "PreventGradient", "CheckNumerics", "EnsureShape", "Squeeze", "Reshape"}
@@ -54,6 +54,7 @@ class Resolver:
         self.cg = cg
         self.graph = cg.graph
         self._index: dict[str, dict[str, Node]] = {}
+        self._args: dict[str, dict[str, int]] = {}
         self._assets = {tensor_node(a.tensor): a.filename for a in self.graph.assets if a.tensor}
         saver = self.graph.saver
         self._saver_filename = tensor_node(saver.filename_tensor) if saver and saver.filename_tensor else ""
@@ -65,6 +66,39 @@ class Resolver:
             idx = self._index[fn.name] = {n.name: n for n in fn.nodes}
         return idx
 
+    def arg_index(self, fn: Function, tensor: str) -> int | None:
+        """The argument a bare tensor name refers to inside a library function, if any."""
+        if fn is self.graph.main or ":" in tensor.lstrip("^"):
+            return None
+        idx = self._args.get(fn.name)
+        if idx is None:
+            idx = self._args[fn.name] = {a.name: j for j, a in enumerate(fn.args)}
+        return idx.get(tensor_node(tensor))
+
+    def capture(self, fn: Function, index: int) -> Capture | None:
+        """What the loader binds to argument ``index`` when it is a trailing captured input."""
+        caps = self.graph.captures.get(fn.name, ())
+        first = len(fn.args) - len(caps)
+        return caps[index - first] if caps and index >= first else None
+
+    def caller_input(self, fn: Function, index: int, parent: CallEdge | None) -> tuple[Function, str, CallEdge | None] | str:
+        """The caller's tensor feeding argument ``index`` through ``parent``, with the caller's own parent
+        edge; or why it cannot be known (a string)."""
+        name = fn.args[index].name
+        if parent is None:
+            return f"argument {name!r} of {fn.name}"
+        caller = self.graph.function(parent.caller)
+        call = self.nodes(caller).get(parent.node) if caller is not None else None
+        if caller is None or call is None:
+            return f"argument {name!r} has no caller"
+        offset = 0 if parent.attr == "" else _CALL_OFFSETS.get(call.op)
+        if offset is None:
+            return f"argument {name!r} supplied by {call.op}"
+        data = call.data_inputs
+        if index + offset >= len(data):
+            return f"argument {name!r}: call arity mismatch"
+        return caller, data[index + offset], self.cg.reach(caller, call).parent
+
     def input_of(self, fn: Function, node: Node, index: int) -> Value:
         data = node.data_inputs
         if index >= len(data):
@@ -75,10 +109,9 @@ class Resolver:
         if depth > MAX_DEPTH:
             return Value("unknown", detail="too deep")
         name = tensor_node(tensor)
-        if fn is not self.graph.main and ":" not in tensor.lstrip("^"):
-            for i, arg in enumerate(fn.args):
-                if arg.name == name:
-                    return self._arg(fn, i, parent, depth)
+        arg = self.arg_index(fn, tensor)
+        if arg is not None:
+            return self._arg(fn, arg, parent, depth)
         node = self.nodes(fn).get(name)
         if node is None:
             return Value("unknown", detail=f"unknown tensor {tensor!r}")
@@ -116,32 +149,17 @@ class Resolver:
         return Value("computed", detail=f"computed by {op} {name!r}")
 
     def _arg(self, fn: Function, index: int, parent: CallEdge | None, depth: int) -> Value:
-        caps = self.graph.captures.get(fn.name, ())
-        first_capture = len(fn.args) - len(caps)
-        if caps and index >= first_capture:
-            cap = caps[index - first_capture]
+        cap = self.capture(fn, index)
+        if cap is not None:
             if cap.kind == "asset":
                 return Value("asset", (cap.value,))
             if cap.kind == "variable":
                 return Value("variable", detail=cap.value)
-            if cap.kind == "constant":
-                node = self.nodes(self.graph.main).get(cap.value)
-                if node is not None:
-                    return self.resolve(self.graph.main, node.name, None, depth + 1)
+            if cap.kind == "constant" and cap.value in self.nodes(self.graph.main):
+                return self.resolve(self.graph.main, cap.value, None, depth + 1)
             return Value("unknown", detail=f"captured {cap.kind}")
-        if parent is None:
-            return Value("unknown", detail=f"argument {fn.args[index].name!r} of {fn.name}")
-        caller = self.graph.function(parent.caller)
-        if caller is None:
-            return Value("unknown")
-        call = self.nodes(caller).get(parent.node)
-        if call is None:
-            return Value("unknown")
-        offset = 0 if parent.attr == "" else _CALL_OFFSETS.get(call.op)
-        if offset is None:
-            return Value("unknown", detail=f"argument {fn.args[index].name!r} supplied by {call.op}")
-        data = call.data_inputs
-        if index + offset >= len(data):
-            return Value("unknown")
-        caller_parent = self.cg.reach(caller, call).parent
-        return self.resolve(caller, data[index + offset], caller_parent, depth + 1)
+        source = self.caller_input(fn, index, parent)
+        if isinstance(source, str):
+            return Value("unknown", detail=source)
+        caller, tensor, caller_parent = source
+        return self.resolve(caller, tensor, caller_parent, depth + 1)
