@@ -1,0 +1,75 @@
+"""Run attacker Python inside a real sandboxed worker (see tests/fixtures/build_attacker.py).
+
+::
+
+    with AttackerWorker(backend="namespaces") as w:
+        info = w.run("import os; result = os.getuid()")
+
+The code runs after pivot_root, rlimits, capability drop, no_new_privs and seccomp, exactly
+where a TensorFlow memory-corruption exploit would run.  ``CONTROL`` is the positive control:
+it reports what the worker is (uid map, capabilities, NoNewPrivs, Seccomp, open fds).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from typing import Any
+
+import numpy as np
+
+from modelwarden.sandbox import Sandbox, SandboxLimits
+from tests.conftest import build_fixtures
+
+CONTROL = """
+import os
+def _status():
+    out = {}
+    for line in open('/proc/self/status'):
+        k, _, v = line.partition(':')
+        if k in ('Uid', 'Gid', 'CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs', 'Seccomp',
+                 'Seccomp_filters'):
+            out[k] = v.strip()
+    return out
+result = {
+    'uid_map': open('/proc/self/uid_map').read().split(),
+    'gid_map': open('/proc/self/gid_map').read().split(),
+    'status': _status(),
+    'fds': sorted(int(x) for x in os.listdir('/proc/self/fd')),
+    'pid': os.getpid(), 'sid': os.getsid(0), 'pgid': os.getpgid(0),
+}
+"""
+
+
+def harness_model() -> str:
+    return str(build_fixtures("build_attacker") / "exec.keras")
+
+
+def encode(source: str) -> np.ndarray:
+    raw = textwrap.dedent(source).encode()
+    return np.frombuffer(raw, np.uint8).astype(np.float32).reshape(1, -1)
+
+
+def decode(out: dict[str, np.ndarray]) -> Any:
+    (value,) = out.values()
+    return json.loads(bytes(np.asarray(value[0]).astype(np.uint8)).decode())
+
+
+class AttackerWorker:
+    """A warm sandboxed worker that executes attacker source on demand."""
+
+    def __init__(self, limits: SandboxLimits | None = None, **sandbox_kwargs: Any) -> None:
+        self.sandbox = Sandbox(limits or SandboxLimits(timeout_s=60), **sandbox_kwargs)
+        self.model = None
+
+    def __enter__(self) -> "AttackerWorker":
+        self.model = self.sandbox.load(harness_model(), scan=False, keras_safe_mode=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sandbox.close()
+
+    def run(self, source: str, timeout: float | None = None) -> Any:
+        """Execute ``source`` in the worker; return its ``result`` (JSON round trip)."""
+        assert self.model is not None
+        return decode(self.model.predict({"x": encode(source)}, timeout=timeout))
