@@ -10,6 +10,7 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from modelwarden import __version__
 from modelwarden.analysis.interface import AnalysisContext, Finding, ScanOptions, Severity
@@ -21,7 +22,12 @@ from modelwarden.formats.detect import discover
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
 from modelwarden.ir import Artifact
 from modelwarden.policy.interface import Policy
+from modelwarden.engine.interface import ArtifactResult, ScanJob
 from modelwarden.report.interface import ArtifactSummary, CallGraphSketch, Report, ScanError
+
+if TYPE_CHECKING:
+    from modelwarden.engine.interface import Engine
+    from modelwarden.engine.store import ResultStore
 
 Progress = Callable[[int, int, str], None]
 _SEVERITY_DEFAULT = Severity.MEDIUM
@@ -127,6 +133,9 @@ def scan(
     tf_version: str = "",
     checkpoint: str = "",
     callgraphs: bool = False,
+    engine: "Engine | str | None" = None,
+    jobs: int | None = None,
+    cache: "ResultStore | str | os.PathLike[str] | None" = None,
 ) -> Report:
     """Scan files and directories; never raises for a bad input (it becomes a ``Report.errors`` entry).
 
@@ -135,6 +144,10 @@ def scan(
     ``tf_version``: the TensorFlow that will load the models (advisories); ``checkpoint``: a
     user-supplied checkpoint prefix to audit against the graphs; ``callgraphs``: also return
     call-graph sketches (for pictures).
+    ``engine``: "local" (default: this process, or a pool of ``jobs`` forked processes when there
+    are many artifacts), "ray" (a Ray cluster, ``pip install 'modelwarden[ray]'``) or an
+    :class:`~modelwarden.engine.interface.Engine`; ``cache``: a results-store directory, so an
+    artifact whose bytes, rules and options are unchanged is not analysed again.
     """
     started = time.perf_counter()
     path_list = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
@@ -144,44 +157,56 @@ def scan(
     threshold = Severity.parse(fail_on) if isinstance(fail_on, str) else fail_on
     threshold = threshold if threshold is not None else (pol.fail_on or _SEVERITY_DEFAULT)
 
-    with paused_gc():
-        return _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started)
+    from modelwarden.engine.run import make_engine, make_store
+
+    eng = make_engine(engine, jobs)
+    store = make_store(cache)
+    try:
+        with paused_gc():
+            return _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started,
+                         eng, store)
+    finally:
+        eng.close()
 
 
-def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started) -> Report:
+def scan_candidate(cand: Candidate, job: ScanJob) -> ArtifactResult:
+    """Read and analyse one detected artifact; never raises for a bad input (the unit of work of
+    every engine: in this process, a local pool or a Ray task)."""
+    try:
+        artifact = read_artifact(cand, job.limits)
+        if job.options.checkpoint and artifact.graphs:
+            artifact = with_checkpoint(artifact, job.options.checkpoint, job.limits)
+        ctx = _context(artifact, job.policy, job.options)
+        found = _analyse(ctx)
+        sketches = tuple(_sketches(ctx)) if job.callgraphs else ()
+    except ModelwardenError as exc:
+        return ArtifactResult(None, errors=(ScanError(getattr(exc, "path", cand.path), getattr(exc, "reason", str(exc))),))
+    except (RecursionError, MemoryError) as exc:
+        return ArtifactResult(None, errors=(ScanError(cand.path, f"input exhausted the scanner's resources ({type(exc).__name__})"),))
+    except Exception as exc:  # a bug in modelwarden: report it as such, never as a traceback
+        if os.environ.get("MODELWARDEN_DEBUG"):
+            raise
+        return ArtifactResult(None, errors=(ScanError(cand.path, f"internal error while scanning ({type(exc).__name__}: {exc})"),))
+    return ArtifactResult(_summary(artifact), tuple(found), (), sketches)
+
+
+def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started,
+          engine: "Engine | None" = None, store: "ResultStore | None" = None) -> Report:
     candidates, discover_errors = discover(path_list, limits)
     candidates.sort(key=lambda c: c.display)
     errors = [ScanError(e.path, e.reason) for e in discover_errors]
     artifacts: list[ArtifactSummary] = []
     findings: list[Finding] = []
     sketches: list[CallGraphSketch] = []
-    options = ScanOptions(tf_version=tf_version, checkpoint=checkpoint)
-    for i, cand in enumerate(candidates):
-        if progress:
-            progress(i, len(candidates), cand.display)
-        try:
-            artifact = read_artifact(cand, limits)
-            if checkpoint and artifact.graphs:
-                artifact = with_checkpoint(artifact, checkpoint, limits)
-            ctx = _context(artifact, pol, options)
-            found = _analyse(ctx)
-            if callgraphs:
-                sketches.extend(_sketches(ctx))
-        except ModelwardenError as exc:
-            errors.append(ScanError(getattr(exc, "path", cand.path), getattr(exc, "reason", str(exc))))
-            continue
-        except (RecursionError, MemoryError) as exc:
-            errors.append(ScanError(cand.path, f"input exhausted the scanner's resources ({type(exc).__name__})"))
-            continue
-        except Exception as exc:  # a bug in modelwarden: report it as such, never as a traceback
-            if os.environ.get("MODELWARDEN_DEBUG"):
-                raise
-            errors.append(ScanError(cand.path, f"internal error while scanning ({type(exc).__name__}: {exc})"))
-            continue
-        artifacts.append(_summary(artifact))
-        findings.extend(found)
-    if progress:
-        progress(len(candidates), len(candidates), "")
+    job = ScanJob(pol, ScanOptions(tf_version=tf_version, checkpoint=checkpoint), limits, callgraphs)
+    from modelwarden.engine.run import run_ordered
+
+    for result in run_ordered(candidates, job, engine=engine, store=store, progress=progress):
+        errors.extend(result.errors)
+        if result.summary is not None:
+            artifacts.append(result.summary)
+            findings.extend(result.findings)
+            sketches.extend(result.sketches)
     kept, suppressed = pol.apply(findings)
     return Report(
         tool_version=__version__,
@@ -194,4 +219,15 @@ def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, c
         duration_s=time.perf_counter() - started,
         inputs=tuple(path_list),
         callgraphs=tuple(sketches),
+        engine=_engine_stats(engine, store),
     )
+
+
+def _engine_stats(engine: "Engine | None", store: "ResultStore | None") -> dict[str, int | str]:
+    if engine is None:
+        return {}
+    st = engine.stats
+    if st.workers <= 1 and not st.retried and store is None and engine.name != "ray":
+        return {}  # a plain single-process scan: nothing worth reporting
+    return {"name": engine.name, "workers": st.workers, "analysed": st.analysed, "cached": st.cached,
+            "retried": st.retried}

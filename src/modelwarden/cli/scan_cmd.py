@@ -14,7 +14,9 @@ SEVERITIES = ("info", "low", "medium", "high", "critical")
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH", help="model files or directories (searched recursively)")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="model files or directories (searched recursively)")
+    p.add_argument("--from-file", metavar="LIST", default=None,
+                   help="also scan every path listed in LIST, one per line ('-' reads standard input)")
     p.add_argument("-f", "--format", choices=FORMATS, default="text", help="report format (default: text)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
     p.add_argument(
@@ -35,6 +37,44 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         help="a checkpoint (prefix of its .index/.data files) to audit against the scanned graphs",
     )
     p.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
+    p.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
+                   help="scanner processes (default: one per core when there are many artifacts)")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="results store: an artifact whose bytes, rules and options are unchanged is not analysed "
+                        "again (default: $MODELWARDEN_CACHE_DIR or ~/.cache/modelwarden)")
+    p.add_argument("--no-cache", action="store_true", help="analyse every artifact; neither read nor write the results store")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="scan on a Ray cluster: ADDRESS of a running cluster, or 'auto' (join one, else start a local "
+                        "one); needs pip install 'modelwarden[ray]'")
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of jobs {text!r}") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"jobs must be between 1 and 1024, got {value}")
+    return value
+
+
+def _paths(args: argparse.Namespace) -> list[str]:
+    from modelwarden.errors import UsageError
+
+    paths = list(args.paths)
+    if args.from_file:
+        try:
+            if args.from_file == "-":
+                text = sys.stdin.read()
+            else:
+                with open(args.from_file, encoding="utf-8", errors="surrogateescape") as fh:
+                    text = fh.read(64 << 20)
+        except OSError as exc:
+            raise UsageError(f"cannot read --from-file {args.from_file}: {exc.strerror or exc}") from None
+        paths += [line.rstrip("\r") for line in text.split("\n") if line.strip() and not line.startswith("#")]
+    if not paths:
+        raise UsageError("nothing to scan: give at least one PATH or --from-file LIST")
+    return paths
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +93,17 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.format == "html":
             extra["callgraphs"] = True  # the HTML page draws them
-        report = scan(args.paths, policy=policy, fail_on=fail_on, progress=progress, **extra)
+        if args.ray is not None:
+            from modelwarden.engine.run import make_engine
+
+            extra["engine"] = make_engine("ray", args.jobs, address=args.ray)
+        else:
+            extra["jobs"] = args.jobs
+        if not args.no_cache:
+            from modelwarden.engine.store import default_dir
+
+            extra["cache"] = args.cache_dir or default_dir()
+        report = scan(_paths(args), policy=policy, fail_on=fail_on, progress=progress, **extra)
     finally:
         if progress is not None:
             progress.close()

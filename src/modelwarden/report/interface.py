@@ -57,6 +57,7 @@ class Report:
     duration_s: float = 0.0
     inputs: tuple[str, ...] = ()
     callgraphs: tuple[CallGraphSketch, ...] = ()  # filled when the scan is asked for them
+    engine: dict[str, int | str] = field(default_factory=dict)  # how it ran: workers, cached, retried
 
     def counts(self) -> dict[str, int]:
         out = {s.label: 0 for s in Severity}

@@ -96,6 +96,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "findings": [finding_dict(f) for f in report.findings],
         "suppressed": [finding_dict(f, suppressed=True) for f in report.suppressed],
         "errors": [{"path": _s(e.path), "message": _s(e.message)} for e in report.errors],
+        **({"engine": dict(report.engine)} if report.engine else {}),
     }
 
 

@@ -1,0 +1,62 @@
+"""The unit of work every engine runs, its result, and the Engine interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from modelwarden.analysis.interface import Finding, ScanOptions
+from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
+from modelwarden.policy.interface import Policy
+from modelwarden.report.interface import ArtifactSummary, CallGraphSketch, ScanError
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """What every artifact of one scan is analysed with (shared by all its units of work)."""
+
+    policy: Policy
+    options: ScanOptions = field(default_factory=ScanOptions)
+    limits: Limits = DEFAULT_LIMITS
+    callgraphs: bool = False
+
+
+@dataclass(frozen=True)
+class ArtifactResult:
+    """The outcome of scanning one candidate: a summary and pre-policy findings, or errors."""
+
+    summary: ArtifactSummary | None
+    findings: tuple[Finding, ...] = ()
+    errors: tuple[ScanError, ...] = ()
+    sketches: tuple[CallGraphSketch, ...] = ()
+    cached: bool = False  # served from the results store, not analysed again
+
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class EngineStats:
+    """What an engine did beyond the results themselves (shown in reports and bench/)."""
+
+    workers: int = 1
+    analysed: int = 0
+    cached: int = 0
+    retried: int = 0  # units of work resubmitted after a worker or node was lost
+
+
+class Engine(ABC):
+    """Runs ``scan_one`` over candidates and yields ``(index, result)`` as they complete."""
+
+    name: str = ""
+
+    def __init__(self) -> None:
+        self.stats = EngineStats()
+
+    @abstractmethod
+    def run(self, candidates: Sequence[Candidate], job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
+        """Every candidate's result exactly once, in completion order (the caller re-orders)."""
+
+    def close(self) -> None:
+        """Release workers (idempotent)."""

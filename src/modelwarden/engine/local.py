@@ -1,0 +1,243 @@
+"""Local engines: this process, or a pool of forked scanner processes (one per core).
+
+The pool forks after the parent has imported the scanner, so a worker starts in about a
+millisecond with the catalog and rules already loaded.  Work is handed out one artifact index
+at a time over a pipe (the fastest worker takes the next one); results come back as
+length-prefixed JSON records (:mod:`records`), never pickles.  A worker that dies while
+scanning is replaced; the artifact is retried once in a fresh worker and then reported as an
+error, never lost and never counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from modelwarden.engine import records
+from modelwarden.engine.interface import ArtifactResult, Engine, ScanJob
+from modelwarden.formats.interface import Candidate
+from modelwarden.report.interface import ScanError
+
+_LEN = struct.Struct(">Q")
+_IDX = struct.Struct(">q")
+POOL_MIN_ARTIFACTS = 16  # below this a pool's start-up costs more than it saves
+MAX_ATTEMPTS = 2
+
+
+def auto_jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class SerialEngine(Engine):
+    name = "serial"
+
+    def run(self, candidates: Sequence[Candidate], job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
+        from modelwarden.scanner import scan_candidate
+
+        for i, cand in enumerate(candidates):
+            self.stats.analysed += 1
+            yield i, scan_candidate(cand, job)
+
+
+@dataclass
+class _Proc:
+    pid: int
+    tasks: int  # fd: parent -> worker, artifact indices
+    results: int  # fd: worker -> parent, records
+    buf: bytearray = field(default_factory=bytearray)
+    current: int | None = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    out = bytearray()
+    while len(out) < n:
+        chunk = os.read(fd, n - len(out))
+        if not chunk:
+            return None
+        out += chunk
+    return bytes(out)
+
+
+def _worker_loop(tasks: int, results: int, candidates: Sequence[Candidate], job: ScanJob) -> None:
+    from modelwarden.scanner import scan_candidate
+
+    while True:
+        raw = _read_exact(tasks, _IDX.size)
+        if raw is None:
+            return
+        (idx,) = _IDX.unpack(raw)
+        if idx < 0:
+            return
+        try:
+            payload = records.dumps(scan_candidate(candidates[idx], job)).encode("utf-8", "surrogatepass")
+        except Exception as exc:  # noqa: BLE001 - scan_candidate already catches input errors
+            payload = records.dumps(ArtifactResult(None, errors=(ScanError(
+                candidates[idx].path, f"internal error while scanning ({type(exc).__name__})"),))).encode()
+        _write_all(results, _LEN.pack(len(payload)) + payload)
+
+
+class ForkPoolEngine(Engine):
+    """``jobs`` forked scanner processes; falls back to serial for small inputs."""
+
+    name = "local"
+
+    def __init__(self, jobs: int | None = None) -> None:
+        super().__init__()
+        self.jobs = jobs
+
+    def run(self, candidates: Sequence[Candidate], job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
+        n = self.jobs if self.jobs is not None else (auto_jobs() if len(candidates) >= POOL_MIN_ARTIFACTS else 1)
+        n = min(n, len(candidates))
+        if n <= 1 or not hasattr(os, "fork"):
+            serial = SerialEngine()
+            yield from serial.run(candidates, job)
+            self.stats.analysed += serial.stats.analysed
+            return
+        self.stats.workers = n
+        yield from self._pool(candidates, job, n)
+
+    def _spawn(self, candidates: Sequence[Candidate], job: ScanJob, keep: list[int]) -> _Proc:
+        t_r, t_w = os.pipe()
+        r_r, r_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # worker: never returns into the caller's stack
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                for fd in (t_w, r_r, *keep):
+                    os.close(fd)
+                _worker_loop(t_r, r_w, candidates, job)
+            except BaseException:  # noqa: BLE001
+                code = 70
+            os._exit(code)
+        os.close(t_r)
+        os.close(r_w)
+        os.set_blocking(r_r, False)
+        return _Proc(pid, t_w, r_r)
+
+    def _pool(self, candidates: Sequence[Candidate], job: ScanJob, n: int) -> Iterator[tuple[int, ArtifactResult]]:
+        pending = list(range(len(candidates)))[::-1]  # pop() hands out in order
+        attempts = [0] * len(candidates)
+        procs: dict[int, _Proc] = {}
+        sel = selectors.DefaultSelector()
+
+        def parent_fds() -> list[int]:
+            return [fd for p in procs.values() for fd in (p.tasks, p.results)]
+
+        def start() -> _Proc:
+            p = self._spawn(candidates, job, parent_fds())
+            procs[p.results] = p
+            sel.register(p.results, selectors.EVENT_READ)
+            return p
+
+        def feed(p: _Proc) -> None:
+            if pending:
+                p.current = pending.pop()
+                attempts[p.current] += 1
+                try:
+                    _write_all(p.tasks, _IDX.pack(p.current))
+                except OSError:  # it died between tasks: its EOF hands the index back (not an attempt)
+                    attempts[p.current] -= 1
+            else:
+                p.current = None
+                retire(p)
+
+        def retire(p: _Proc) -> int:
+            sel.unregister(p.results)
+            del procs[p.results]
+            for fd in (p.tasks, p.results):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            try:
+                _, status = os.waitpid(p.pid, 0)
+            except ChildProcessError:
+                return 0
+            return status
+
+        try:
+            for _ in range(n):
+                start()
+            for p in list(procs.values()):
+                feed(p)
+            while procs:
+                for key, _ in sel.select():
+                    p = procs.get(key.fd)
+                    if p is None:
+                        continue
+                    try:
+                        chunk = os.read(p.results, 1 << 20)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:  # the worker died
+                        idx = p.current
+                        _kill(p.pid)
+                        status = retire(p)
+                        if idx is not None:
+                            if attempts[idx] < MAX_ATTEMPTS:
+                                self.stats.retried += 1
+                                pending.append(idx)
+                            else:
+                                self.stats.analysed += 1
+                                yield idx, ArtifactResult(None, errors=(ScanError(
+                                    candidates[idx].path, f"the scanner process died while reading it ({_how(status)}); "
+                                    f"tried {attempts[idx]} times"),))
+                        if pending:
+                            feed(start())
+                        continue
+                    p.buf += chunk
+                    while len(p.buf) >= _LEN.size:
+                        (size,) = _LEN.unpack_from(p.buf)
+                        if size > records.MAX_RECORD_BYTES or len(p.buf) < _LEN.size + size:
+                            if size > records.MAX_RECORD_BYTES:  # treated as a death on the next read
+                                p.buf.clear()
+                                _kill(p.pid)
+                            break
+                        payload = bytes(p.buf[_LEN.size:_LEN.size + size])
+                        del p.buf[:_LEN.size + size]
+                        idx = p.current
+                        if idx is None:
+                            continue
+                        try:
+                            result = records.loads(payload)
+                        except records.RecordError as exc:
+                            result = ArtifactResult(None, errors=(ScanError(candidates[idx].path,
+                                                                            f"the scanner process sent a malformed result ({exc})"),))
+                        self.stats.analysed += 1
+                        yield idx, result
+                        feed(p)
+        finally:
+            for p in list(procs.values()):
+                _kill(p.pid)
+                retire(p)
+            sel.close()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _how(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        try:
+            return signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            return f"signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"

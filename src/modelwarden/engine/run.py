@@ -1,0 +1,77 @@
+"""Choosing an engine and a store, and running a scan's candidates through them in order."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+from modelwarden.engine.interface import ArtifactResult, Engine, Progress, ScanJob
+from modelwarden.engine.store import ResultStore
+from modelwarden.errors import UsageError
+from modelwarden.formats.interface import Candidate
+
+
+def make_engine(engine: "Engine | str | None", jobs: int | None = None, address: str | None = None) -> Engine:
+    """``None``/"local": this process or a fork pool; "ray": a Ray cluster (``address``)."""
+    if jobs is not None and (type(jobs) is not int or jobs < 1):
+        raise UsageError(f"jobs must be a positive integer, got {jobs!r}")
+    if isinstance(engine, Engine):
+        return engine
+    if engine in (None, "local"):
+        from modelwarden.engine.local import ForkPoolEngine
+
+        return ForkPoolEngine(jobs)
+    if engine == "ray":
+        from modelwarden.engine.ray_engine import RayEngine
+
+        return RayEngine(address=address or "auto")
+    raise UsageError(f"unknown scan engine {engine!r} (choose local or ray)")
+
+
+def make_store(cache: "ResultStore | str | os.PathLike[str] | None") -> ResultStore | None:
+    if cache is None or isinstance(cache, ResultStore):
+        return cache
+    return ResultStore(cache)
+
+
+def run_ordered(candidates: Sequence[Candidate], job: ScanJob, *, engine: Engine | None = None,
+                store: ResultStore | None = None, progress: Progress | None = None) -> Iterator[ArtifactResult]:
+    """Every candidate's result in candidate order; stored results are reused, new ones stored."""
+    from modelwarden.engine.local import SerialEngine
+
+    engine = engine or SerialEngine()
+    total = len(candidates)
+    results: dict[int, ArtifactResult] = {}
+    keys: dict[int, str] = {}
+    todo: list[int] = []
+    for i, cand in enumerate(candidates):
+        key = store.key(cand, job) if store is not None else None
+        hit = store.get(key) if store is not None and key is not None else None
+        if hit is not None:
+            results[i] = hit
+            engine.stats.cached += 1
+        else:
+            todo.append(i)
+            if key is not None:
+                keys[i] = key
+    done = len(results)
+    nxt = 0
+    # no progress call before the engine starts: a fork pool must fork before the bar's thread exists
+    try:
+        for j, result in engine.run([candidates[i] for i in todo], job):
+            i = todo[j]
+            results[i] = result
+            if store is not None and i in keys:
+                store.put(keys[i], result)
+            done += 1
+            if progress:
+                progress(done, total, candidates[i].display)
+            while nxt in results:
+                yield results.pop(nxt)
+                nxt += 1
+        while nxt < total:
+            yield results.pop(nxt)
+            nxt += 1
+    finally:
+        if progress:
+            progress(total, total, "")

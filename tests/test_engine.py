@@ -1,0 +1,137 @@
+"""Scan engines and the results store: a fork pool and a cached scan give the same report as a
+plain scan, a scanner process killed mid-scan loses nothing, and the store only ever serves a
+record whose artifact bytes, rules and options are unchanged."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from modelwarden.engine.local import ForkPoolEngine
+from modelwarden.engine.store import DB_NAME, ResultStore
+from modelwarden.errors import UsageError
+from modelwarden.report.json_report import report_dict
+from modelwarden.scanner import scan
+from tests.conftest import ROOT, run_cli
+
+EXAMPLES = ROOT / "examples" / "models"
+
+
+def norm(report) -> dict:
+    d = report_dict(report)
+    d.pop("duration_s")
+    d.pop("engine", None)
+    return d
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("copies")
+    for i in range(20):
+        for name in ("dense_savedmodel", "evil_savedmodel"):
+            shutil.copytree(EXAMPLES / name, root / f"{name}-{i:02d}")
+    (root / "broken.pb").write_bytes(b"\x0a\xff\xff\xff\xff\x0f")  # a hostile, unreadable GraphDef
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpus(fixture_dir, copies) -> list[Path]:
+    """Real artifacts of every family (TF scan fixtures, other formats, hostile ones) plus 40 copies
+    of the bundled SavedModels, so a pool has work to share."""
+    return [fixture_dir("build_tf_scan"), fixture_dir("build_other_formats"), copies]
+
+
+@pytest.fixture(scope="module")
+def serial_report(corpus):
+    return scan(corpus, engine=ForkPoolEngine(1))
+
+
+def test_pool_gives_the_serial_report(corpus, serial_report):
+    eng = ForkPoolEngine(2)
+    report = scan(corpus, engine=eng)
+    assert eng.stats.workers == 2
+    assert norm(report) == norm(serial_report)
+    assert len(report.artifacts) > 50 and report.findings and report.errors  # the corpus has all three
+    assert report.engine["workers"] == 2
+
+
+def test_a_scanner_process_killed_mid_scan_loses_nothing(corpus, serial_report):
+    killed: list[int] = []
+
+    def progress(done: int, total: int, current: str) -> None:
+        if done == 3 and not killed:
+            children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+            assert children, "no pool workers to kill"
+            killed.append(int(children[0]))
+            os.kill(killed[0], signal.SIGKILL)
+
+    eng = ForkPoolEngine(2)
+    report = scan(corpus, engine=eng, progress=progress)
+    assert killed
+    assert norm(report) == norm(serial_report)  # every artifact exactly once, same findings
+    assert eng.stats.retried == 1  # the one in-flight artifact went to a fresh worker
+
+
+def test_store_serves_unchanged_artifacts_and_reanalyses_changed_ones(corpus, copies, serial_report, tmp_path):
+    store_dir = tmp_path / "store"
+    first = scan(corpus, cache=store_dir)
+    assert norm(first) == norm(serial_report)
+    assert first.engine["cached"] == 0
+    again = scan(corpus, cache=store_dir)
+    assert norm(again) == norm(serial_report)
+    assert again.engine["cached"] == len(serial_report.artifacts)  # errors are never stored
+    assert again.engine["analysed"] == len(again.errors)
+
+    # one byte changed in one artifact: only that one is analysed again
+    victim = copies / "dense_savedmodel-00" / "saved_model.pb"
+    original = victim.read_bytes()
+    try:
+        victim.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        changed = scan(corpus, cache=store_dir)
+        assert changed.engine["cached"] == len(serial_report.artifacts) - 1
+    finally:
+        victim.write_bytes(original)
+    # another policy: nothing is served from the store
+    strict = scan(corpus, cache=store_dir, policy="strict")
+    assert strict.engine["cached"] == 0
+    assert norm(strict) == norm(scan(corpus, policy="strict", engine=ForkPoolEngine(1)))
+
+
+def test_a_corrupt_store_record_is_analysed_again(copies, tmp_path):
+    store_dir = tmp_path / "store"
+    scan(copies, cache=store_dir)
+    db = sqlite3.connect(store_dir / DB_NAME)
+    db.execute("UPDATE results SET record = '{\"v\": 1, \"summary\": [1, 2]}'")
+    db.execute("UPDATE results SET record = '[' WHERE rowid % 2 = 0")
+    db.commit()
+    db.close()
+    report = scan(copies, cache=store_dir)
+    assert report.engine["cached"] == 0
+    assert norm(report) == norm(scan(copies, engine=ForkPoolEngine(1)))
+
+
+def test_a_store_others_can_write_is_refused(tmp_path):
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(0o777)
+    with pytest.raises(UsageError, match="writable by nobody else"):
+        ResultStore(d)
+    res = run_cli("scan", str(EXAMPLES), "--cache-dir", str(d))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_cli_from_file_jobs_and_no_cache(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# models\n{EXAMPLES / 'dense_savedmodel'}\n\n{EXAMPLES / 'evil_savedmodel'}\n")
+    res = run_cli("scan", "--from-file", str(listing), "--no-cache", "-j", "2", "-f", "json")
+    assert res.returncode == 1, res.stderr
+    assert '"evil_savedmodel"' in res.stdout or "evil_savedmodel" in res.stdout
+    for bad in (["-j", "0"], ["-j", "x"], ["--from-file", str(tmp_path / "missing.txt")], []):
+        res = run_cli("scan", *bad, "--no-cache")
+        assert res.returncode == 2, (bad, res.stderr)
+        assert "Traceback" not in res.stderr
