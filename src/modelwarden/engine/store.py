@@ -86,12 +86,14 @@ class ResultStore:
         self.root = os.fspath(root)
         self._check_dir()
         try:
-            self.db = sqlite3.connect(os.path.join(self.root, DB_NAME), timeout=30, isolation_level=None)
+            path = os.path.join(self.root, DB_NAME)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, record TEXT NOT NULL)")
             self.db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, sig TEXT NOT NULL, digest TEXT NOT NULL)")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise UsageError(f"cannot use the scan cache in {self.root}: {exc} (use --no-cache)") from None
         self._job_keys: dict[int, str] = {}
         self.hits = 0
