@@ -167,6 +167,8 @@ def scan(
                          eng, store)
     finally:
         eng.close()
+        if store is not None and store is not cache:
+            store.close()
 
 
 def scan_candidate(cand: Candidate, job: ScanJob) -> ArtifactResult:
