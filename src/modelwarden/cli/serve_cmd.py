@@ -35,6 +35,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="sandboxed workers per model version (single-model mode)")
     p.add_argument("--access-log", help="append the JSON access/audit log to this file (default stderr)")
     p.add_argument("--user", help="when started as root: drop to this user after binding and reading TLS keys")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="serve on Ray Serve: replicas of this server, each with its own sandboxed workers, on the Ray "
+                        "cluster at ADDRESS ('auto': join one, else start a local one); scaling in the [ray] table "
+                        "of --config (docs/scale-out.md); needs pip install 'modelwarden[ray]'")
     p.add_argument(INSECURE_FLAG, dest="insecure_public", action="store_true",
                    help="allow listening on a non-loopback address WITHOUT TLS (tokens travel in clear text)")
 
@@ -163,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     check_bind(cfg, args.insecure_public)
+    if args.ray is not None:
+        from modelwarden.server import ray_serve
+
+        if args.user:
+            raise UsageError("--user is not available with --ray (run the Ray cluster itself unprivileged)")
+        return ray_serve.run(cfg, ray_serve.options_from_toml(args.config, args.ray), port_file=args.port_file)
     if args.user and os.geteuid() != 0:
         raise UsageError("--user needs the server to be started as root")
     tokens = TokenStore(cfg.token_db).load()

@@ -174,7 +174,7 @@ def load_toml(path: str) -> ServerConfig:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise _err(path, f"not valid TOML ({exc})") from None
     base = Path(path).resolve().parent
-    _check_keys(path, "top level", doc, {"server", "limits", "models"})
+    _check_keys(path, "top level", doc, {"server", "limits", "models", "ray"})  # [ray]: server/ray_serve.py
     srv = _check_keys(path, "server", doc.get("server", {}), _SERVER_KEYS)
     tls = _check_keys(path, "server.tls", srv.get("tls", {}), _TLS_KEYS)
     lim = _check_keys(path, "limits", doc.get("limits", {}), _LIMIT_KEYS)

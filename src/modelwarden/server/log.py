@@ -14,8 +14,9 @@ from typing import Any, TextIO
 
 
 class AuditLog:
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, static: dict[str, Any] | None = None) -> None:
         self._lock = threading.Lock()
+        self._static = dict(static or {})  # fields on every line (e.g. the Ray Serve replica id)
         self._own = path is not None
         if path is not None:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -24,7 +25,7 @@ class AuditLog:
             self._f = sys.stderr
 
     def write(self, event: str, **fields: Any) -> None:
-        rec = {"ts": round(time.time(), 3), "event": event}
+        rec = {"ts": round(time.time(), 3), "event": event, **self._static}
         rec.update({k: v for k, v in fields.items() if v is not None})
         line = json.dumps(rec, separators=(",", ":"), default=str)
         with self._lock:
