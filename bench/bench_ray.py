@@ -58,7 +58,7 @@ def inside(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="mw-bench-ray-"))
     base = work / "models"
     shutil.copytree(ROOT / "examples" / "models" / "dense_savedmodel", base / "1")
-    body = json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]]}).encode()
+    body = json.dumps({"instances": [[1.0, 2.0]]}).encode()
     conc = [int(c) for c in args.concurrency.split(",")]
     results: dict[str, dict] = {}
     for label, use_ray in (("modelwarden serve", False), (f"serve --ray ({args.replicas} replicas)", True)):
