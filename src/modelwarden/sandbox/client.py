@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from modelwarden.errors import UsageError
-from modelwarden.sandbox import cgroups, protocol
+from modelwarden.sandbox import cgroups, protocol, snapshot
 from modelwarden.sandbox.errors import (
     ERRORS_BY_CODE, WORKER_REPORTABLE, DeadlineExceeded, InvalidInput, MemoryLimitExceeded, OutputTooLarge,
     ProtocolViolation, SandboxError, SandboxUnavailable, ScanRefused, WorkerCrashed,
@@ -97,52 +97,54 @@ def _signal_name(num: int) -> str:
 
 
 NOBODY = 65534
-MAX_WALK = 20_000
 
 
-def _readable_by_others(path: str) -> bool:
-    """True if every file and directory of ``path`` is readable by any user (bounded walk)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    if not os.path.isdir(path):
-        return bool(st.st_mode & 0o004)
-    if st.st_mode & 0o005 != 0o005:
-        return False
-    seen = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            seen += 1
-            if seen > MAX_WALK:
-                return False
-            try:
-                mode = os.lstat(os.path.join(dirpath, name)).st_mode
-            except OSError:
-                return False
-            if (name in dirnames and mode & 0o005 != 0o005) or (name in filenames and not mode & 0o004
-                                                                and not os.path.islink(os.path.join(dirpath, name))):
-                return False
-    return True
+def identity_for(plan: FsPlan | None = None) -> tuple[int, int] | None:
+    """Host uid/gid the worker's uid 0 maps to when the caller is root: always ``nobody``.
 
-
-def identity_for(plan: FsPlan) -> tuple[int, int] | None:
-    """Host uid/gid the worker's uid 0 maps to, when we are root and can do better than root.
-
-    ``nobody`` when the model (and policy file) are readable by anyone, else the model's owner
-    if that is not root, else ``None`` (the worker stays the caller's uid; see docs/sandbox.md).
+    The worker never runs as host uid 0 (a sysctl write is checked against host uid 0, not
+    capabilities).  Root-private model files still work: the parent opens them with its own
+    credentials and the worker receives a copy (:mod:`snapshot`).  ``None`` for other callers:
+    the worker keeps the caller's (non-root) uid.
     """
-    if os.geteuid() != 0:
-        return None
-    user_data = [b.src for b in plan.binds if b.noexec]
-    runtime = [b.src for b in plan.binds if not b.noexec]
-    if all(os.stat(p).st_mode & 0o005 == 0o005 if os.path.isdir(p) else os.stat(p).st_mode & 0o004
-           for p in runtime) and all(_readable_by_others(p) for p in user_data):
-        return NOBODY, NOBODY
-    st = os.stat(plan.host_model)
-    if st.st_uid != 0:
-        return st.st_uid, st.st_gid
-    return None
+    return (NOBODY, NOBODY) if os.geteuid() == 0 else None
+
+
+def worker_host_uid() -> int:
+    """The host uid every sandboxed worker will have (what ``doctor`` shows)."""
+    ident = identity_for()
+    return ident[0] if ident else os.geteuid()
+
+
+def debug_enabled(value: str | None = None) -> bool:
+    """``MODELWARDEN_SANDBOX_DEBUG``: on unless unset, empty, ``0``, ``false``, ``no`` or ``off``."""
+    value = os.environ.get("MODELWARDEN_SANDBOX_DEBUG") if value is None else value
+    return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _relay_output(stream: Any) -> None:
+    """Copy the worker's debug output to our stderr, one sanitised line at a time."""
+    import sys
+
+    from modelwarden.sanitize import printable
+
+    try:
+        for raw in iter(lambda: stream.readline(8192), b""):
+            sys.stderr.write("[sandbox] " + printable(raw.decode("utf-8", "replace").rstrip("\n")) + "\n")
+    except (OSError, ValueError):
+        pass
+    finally:
+        stream.close()
+
+
+def _copies(plan: FsPlan, backend: Backend) -> list[dict]:
+    """What the worker receives as a private copy (model, policy file) instead of a bind."""
+    if not getattr(backend, "copies_model", False):
+        return []
+    try:
+        return [snapshot.manifest(b.src, b.dst) for b in plan.binds if b.noexec]
+    except (snapshot.SnapshotError, OSError) as exc:
+        raise UsageError(f"cannot read the model to hand it to the sandbox: {exc}") from None
 
 
 def _ppid(pid: int) -> int | None:
@@ -172,7 +174,8 @@ class _Worker:
         self.reader = protocol.FrameReader(parent)
         self._last_call_s = 0.0
         try:
-            spec = LaunchSpec(plan, limits, child.fileno(), runtime, self.cg.procs_files, debug)
+            self.copies = _copies(plan, backend)
+            spec = LaunchSpec(plan, limits, child.fileno(), runtime, self.cg.procs_files, debug, tuple(self.copies))
             try:
                 self.proc: WorkerProcess = backend.start(spec)
             except OSError as exc:
@@ -183,10 +186,26 @@ class _Worker:
             self.cg.remove()
             raise
         child.close()
+        if self.proc.proc.stdout is not None:
+            import threading
+
+            threading.Thread(target=_relay_output, args=(self.proc.proc.stdout,), daemon=True,
+                             name="modelwarden-sandbox-debug").start()
         self.map_to = identity_for(plan) if backend.name == "namespaces" else None
         cfg = self._config(plan, limits, runtime, backend)
         try:
             parent.sendall(encode_config(cfg))
+            if self.map_to:  # B waits for us to map its user namespace before it copies the model
+                header, _ = self._recv(time.monotonic() + limits.load_timeout_s, "sandbox boot", max_body=0)
+                self._check_fatal(header)
+                if header.get("op") != "map":
+                    self._violation("expected the map request")
+                self._map_ids(self.map_to)
+            if backend.boot_frame:  # the built-in backend's boot process copies what we send it
+                snapshot.send(parent, self.copies)
+        except snapshot.SnapshotError as exc:
+            self.kill()
+            raise UsageError(f"cannot hand the model to the sandbox: {exc}") from None
         except OSError as exc:
             self.kill()
             raise SandboxUnavailable(f"sandbox boot failed: {exc}") from None
@@ -210,7 +229,8 @@ class _Worker:
         pkg_host = os.path.dirname(os.path.abspath(modelwarden.__file__))
         return {
             "parent_pid": os.getpid(),
-            "binds": [dataclasses.asdict(b) for b in plan.binds] if sandboxed else [],
+            "binds": [dataclasses.asdict(b) for b in plan.binds if not (self.copies and b.noexec)] if sandboxed else [],
+            "copies": self.copies,
             "symlinks": [list(s) for s in plan.symlinks] if sandboxed else [],
             "namespaces": ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"],
             "limits": {**dataclasses.asdict(limits), "rlimit_as_headroom": limits.as_headroom()},
@@ -226,7 +246,7 @@ class _Worker:
             "seccomp": sandboxed,
             "runtime": runtime,
             "layers": {"backend": backend.name, "cgroups": ",".join(self.cg.controllers) or "none",
-                       "host_uid": (self.map_to or (os.geteuid(), 0))[0],
+                       "host_uid": worker_host_uid() if sandboxed else os.geteuid(),
                        "cgroup_note": self.cg.reason},
         }
 
@@ -248,10 +268,6 @@ class _Worker:
         if getattr(self.backend, "boot_frame", False):
             header, _ = self._recv(deadline, "sandbox boot", max_body=0)
             self._check_fatal(header)
-            if header.get("op") == "map" and self.map_to:
-                self._map_ids(self.map_to)
-                header, _ = self._recv(deadline, "sandbox boot", max_body=0)
-                self._check_fatal(header)
             pid = header.get("pid")
             if header.get("op") != "boot" or type(pid) is not int or pid <= 1:
                 self._violation("bad boot message")
@@ -480,7 +496,7 @@ class Sandbox:
         self.backend_name = backend
         self.policy = policy
         self.fail_on = fail_on
-        self.debug = bool(os.environ.get("MODELWARDEN_SANDBOX_DEBUG")) if debug is None else debug
+        self.debug = debug_enabled() if debug is None else debug
         self.use_cgroups = use_cgroups  # False: rlimits only (what hosts without delegation get)
         self._worker: _Worker | None = None
         self._model: SandboxedModel | None = None

@@ -167,3 +167,12 @@ def status_fields(*names: str) -> dict[str, str]:
     except OSError:
         pass
     return out
+
+
+def assert_not_host_root() -> None:
+    """Refuse to go on if any uid of our user namespace maps to host uid 0."""
+    with open("/proc/self/uid_map") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) == 3 and fields[1] == "0":
+                raise PermissionError("the sandbox's user namespace maps host uid 0; refusing to run a worker as host root")

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from modelwarden.sandbox.interface import Backend, LaunchSpec, WorkerProcess
+from modelwarden.sandbox.interface import Backend, LaunchSpec, WorkerProcess, worker_output
 
 NAMESPACES = ("user", "mount", "pid", "network", "ipc", "uts", "cgroup")
 
@@ -31,11 +31,10 @@ def boot_env() -> dict[str, str]:
 
 
 def popen_python(code: str, spec: LaunchSpec, argv0: list[str] | None = None) -> subprocess.Popen:
-    out = None if spec.debug else subprocess.DEVNULL
     return subprocess.Popen(
         [*(argv0 or []), sys.executable, "-I", "-S", "-c", code],
-        pass_fds=(spec.channel_fd,), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-        env=boot_env(), close_fds=True, cwd="/",
+        pass_fds=(spec.channel_fd,), stdin=subprocess.DEVNULL, **worker_output(spec.debug),
+        env=boot_env(), close_fds=True, cwd="/", start_new_session=True,
     )
 
 
@@ -80,6 +79,7 @@ class NamespacesBackend(Backend):
     name = "namespaces"
     description = "built-in: Linux namespaces + pivot_root + seccomp-bpf (no extra binaries)"
     boot_frame = True
+    copies_model = True
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
