@@ -361,3 +361,44 @@ result = {"tmpfs": res, "dev": try_write("/dev/fill"), "tmp": try_write("/tmp/fi
     for point, m in info["tmpfs"].items():
         assert m["ro"] or m["size"], (point, m)
     assert info["tmpfs"]["/tmp"]["size"] == [f"size={SandboxLimits().tmpfs_bytes // 1024}k"]
+
+
+# -- 7. the whole tree's CPU is bounded, between calls too ---------------------------------------------
+
+BURNER_CHAIN = r"""
+import os, resource, time
+def burn_then_pass_on():
+    while True:
+        t = resource.getrusage(resource.RUSAGE_SELF)
+        if t.ru_utime + t.ru_stime > 0.7:  # far below RLIMIT_CPU: every link is short-lived
+            if os.fork():
+                os._exit(0)
+            continue
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    burn_then_pass_on()
+os.waitpid(pid, 0)
+result = "started"
+"""
+
+
+@pytest.mark.parametrize("backend, cgroups", [(b, c) for b, c in (("namespaces", True), ("bwrap", False),
+                                                                  ("namespaces", False)) if b in BACKENDS],
+                         ids=lambda v: {True: "cgroups", False: "rlimits-only"}.get(v, v))
+def test_a_chain_of_short_lived_burners_cannot_outlive_the_cpu_budget(backend, cgroups):
+    from modelwarden.sandbox import WorkerCrashed
+
+    with AttackerWorker(SandboxLimits(timeout_s=60, cpu_seconds=20), backend=backend, use_cgroups=cgroups) as w:
+        assert w.run(BURNER_CHAIN) == "started"
+        alive = w.run("import os\nresult = [p for p in os.listdir('/proc') if p.isdigit() and p != str(os.getpid())"
+                      " and open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0] == 'R']")
+        assert alive, "control: the burner chain runs between calls"
+        deadline = time.monotonic() + 150
+        while w.sandbox.alive and time.monotonic() < deadline:
+            time.sleep(0.5)  # no call in flight: only the watchdog can stop the chain
+        assert not w.sandbox.alive
+        with pytest.raises(WorkerCrashed, match="CPU-time budget"):
+            w.run("result = 1")

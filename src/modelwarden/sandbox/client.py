@@ -7,12 +7,15 @@ whole worker tree and raises a specific :class:`SandboxError`.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +150,64 @@ def _copies(plan: FsPlan, backend: Backend) -> list[dict]:
         raise UsageError(f"cannot read the model to hand it to the sandbox: {exc}") from None
 
 
+CPU_CHECK_S = 1.0  # how often the watchdog counts each worker tree's CPU time
+_LIVE: "weakref.WeakSet[_Worker]" = weakref.WeakSet()
+_watchdog_lock = threading.Lock()
+_watchdog: threading.Thread | None = None
+
+
+def _watch_cpu() -> None:
+    """Kill every worker tree that spent its lifetime CPU budget, called or not (daemon thread)."""
+    while True:
+        time.sleep(CPU_CHECK_S)
+        for worker in list(_LIVE):
+            try:
+                worker.check_cpu()
+            except Exception:  # noqa: BLE001 - the watchdog never dies
+                pass
+
+
+def _track(worker: "_Worker") -> None:
+    global _watchdog
+    _LIVE.add(worker)
+    with _watchdog_lock:
+        if _watchdog is None:
+            _watchdog = threading.Thread(target=_watch_cpu, daemon=True, name="modelwarden-cpu-watchdog")
+            _watchdog.start()
+
+
+@atexit.register
+def _kill_leftover_workers() -> None:
+    """At interpreter exit (after executor threads finished), no worker or cgroup outlives us."""
+    for worker in list(_LIVE):
+        worker.kill()
+
+
+def _stat_fields(pid: str) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def tree_cpu_seconds(pid_ns: str) -> float:
+    """CPU time (self + reaped children) of every live or zombie process in pid namespace ``pid_ns``."""
+    ticks = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") != pid_ns:
+                continue
+        except OSError:
+            continue
+        fields = _stat_fields(pid)
+        if fields:
+            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _ppid(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -163,6 +224,7 @@ class _Worker:
         self.limits = limits
         self.backend = backend
         self.dead = False
+        self._lock = threading.Lock()  # kill() vs the CPU watchdog
         self._pidfd: int | None = None
         self.init_pid: int | None = None
         self.ready_info: dict = {}
@@ -187,11 +249,13 @@ class _Worker:
             raise
         child.close()
         if self.proc.proc.stdout is not None:
-            import threading
-
             threading.Thread(target=_relay_output, args=(self.proc.proc.stdout,), daemon=True,
                              name="modelwarden-sandbox-debug").start()
         self.map_to = identity_for(plan) if backend.name == "namespaces" else None
+        self.cpu_exhausted = False
+        self._pid_ns: str | None = None
+        if backend.name != "unsafe-none":
+            _track(self)
         cfg = self._config(plan, limits, runtime, backend)
         try:
             parent.sendall(encode_config(cfg))
@@ -324,6 +388,9 @@ class _Worker:
 
     def _died(self, what: str) -> None:
         status = self.kill(grace=1.0)
+        if self.cpu_exhausted:
+            raise WorkerCrashed(f"the worker's processes together used up its CPU-time budget of "
+                                f"{self.limits.cpu_seconds}s during or before {what}; it was killed")
         if self.oom:
             raise MemoryLimitExceeded(
                 f"the worker exceeded its memory limit of {self.limits.memory_bytes} bytes during {what} and was killed")
@@ -372,6 +439,49 @@ class _Worker:
             self.kill()  # an allocation failure may leave TF in a bad state
         raise cls(msg or code)
 
+    # -- the whole tree's CPU budget ------------------------------------------------------------------
+
+    def _find_pid_ns(self) -> str | None:
+        """The worker's pid namespace (as /proc/PID/ns/pid reads), found from our own child."""
+        if self.init_pid is not None:
+            candidates = [str(self.init_pid)]
+        else:  # exec-based backends: the sandbox's first process is a child of the one we started
+            me = str(self.proc.proc.pid)
+            candidates = [p for p in os.listdir("/proc") if p.isdigit() and (_stat_fields(p) or ["", ""])[1] == me]
+        mine = os.readlink("/proc/self/ns/pid")
+        for pid in candidates:
+            try:
+                ns = os.readlink(f"/proc/{pid}/ns/pid")
+            except OSError:
+                continue
+            if ns != mine:
+                return ns
+        return None
+
+    def check_cpu(self) -> None:
+        """Kill the tree once all its processes together used more than ``cpu_seconds`` (RLIMIT_CPU is
+        per process: a chain of short-lived burners would never hit it)."""
+        if self.dead or self.cpu_exhausted:
+            return
+        used = self.cg.cpu_seconds_used()
+        if used is None:
+            self._pid_ns = self._pid_ns or self._find_pid_ns()
+            if self._pid_ns is None:
+                return
+            used = tree_cpu_seconds(self._pid_ns)
+        if used > self.limits.cpu_seconds:
+            with self._lock:
+                if self.dead:
+                    return
+                self.cpu_exhausted = True
+                if self._pidfd is not None:
+                    try:
+                        signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                    except OSError:
+                        pass
+                self.cg.kill_all()
+                self.proc.proc.kill()  # the caller's next call (or close) reaps and reports it
+
     # -- teardown ------------------------------------------------------------------------------------
 
     def kill(self, grace: float = 0.0) -> int | None:
@@ -380,9 +490,10 @@ class _Worker:
         ``grace``: when the worker already died, give the host process that long to exit by
         itself so its status tells how the worker died.
         """
-        if self.dead:
-            return self._status
-        self.dead = True
+        with self._lock:
+            if self.dead:
+                return self._status
+            self.dead = True
         p = self.proc.proc
         status = None
         if grace:
@@ -413,10 +524,12 @@ class _Worker:
             self._pidfd = None
         self.sock.close()
         self.cg.remove()
+        _LIVE.discard(self)
         self._status = status
         return status
 
     oom = False
+    cpu_exhausted = False
     _status: int | None = None
 
 
@@ -516,7 +629,7 @@ class Sandbox:
 
     @property
     def alive(self) -> bool:
-        return self._worker is not None and not self._worker.dead
+        return self._worker is not None and not self._worker.dead and not self._worker.cpu_exhausted
 
     def _require_worker(self) -> _Worker:
         if self._worker is None:
