@@ -402,3 +402,22 @@ def test_a_chain_of_short_lived_burners_cannot_outlive_the_cpu_budget(backend, c
         assert not w.sandbox.alive
         with pytest.raises(WorkerCrashed, match="CPU-time budget"):
             w.run("result = 1")
+
+
+# -- 7. host paths the model has no need to know ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_checkout_and_model_host_paths_are_not_shown(backend, tmp_path):
+    model = tmp_path / "where-the-model-lives" / "exec.keras"
+    model.parent.mkdir()
+    shutil.copy(harness_model(), model)
+    with AttackerWorker(backend=backend, model=str(model)) as w:
+        seen = w.run("result = {'cmdline': open('/proc/1/cmdline').read(), 'mountinfo': open('/proc/self/mountinfo').read(),"
+                     " 'environ': open('/proc/1/environ').read()}")
+    assert seen["cmdline"].strip("\0") and "/opt/modelwarden" in seen["mountinfo"]  # control: readable
+    assert "where-the-model-lives" not in seen["mountinfo"] + seen["cmdline"] + seen["environ"]
+    checkout = str(ROOT)
+    assert checkout not in seen["cmdline"] and checkout not in seen["environ"]
+    if os.geteuid() == 0 or backend == "namespaces":  # bwrap's own argv names its sources unless staged
+        assert not any(p in seen["cmdline"] for p in ("/root/", "/home/", checkout))

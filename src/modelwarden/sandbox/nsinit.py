@@ -231,6 +231,7 @@ def _cover_proc(proc: str) -> None:
 def init_main(fd: int, cfg: dict, sources: dict[str, int]) -> None:
     """D: build the filesystem view, pivot into it, harden, run the runtime."""
     os.setsid()  # its own session and process group: kill(0, ...) stays inside
+    linux.blank_cmdline()  # /proc/1/cmdline and environ inside would show host paths
     lim = cfg["limits"]
     root = _STAGING
     linux.mount("tmpfs", root, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "size=4m,mode=0755")
