@@ -351,8 +351,11 @@ def try_write(path):
         return "written"
     except OSError as exc:
         return exc.errno
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+shm = libc.shmget(0, 1 << 20, 0o1000 | 0o600)
 result = {"tmpfs": res, "dev": try_write("/dev/fill"), "tmp": try_write("/tmp/fill"),
-          "model": try_write("/model/fill")}
+          "model": try_write("/model/fill"), "shmget": shm}
 """
     with AttackerWorker(backend=backend) as w:
         info = w.run(probe)
@@ -361,6 +364,18 @@ result = {"tmpfs": res, "dev": try_write("/dev/fill"), "tmp": try_write("/tmp/fi
     for point, m in info["tmpfs"].items():
         assert m["ro"] or m["size"], (point, m)
     assert info["tmpfs"]["/tmp"]["size"] == [f"size={SandboxLimits().tmpfs_bytes // 1024}k"]
+    if backend == "namespaces":  # SysV segments (memory RLIMIT_AS does not count) are refused
+        assert info["shmget"] == -1
+
+
+def test_sysv_shm_works_without_a_sandbox():
+    """Positive control for the shmget probe above (the segment is removed at once)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    shm = libc.shmget(0, 1 << 20, 0o1000 | 0o600)
+    assert shm >= 0
+    assert libc.shmctl(shm, 0, None) == 0  # IPC_RMID
 
 
 # -- 7. the whole tree's CPU is bounded, between calls too ---------------------------------------------

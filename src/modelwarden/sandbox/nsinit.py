@@ -228,6 +228,16 @@ def _cover_proc(proc: str) -> None:
                         | linux.MS_NODEV | linux.MS_NOEXEC)
 
 
+def _no_sysv_shm(proc: str) -> None:
+    """No SysV shared memory segments in our IPC namespace: a detached segment is memory that
+    RLIMIT_AS does not count (best effort: kernels that refuse the write keep their default)."""
+    try:
+        with open(f"{proc}/sys/kernel/shmmni", "w") as f:
+            f.write("0")
+    except OSError:
+        pass
+
+
 def init_main(fd: int, cfg: dict, sources: dict[str, int]) -> None:
     """D: build the filesystem view, pivot into it, harden, run the runtime."""
     os.setsid()  # its own session and process group: kill(0, ...) stays inside
@@ -261,6 +271,7 @@ def init_main(fd: int, cfg: dict, sources: dict[str, int]) -> None:
                 f"size={int(lim['tmpfs_bytes'])},mode=1777")
     os.mkdir(root + "/proc")
     linux.mount("proc", root + "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    _no_sysv_shm(root + "/proc")
     _cover_proc(root + "/proc")
     for src_fd in sources.values():
         os.close(src_fd)
