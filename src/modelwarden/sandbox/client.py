@@ -474,15 +474,19 @@ class _Worker:
                 if self.dead:
                     return
                 self.cpu_exhausted = True
-                if self._pidfd is not None:
-                    try:
-                        signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-                    except OSError:
-                        pass
-                self.cg.kill_all()
+                self._sigkill_tree()
                 self.proc.proc.kill()  # the caller's next call (or close) reaps and reports it
 
     # -- teardown ------------------------------------------------------------------------------------
+
+    def _sigkill_tree(self) -> None:
+        """SIGKILL the sandbox's pid 1 (the kernel then kills its pid namespace) and the cgroups' tasks."""
+        if self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+        self.cg.kill_all()
 
     def kill(self, grace: float = 0.0) -> int | None:
         """Kill the whole tree, reap it, remove cgroups.  Returns the host process's exit status.
@@ -502,12 +506,7 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 status = None
         self.oom = self.cg.memory_exhausted()
-        if self._pidfd is not None:
-            try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            except OSError:
-                pass
-        self.cg.kill_all()
+        self._sigkill_tree()
         if status is None:
             p.kill()
             try:
