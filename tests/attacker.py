@@ -58,12 +58,13 @@ def decode(out: dict[str, np.ndarray]) -> Any:
 class AttackerWorker:
     """A warm sandboxed worker that executes attacker source on demand."""
 
-    def __init__(self, limits: SandboxLimits | None = None, **sandbox_kwargs: Any) -> None:
+    def __init__(self, limits: SandboxLimits | None = None, model: str | None = None, **sandbox_kwargs: Any) -> None:
         self.sandbox = Sandbox(limits or SandboxLimits(timeout_s=60), **sandbox_kwargs)
+        self.path = model or harness_model()  # a copy of the harness (e.g. root-owned, mode 0600)
         self.model = None
 
     def __enter__(self) -> "AttackerWorker":
-        self.model = self.sandbox.load(harness_model(), scan=False, keras_safe_mode=False)
+        self.model = self.sandbox.load(self.path, scan=False, keras_safe_mode=False)
         return self
 
     def __exit__(self, *exc: object) -> None:

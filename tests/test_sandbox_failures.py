@@ -171,3 +171,25 @@ def test_policy_file_reaches_both_scans(benign, tmp_path):
     with Sandbox() as sb:
         with pytest.raises(OpBlocked, match="MW603"):
             sb.load(benign / "big_output", scan=False, recheck=True)
+
+
+def test_pool_closed_while_a_replacement_starts_leaves_no_worker_or_cgroup(benign):
+    """``serve`` stopping while a replacement worker starts: that worker is closed, not dropped."""
+    import concurrent.futures
+
+    from modelwarden.sandbox import SandboxLimits
+    from modelwarden.server.pool import PoolSpec, WorkerPool
+
+    spec = PoolSpec(path=str(benign / "dense"), limits=SandboxLimits(timeout_s=60), backend="namespaces",
+                    policy=None, fail_on=None, size=1)
+    with concurrent.futures.ThreadPoolExecutor(1) as loader:
+        pool = WorkerPool("dense", spec, loader, lambda *_: None)
+        starting = loader.submit(pool._start_one)
+        deadline = time.monotonic() + 30
+        while not leftovers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leftovers(), "control: the replacement worker (process, cgroups) is starting"
+        pool.close()
+        with pytest.raises(RuntimeError, match="closed while a worker started"):
+            starting.result(timeout=300)
+    assert leftovers() == []

@@ -51,23 +51,26 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_sandbox_works_for_an_unprivileged_user(fixture_dir):
-    run_models = fixture_dir("build_run_models")
-    escape = fixture_dir("build_escape")
+def run_as_nobody(child: str, *args: str) -> dict:
+    """Run Python source ``child`` as uid 65534 (argv: src dir, then ``args``); its ``RESULT {json}`` line."""
     prefix = sys.base_prefix
     exe = os.path.relpath(os.path.realpath(sys.executable), os.path.realpath(prefix))
     if exe.startswith(".."):
         pytest.skip("interpreter outside its prefix (venv?)")
     script = (
         'mount -t tmpfs -o size=1m,mode=0755 none /mnt && mkdir /mnt/py && mount --bind "$0" /mnt/py && '
-        'exec setpriv --reuid=65534 --regid=65534 --clear-groups env -i HOME=/nonexistent '
-        'LD_LIBRARY_PATH=/mnt/py/lib TF_CPP_MIN_LOG_LEVEL=3 "/mnt/py/$1" -c "$2" "$3" "$4" "$5"'
+        'exe="$1" && shift && exec setpriv --reuid=65534 --regid=65534 --clear-groups env -i HOME=/nonexistent '
+        'LD_LIBRARY_PATH=/mnt/py/lib TF_CPP_MIN_LOG_LEVEL=3 "/mnt/py/$exe" -c "$@"'
     )
-    res = subprocess.run(["unshare", "-m", "sh", "-c", script, prefix, exe, CHILD, str(ROOT / "src"),
-                          str(run_models), str(escape)], capture_output=True, text=True, timeout=600, cwd="/")
+    res = subprocess.run(["unshare", "-m", "sh", "-c", script, prefix, exe, child, str(ROOT / "src"), *args],
+                         capture_output=True, text=True, timeout=900, cwd="/")
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, res.stdout[-2000:] + res.stderr[-4000:]
-    out = json.loads(lines[0][7:])
+    return json.loads(lines[0][7:])
+
+
+def test_sandbox_works_for_an_unprivileged_user(fixture_dir):
+    out = run_as_nobody(CHILD, str(fixture_dir("build_run_models")), str(fixture_dir("build_escape")))
     assert out["uid"] == 65534
     assert out["y"][0] == pytest.approx([1.7, 1.1], rel=1e-5)
     info = out["info"]

@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
                            ("NoNewPrivs", "no_new_privs"), ("Seccomp", "seccomp mode (2 = filter)")):
             print(f"  {label:28} {st.get(key, '?')}")
         print(f"  {'pid / uid inside':28} {d.probe.get('pid')} / {d.probe.get('uid')}")
+        uid_map = d.probe.get("uid_map") or []
+        print(f"  {'host uid of the worker':28} {uid_map[1] if len(uid_map) > 1 else '?'}")
         print(f"  {'network interfaces':28} {', '.join(d.probe.get('net_interfaces', [])) or 'none'}")
         print(f"  {'filesystem root':28} {' '.join(d.probe.get('root', []))}")
         print(f"  {'sockets':28} " + ", ".join(f"{k} {v}" for k, v in d.probe.get("sockets", {}).items()))

@@ -82,6 +82,19 @@ class WorkerCgroups:
                 return True
         return False
 
+    def cpu_seconds_used(self) -> float | None:
+        """CPU time of every task the cgroup ever held (exited ones included), or None."""
+        if self.version == 1:
+            d = self.dirs.get("cpuacct")
+            raw = _read(os.path.join(d, "cpuacct.usage")).strip() if d else ""
+            return int(raw) / 1e9 if raw.isdigit() else None
+        d = self.dirs.get("memory") or self.dirs.get("pids")
+        for ln in _read(os.path.join(d, "cpu.stat")).splitlines() if d else []:
+            key, _, value = ln.partition(" ")
+            if key == "usage_usec" and value.strip().isdigit():
+                return int(value) / 1e6
+        return None
+
     def pids(self) -> list[int]:
         out: list[int] = []
         for path in self.procs_files:
@@ -139,10 +152,16 @@ def _create_v1(name: str, memory_bytes: int, max_tasks: int, cpus: int | None) -
     ]
     if cpus:
         wanted.append(("cpu", "cpu", [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", str(cpus * 100000))]))
+    if os.path.ismount(os.path.join(V1_ROOT, "cpuacct")) or os.path.islink(os.path.join(V1_ROOT, "cpuacct")):
+        wanted.append(("cpuacct", "cpuacct", []))  # the whole tree's CPU time (the lifetime budget)
     for ctrl, mount, settings in wanted:
         base = os.path.join(V1_ROOT, mount)
         parent = os.path.join(base, own.get(ctrl, "/").lstrip("/"))
         d = os.path.join(parent, name)
+        shared = [k for k, v in cg.dirs.items() if os.path.realpath(v) == os.path.realpath(d)]
+        if shared:  # co-mounted controllers (cpu,cpuacct): one directory
+            cg.dirs[ctrl] = cg.dirs[shared[0]]
+            continue
         try:
             os.mkdir(d)
         except OSError as exc:

@@ -7,12 +7,15 @@ whole worker tree and raises a specific :class:`SandboxError`.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from modelwarden.errors import UsageError
-from modelwarden.sandbox import cgroups, protocol
+from modelwarden.sandbox import cgroups, protocol, snapshot
 from modelwarden.sandbox.errors import (
     ERRORS_BY_CODE, WORKER_REPORTABLE, DeadlineExceeded, InvalidInput, MemoryLimitExceeded, OutputTooLarge,
     ProtocolViolation, SandboxError, SandboxUnavailable, ScanRefused, WorkerCrashed,
@@ -97,52 +100,112 @@ def _signal_name(num: int) -> str:
 
 
 NOBODY = 65534
-MAX_WALK = 20_000
 
 
-def _readable_by_others(path: str) -> bool:
-    """True if every file and directory of ``path`` is readable by any user (bounded walk)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    if not os.path.isdir(path):
-        return bool(st.st_mode & 0o004)
-    if st.st_mode & 0o005 != 0o005:
-        return False
-    seen = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            seen += 1
-            if seen > MAX_WALK:
-                return False
-            try:
-                mode = os.lstat(os.path.join(dirpath, name)).st_mode
-            except OSError:
-                return False
-            if (name in dirnames and mode & 0o005 != 0o005) or (name in filenames and not mode & 0o004
-                                                                and not os.path.islink(os.path.join(dirpath, name))):
-                return False
-    return True
+def identity_for(plan: FsPlan | None = None) -> tuple[int, int] | None:
+    """Host uid/gid the worker's uid 0 maps to when the caller is root: always ``nobody``.
 
-
-def identity_for(plan: FsPlan) -> tuple[int, int] | None:
-    """Host uid/gid the worker's uid 0 maps to, when we are root and can do better than root.
-
-    ``nobody`` when the model (and policy file) are readable by anyone, else the model's owner
-    if that is not root, else ``None`` (the worker stays the caller's uid; see docs/sandbox.md).
+    The worker never runs as host uid 0 (a sysctl write is checked against host uid 0, not
+    capabilities).  Root-private model files still work: the parent opens them with its own
+    credentials and the worker receives a copy (:mod:`snapshot`).  ``None`` for other callers:
+    the worker keeps the caller's (non-root) uid.
     """
-    if os.geteuid() != 0:
+    return (NOBODY, NOBODY) if os.geteuid() == 0 else None
+
+
+def worker_host_uid() -> int:
+    """The host uid every sandboxed worker will have (what ``doctor`` shows)."""
+    ident = identity_for()
+    return ident[0] if ident else os.geteuid()
+
+
+def debug_enabled(value: str | None = None) -> bool:
+    """``MODELWARDEN_SANDBOX_DEBUG``: on unless unset, empty, ``0``, ``false``, ``no`` or ``off``."""
+    value = os.environ.get("MODELWARDEN_SANDBOX_DEBUG") if value is None else value
+    return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _relay_output(stream: Any) -> None:
+    """Copy the worker's debug output to our stderr, one sanitised line at a time."""
+    import sys
+
+    from modelwarden.sanitize import printable
+
+    try:
+        for raw in iter(lambda: stream.readline(8192), b""):
+            sys.stderr.write("[sandbox] " + printable(raw.decode("utf-8", "replace").rstrip("\n")) + "\n")
+    except (OSError, ValueError):
+        pass
+    finally:
+        stream.close()
+
+
+def _copies(plan: FsPlan, backend: Backend) -> list[dict]:
+    """What the worker receives as a private copy (model, policy file) instead of a bind."""
+    if not getattr(backend, "copies_model", False):
+        return []
+    try:
+        return [snapshot.manifest(b.src, b.dst) for b in plan.binds if b.noexec]
+    except (snapshot.SnapshotError, OSError) as exc:
+        raise UsageError(f"cannot read the model to hand it to the sandbox: {exc}") from None
+
+
+CPU_CHECK_S = 1.0  # how often the watchdog counts each worker tree's CPU time
+_LIVE: "weakref.WeakSet[_Worker]" = weakref.WeakSet()
+_watchdog_lock = threading.Lock()
+_watchdog: threading.Thread | None = None
+
+
+def _watch_cpu() -> None:
+    """Kill every worker tree that spent its lifetime CPU budget, called or not (daemon thread)."""
+    while True:
+        time.sleep(CPU_CHECK_S)
+        for worker in list(_LIVE):
+            try:
+                worker.check_cpu()
+            except Exception:  # noqa: BLE001 - the watchdog never dies
+                pass
+
+
+def _track(worker: "_Worker") -> None:
+    global _watchdog
+    _LIVE.add(worker)
+    with _watchdog_lock:
+        if _watchdog is None:
+            _watchdog = threading.Thread(target=_watch_cpu, daemon=True, name="modelwarden-cpu-watchdog")
+            _watchdog.start()
+
+
+@atexit.register
+def _kill_leftover_workers() -> None:
+    """At interpreter exit (after executor threads finished), no worker or cgroup outlives us."""
+    for worker in list(_LIVE):
+        worker.kill()
+
+
+def _stat_fields(pid: str) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
-    user_data = [b.src for b in plan.binds if b.noexec]
-    runtime = [b.src for b in plan.binds if not b.noexec]
-    if all(os.stat(p).st_mode & 0o005 == 0o005 if os.path.isdir(p) else os.stat(p).st_mode & 0o004
-           for p in runtime) and all(_readable_by_others(p) for p in user_data):
-        return NOBODY, NOBODY
-    st = os.stat(plan.host_model)
-    if st.st_uid != 0:
-        return st.st_uid, st.st_gid
-    return None
+
+
+def tree_cpu_seconds(pid_ns: str) -> float:
+    """CPU time (self + reaped children) of every live or zombie process in pid namespace ``pid_ns``."""
+    ticks = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") != pid_ns:
+                continue
+        except OSError:
+            continue
+        fields = _stat_fields(pid)
+        if fields:
+            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _ppid(pid: int) -> int | None:
@@ -161,6 +224,7 @@ class _Worker:
         self.limits = limits
         self.backend = backend
         self.dead = False
+        self._lock = threading.Lock()  # kill() vs the CPU watchdog
         self._pidfd: int | None = None
         self.init_pid: int | None = None
         self.ready_info: dict = {}
@@ -172,7 +236,8 @@ class _Worker:
         self.reader = protocol.FrameReader(parent)
         self._last_call_s = 0.0
         try:
-            spec = LaunchSpec(plan, limits, child.fileno(), runtime, self.cg.procs_files, debug)
+            self.copies = _copies(plan, backend)
+            spec = LaunchSpec(plan, limits, child.fileno(), runtime, self.cg.procs_files, debug, tuple(self.copies))
             try:
                 self.proc: WorkerProcess = backend.start(spec)
             except OSError as exc:
@@ -183,10 +248,28 @@ class _Worker:
             self.cg.remove()
             raise
         child.close()
+        if self.proc.proc.stdout is not None:
+            threading.Thread(target=_relay_output, args=(self.proc.proc.stdout,), daemon=True,
+                             name="modelwarden-sandbox-debug").start()
         self.map_to = identity_for(plan) if backend.name == "namespaces" else None
+        self.cpu_exhausted = False
+        self._pid_ns: str | None = None
+        if backend.name != "unsafe-none":
+            _track(self)
         cfg = self._config(plan, limits, runtime, backend)
         try:
             parent.sendall(encode_config(cfg))
+            if self.map_to:  # B waits for us to map its user namespace before it copies the model
+                header, _ = self._recv(time.monotonic() + limits.load_timeout_s, "sandbox boot", max_body=0)
+                self._check_fatal(header)
+                if header.get("op") != "map":
+                    self._violation("expected the map request")
+                self._map_ids(self.map_to)
+            if backend.boot_frame:  # the built-in backend's boot process copies what we send it
+                snapshot.send(parent, self.copies)
+        except snapshot.SnapshotError as exc:
+            self.kill()
+            raise UsageError(f"cannot hand the model to the sandbox: {exc}") from None
         except OSError as exc:
             self.kill()
             raise SandboxUnavailable(f"sandbox boot failed: {exc}") from None
@@ -210,7 +293,8 @@ class _Worker:
         pkg_host = os.path.dirname(os.path.abspath(modelwarden.__file__))
         return {
             "parent_pid": os.getpid(),
-            "binds": [dataclasses.asdict(b) for b in plan.binds] if sandboxed else [],
+            "binds": [dataclasses.asdict(b) for b in plan.binds if not (self.copies and b.noexec)] if sandboxed else [],
+            "copies": self.copies,
             "symlinks": [list(s) for s in plan.symlinks] if sandboxed else [],
             "namespaces": ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"],
             "limits": {**dataclasses.asdict(limits), "rlimit_as_headroom": limits.as_headroom()},
@@ -226,7 +310,7 @@ class _Worker:
             "seccomp": sandboxed,
             "runtime": runtime,
             "layers": {"backend": backend.name, "cgroups": ",".join(self.cg.controllers) or "none",
-                       "host_uid": (self.map_to or (os.geteuid(), 0))[0],
+                       "host_uid": worker_host_uid() if sandboxed else os.geteuid(),
                        "cgroup_note": self.cg.reason},
         }
 
@@ -248,10 +332,6 @@ class _Worker:
         if getattr(self.backend, "boot_frame", False):
             header, _ = self._recv(deadline, "sandbox boot", max_body=0)
             self._check_fatal(header)
-            if header.get("op") == "map" and self.map_to:
-                self._map_ids(self.map_to)
-                header, _ = self._recv(deadline, "sandbox boot", max_body=0)
-                self._check_fatal(header)
             pid = header.get("pid")
             if header.get("op") != "boot" or type(pid) is not int or pid <= 1:
                 self._violation("bad boot message")
@@ -308,6 +388,9 @@ class _Worker:
 
     def _died(self, what: str) -> None:
         status = self.kill(grace=1.0)
+        if self.cpu_exhausted:
+            raise WorkerCrashed(f"the worker's processes together used up its CPU-time budget of "
+                                f"{self.limits.cpu_seconds}s during or before {what}; it was killed")
         if self.oom:
             raise MemoryLimitExceeded(
                 f"the worker exceeded its memory limit of {self.limits.memory_bytes} bytes during {what} and was killed")
@@ -356,7 +439,54 @@ class _Worker:
             self.kill()  # an allocation failure may leave TF in a bad state
         raise cls(msg or code)
 
+    # -- the whole tree's CPU budget ------------------------------------------------------------------
+
+    def _find_pid_ns(self) -> str | None:
+        """The worker's pid namespace (as /proc/PID/ns/pid reads), found from our own child."""
+        if self.init_pid is not None:
+            candidates = [str(self.init_pid)]
+        else:  # exec-based backends: the sandbox's first process is a child of the one we started
+            me = str(self.proc.proc.pid)
+            candidates = [p for p in os.listdir("/proc") if p.isdigit() and (_stat_fields(p) or ["", ""])[1] == me]
+        mine = os.readlink("/proc/self/ns/pid")
+        for pid in candidates:
+            try:
+                ns = os.readlink(f"/proc/{pid}/ns/pid")
+            except OSError:
+                continue
+            if ns != mine:
+                return ns
+        return None
+
+    def check_cpu(self) -> None:
+        """Kill the tree once all its processes together used more than ``cpu_seconds`` (RLIMIT_CPU is
+        per process: a chain of short-lived burners would never hit it)."""
+        if self.dead or self.cpu_exhausted:
+            return
+        used = self.cg.cpu_seconds_used()
+        if used is None:
+            self._pid_ns = self._pid_ns or self._find_pid_ns()
+            if self._pid_ns is None:
+                return
+            used = tree_cpu_seconds(self._pid_ns)
+        if used > self.limits.cpu_seconds:
+            with self._lock:
+                if self.dead:
+                    return
+                self.cpu_exhausted = True
+                self._sigkill_tree()
+                self.proc.proc.kill()  # the caller's next call (or close) reaps and reports it
+
     # -- teardown ------------------------------------------------------------------------------------
+
+    def _sigkill_tree(self) -> None:
+        """SIGKILL the sandbox's pid 1 (the kernel then kills its pid namespace) and the cgroups' tasks."""
+        if self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+        self.cg.kill_all()
 
     def kill(self, grace: float = 0.0) -> int | None:
         """Kill the whole tree, reap it, remove cgroups.  Returns the host process's exit status.
@@ -364,9 +494,10 @@ class _Worker:
         ``grace``: when the worker already died, give the host process that long to exit by
         itself so its status tells how the worker died.
         """
-        if self.dead:
-            return self._status
-        self.dead = True
+        with self._lock:
+            if self.dead:
+                return self._status
+            self.dead = True
         p = self.proc.proc
         status = None
         if grace:
@@ -375,12 +506,7 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 status = None
         self.oom = self.cg.memory_exhausted()
-        if self._pidfd is not None:
-            try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            except OSError:
-                pass
-        self.cg.kill_all()
+        self._sigkill_tree()
         if status is None:
             p.kill()
             try:
@@ -397,10 +523,12 @@ class _Worker:
             self._pidfd = None
         self.sock.close()
         self.cg.remove()
+        _LIVE.discard(self)
         self._status = status
         return status
 
     oom = False
+    cpu_exhausted = False
     _status: int | None = None
 
 
@@ -480,7 +608,7 @@ class Sandbox:
         self.backend_name = backend
         self.policy = policy
         self.fail_on = fail_on
-        self.debug = bool(os.environ.get("MODELWARDEN_SANDBOX_DEBUG")) if debug is None else debug
+        self.debug = debug_enabled() if debug is None else debug
         self.use_cgroups = use_cgroups  # False: rlimits only (what hosts without delegation get)
         self._worker: _Worker | None = None
         self._model: SandboxedModel | None = None
@@ -500,7 +628,7 @@ class Sandbox:
 
     @property
     def alive(self) -> bool:
-        return self._worker is not None and not self._worker.dead
+        return self._worker is not None and not self._worker.dead and not self._worker.cpu_exhausted
 
     def _require_worker(self) -> _Worker:
         if self._worker is None:

@@ -39,8 +39,16 @@ def _read(path: str) -> str | None:
         return None
 
 
+UNBOUNDED_WITHOUT_CGROUPS = (
+    "without cgroups: memory is RLIMIT_AS per process (each process of the tree gets its own; the model's "
+    "tmpfs copy, /tmp and SysV shared memory are not counted), processes are RLIMIT_NPROC (per uid), "
+    "CPU is RLIMIT_CPU per process plus the parent's count of the whole tree; every tmpfs is sized "
+    "(/tmp by --tmpfs, /dev 64 KiB read-only, the model copy to the model's size)")
+
+
 def diagnose(probe: bool = False) -> Diagnosis:
     from modelwarden.sandbox import cgroups
+    from modelwarden.sandbox.client import worker_host_uid
     from modelwarden.sandbox.bwrap import BwrapBackend
     from modelwarden.sandbox.gvisor import GvisorBackend
     from modelwarden.sandbox.namespaces import NamespacesBackend
@@ -68,19 +76,24 @@ def diagnose(probe: bool = False) -> Diagnosis:
     except OSError as exc:
         add(Check("seccomp-bpf", False, str(exc)))
     add(Check("no_new_privs", True, "prctl(PR_SET_NO_NEW_PRIVS) (Linux >= 3.5)"))
+    host_uid = worker_host_uid()
+    add(Check("worker host uid", host_uid != 0, f"workers run as host uid {host_uid}"
+              + (" (nobody: the caller is root; models are copied in, never read by the worker's uid)"
+                 if os.geteuid() == 0 else " (the caller's own uid)")
+              if host_uid != 0 else "a worker would run as host uid 0: refusing (sysctls would be writable)"))
     cg = cgroups.create(256 << 20, 64, None)
     if cg.dirs:
         add(Check("cgroups", True, f"cgroup v{cg.version} delegated: {', '.join(cg.controllers)}"
                   + (f" ({cg.reason})" if cg.reason else ""), required=False))
     else:
-        add(Check("cgroups", False, (cg.reason or "not delegated")
-                  + "; memory falls back to RLIMIT_AS, processes to RLIMIT_NPROC", required=False))
+        add(Check("cgroups", False, (cg.reason or "not delegated") + "; " + UNBOUNDED_WITHOUT_CGROUPS,
+                  required=False))
     cg.remove()
     for cls in (BwrapBackend, GvisorBackend):
         ok, why = cls.availability()
         add(Check(f"backend {cls.name}", ok, why, required=False))
     for cls in (NamespacesBackend, BwrapBackend, GvisorBackend):
-        if cls.availability()[0]:
+        if cls.availability()[0] and host_uid != 0:
             d.backend = cls.name
             break
     if probe and d.backend:

@@ -19,7 +19,7 @@ MiB = 1 << 20
 SANDBOX_MODEL_DIR = "/model"
 SANDBOX_PKG_DIR = "/opt/modelwarden/pkg"  # parent of the read-only modelwarden package
 SANDBOX_PY_ROOT = "/opt/modelwarden/py"  # Python prefix(es) and site dirs: /opt/modelwarden/py/N
-SANDBOX_POLICY_FILE = "/opt/modelwarden/policy.toml"
+SANDBOX_POLICY_FILE = "/opt/modelwarden/policy/policy.toml"  # its directory is the copy's own tmpfs
 
 
 @dataclass(frozen=True)
@@ -232,13 +232,27 @@ class LaunchSpec:
     runtime_config: dict
     cgroup_procs: tuple[str, ...] = ()  # cgroup.procs files the worker must be placed in
     debug: bool = False
+    copies: tuple[dict, ...] = ()  # model trees the worker receives as descriptors (snapshot.manifest)
+
+
+def worker_output(debug: bool) -> dict:
+    """Popen keywords for the worker's stdout/stderr: nothing, or (debug) one pipe the parent
+    copies to its stderr with control sequences neutralised, never the caller's terminal."""
+    if debug:
+        return {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+    return {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 
 class Backend(ABC):
-    """One isolation mechanism.  ``start`` launches a worker that speaks :mod:`protocol`."""
+    """One isolation mechanism.  ``start`` launches a worker that speaks :mod:`protocol`.
+
+    ``copies_model``: the worker receives the model (and policy file) as descriptors and copies
+    them into its own tmpfs (:mod:`snapshot`) instead of binding the host paths.
+    """
 
     name: str = ""
     description: str = ""
+    copies_model: bool = False
 
     @classmethod
     @abstractmethod

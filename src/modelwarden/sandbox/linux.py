@@ -167,3 +167,28 @@ def status_fields(*names: str) -> dict[str, str]:
     except OSError:
         pass
     return out
+
+
+def assert_not_host_root() -> None:
+    """Refuse to go on if any uid of our user namespace maps to host uid 0."""
+    with open("/proc/self/uid_map") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) == 3 and fields[1] == "0":
+                raise PermissionError("the sandbox's user namespace maps host uid 0; refusing to run a worker as host root")
+
+
+def blank_cmdline(title: bytes = b"modelwarden-worker") -> None:
+    """Overwrite this process's argv and environ blocks (what /proc/PID/cmdline and environ show).
+
+    The interpreter copied both at start-up; the original blocks are no longer read.
+    """
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    # fields after the command: state is index 0, arg_start..env_end are stat fields 48..51
+    arg_start, arg_end, env_start, env_end = (int(x) for x in fields[45:49])
+    for start, end in ((arg_start, arg_end), (env_start, env_end)):
+        if 0 < start < end:
+            ctypes.memset(start, 0, end - start)
+    if arg_end - arg_start > len(title):
+        ctypes.memmove(arg_start, title, len(title))

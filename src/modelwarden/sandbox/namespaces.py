@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from modelwarden.sandbox.interface import Backend, LaunchSpec, WorkerProcess
+from modelwarden.sandbox.interface import Backend, LaunchSpec, WorkerProcess, worker_output
 
 NAMESPACES = ("user", "mount", "pid", "network", "ipc", "uts", "cgroup")
 
@@ -30,13 +30,27 @@ def boot_env() -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "MALLOC_ARENA_MAX": "2"}
 
 
-def popen_python(code: str, spec: LaunchSpec, argv0: list[str] | None = None) -> subprocess.Popen:
-    out = None if spec.debug else subprocess.DEVNULL
-    return subprocess.Popen(
-        [*(argv0 or []), sys.executable, "-I", "-S", "-c", code],
-        pass_fds=(spec.channel_fd,), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-        env=boot_env(), close_fds=True, cwd="/",
-    )
+def popen_python(entry: str, spec: LaunchSpec) -> subprocess.Popen:
+    """``python -I -S`` running ``nsinit.<entry>(channel_fd)`` in a new session.
+
+    The package's host path arrives on a pipe, not in the command line, which the sandbox's
+    pid 1 shows as ``/proc/1/cmdline`` (it would reveal the checkout's location).
+    """
+    r, w = os.pipe()
+    try:
+        os.write(w, package_parent().encode())
+    finally:
+        os.close(w)
+    code = (f"import os, sys; sys.path.insert(0, os.read({r}, 65536).decode()); os.close({r}); "
+            f"from modelwarden.sandbox.nsinit import {entry}; {entry}({spec.channel_fd})")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", code],
+            pass_fds=(spec.channel_fd, r), stdin=subprocess.DEVNULL, **worker_output(spec.debug),
+            env=boot_env(), close_fds=True, cwd="/", start_new_session=True,
+        )
+    finally:
+        os.close(r)
 
 
 _PROBE = """
@@ -80,15 +94,14 @@ class NamespacesBackend(Backend):
     name = "namespaces"
     description = "built-in: Linux namespaces + pivot_root + seccomp-bpf (no extra binaries)"
     boot_frame = True
+    copies_model = True
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
         return probe_namespaces()
 
     def start(self, spec: LaunchSpec) -> WorkerProcess:
-        code = (f"import sys; sys.path.insert(0, {package_parent()!r}); "
-                f"from modelwarden.sandbox.nsinit import boot_main; boot_main({spec.channel_fd})")
-        proc = popen_python(code, spec)
+        proc = popen_python("boot_main", spec)
         try:
             for path in spec.cgroup_procs:  # before the config arrives, so nothing is forked outside
                 with open(path, "w") as f:

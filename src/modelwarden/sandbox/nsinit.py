@@ -12,7 +12,12 @@ Process tree of the built-in backend::
                                                rlimits, caps, no_new_privs, seccomp, then runtime)
 
 B only reports D's pid and waits for it; D dies with B (PDEATHSIG) and every
-process D's code forks dies with D (pid namespace).
+process D's code forks dies with D (pid namespace).  B and D each lead their own
+session (no controlling terminal; ``kill(0, ...)`` inside reaches only D's group).
+
+A root caller's B is mapped to host ``nobody`` by the parent: nothing in the sandbox is
+ever host uid 0.  The model arrives as open descriptors (see :mod:`snapshot`) and is
+copied into a tmpfs of its own size, read-only before D starts.
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ import signal
 import struct
 import sys
 
-from modelwarden.sandbox import linux, seccomp  # both stdlib-only: safe to import before pivot_root
+from modelwarden.sandbox import linux, seccomp, snapshot  # stdlib-only: safe to import before pivot_root
+
+# /proc entries no worker may write, whatever its uid (read-only binds over themselves).
+PROC_COVER = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "tty", "driver", "sysvipc")
+_COPIES = "/tmp"  # B's private mount namespace: one tmpfs per copied model tree, under a small tmpfs
 
 # Same framing as protocol.py (which needs numpy, so it cannot be imported before pivot_root).
 MAGIC = 0x4D574631
@@ -114,6 +123,9 @@ def boot_main(fd: int) -> None:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)  # inside 0 = the unprivileged host uid from now on
             linux.prctl(linux.PR_SET_DUMPABLE, 1)
+        linux.assert_not_host_root()
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        sources.update(_receive_copies(fd, cfg.get("copies") or []))
         r, w = os.pipe()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
         _fatal(fd, "boot", exc)
@@ -188,21 +200,63 @@ def _mountpoint(path: str, like_dir: bool) -> None:
             pass
 
 
+def _receive_copies(fd: int, copies: list[dict]) -> dict[str, int]:
+    """B: copy each model tree sent by the parent into its own read-only tmpfs; O_PATH fds by root."""
+    out: dict[str, int] = {}
+    if not copies:
+        return out
+    flags = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+    linux.mount("tmpfs", _COPIES, "tmpfs", flags, "size=64k,mode=0755")
+    for i, copy in enumerate(copies):
+        dest = f"{_COPIES}/{i}"
+        os.mkdir(dest)
+        linux.mount("tmpfs", dest, "tmpfs", flags,
+                    f"size={int(copy['tmpfs_bytes'])},nr_inodes={len(copy['files']) + len(copy['dirs']) + 16},mode=0755")
+        snapshot.receive(fd, copy, dest)
+        linux.mount(None, dest, None, linux.MS_REMOUNT | linux.MS_RDONLY | flags)
+        out[copy["root"]] = os.open(dest, os.O_PATH | os.O_CLOEXEC)
+    return out
+
+
+def _cover_proc(proc: str) -> None:
+    """Read-only binds over the /proc entries that write host-wide state (sysctls, sysrq, irq...)."""
+    for name in PROC_COVER:
+        path = f"{proc}/{name}"
+        if os.path.lexists(path):
+            linux.mount(path, path, None, linux.MS_BIND)
+            linux.mount(None, path, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_NOSUID
+                        | linux.MS_NODEV | linux.MS_NOEXEC)
+
+
+def _no_sysv_shm(proc: str) -> None:
+    """No SysV shared memory segments in our IPC namespace: a detached segment is memory that
+    RLIMIT_AS does not count (best effort: kernels that refuse the write keep their default)."""
+    try:
+        with open(f"{proc}/sys/kernel/shmmni", "w") as f:
+            f.write("0")
+    except OSError:
+        pass
+
+
 def init_main(fd: int, cfg: dict, sources: dict[str, int]) -> None:
     """D: build the filesystem view, pivot into it, harden, run the runtime."""
+    os.setsid()  # its own session and process group: kill(0, ...) stays inside
+    linux.blank_cmdline()  # /proc/1/cmdline and environ inside would show host paths
     lim = cfg["limits"]
     root = _STAGING
-    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     linux.mount("tmpfs", root, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "size=4m,mode=0755")
     for b in cfg["binds"]:
         target = root + b["dst"]
         is_dir = os.path.isdir(f"/proc/self/fd/{sources[b['dst']]}")
         _mountpoint(target, is_dir)
         _bind(sources[b["dst"]], target, readonly=True, noexec=b.get("noexec", False))
+    for copy in cfg.get("copies") or []:
+        _mountpoint(root + copy["root"], True)
+        _bind(sources[copy["root"]], root + copy["root"], readonly=True, noexec=True)
     for link, dest in cfg["symlinks"]:
         os.makedirs(os.path.dirname(root + link), exist_ok=True)
         os.symlink(dest, root + link)
-    # /dev: four character devices on a tiny tmpfs
+    # /dev: four character devices on a tiny read-only tmpfs
     os.mkdir(root + "/dev")
     linux.mount("tmpfs", root + "/dev", "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "size=64k,mode=0755")
     for dev in ("null", "zero", "random", "urandom"):
@@ -211,11 +265,14 @@ def init_main(fd: int, cfg: dict, sources: dict[str, int]) -> None:
     for name, dest in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                        ("stderr", "/proc/self/fd/2")):
         os.symlink(dest, root + f"/dev/{name}")
+    linux.mount(None, root + "/dev", None, linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NOEXEC)
     os.mkdir(root + "/tmp")
     linux.mount("tmpfs", root + "/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
                 f"size={int(lim['tmpfs_bytes'])},mode=1777")
     os.mkdir(root + "/proc")
     linux.mount("proc", root + "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    _no_sysv_shm(root + "/proc")
+    _cover_proc(root + "/proc")
     for src_fd in sources.values():
         os.close(src_fd)
     os.chdir(root)
@@ -281,6 +338,7 @@ def harden_and_run(fd: int, cfg: dict) -> None:
                   pids_by_cgroup=cfg.get("pids_by_cgroup", False))
     linux.close_fds_except({0, 1, 2, fd})
     if cfg.get("drop_caps", True):
+        linux.assert_not_host_root()
         linux.drop_all_capabilities()
     linux.set_no_new_privs()
     seccomp_summary = None

@@ -7,7 +7,7 @@ Only reachable through ``--unsafe-no-sandbox-run-untrusted-code`` /
 from __future__ import annotations
 
 from modelwarden.sandbox.interface import Backend, LaunchSpec, WorkerProcess
-from modelwarden.sandbox.namespaces import package_parent, popen_python
+from modelwarden.sandbox.namespaces import popen_python
 
 
 class UnsandboxedBackend(Backend):
@@ -20,9 +20,7 @@ class UnsandboxedBackend(Backend):
         return True, "always (and never safe)"
 
     def start(self, spec: LaunchSpec) -> WorkerProcess:
-        code = (f"import sys; sys.path.insert(0, {package_parent()!r}); "
-                f"from modelwarden.sandbox.nsinit import exec_main; exec_main({spec.channel_fd})")
-        proc = popen_python(code, spec)
+        proc = popen_python("exec_main", spec)
         for path in spec.cgroup_procs:
             with open(path, "w") as f:
                 f.write(str(proc.pid))

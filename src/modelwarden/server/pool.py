@@ -75,6 +75,9 @@ class WorkerPool:
         except BaseException:
             sb.close()
             raise
+        if self._closed:  # stopped while this replacement started: nobody will ever _add() it
+            sb.close()
+            raise RuntimeError(f"pool {self.label} closed while a worker started")
         return Worker(sb, model)
 
     async def start(self) -> None:
