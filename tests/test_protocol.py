@@ -204,10 +204,23 @@ def test_check_inputs_string_versus_numeric():
     ([{"name": "a", "dtype": "uint8", "shape": [1]}, {"name": "a", "dtype": "uint8", "shape": [1]}],
      b"\0" * 65, "duplicate"),
     ([{"name": "a", "dtype": "float64", "shape": [1 << 20, 1 << 20]}], b"", "above the limit"),
+    # zero-size tensors: no bytes on the wire, but tolist()/formatting would walk every slot
+    ([{"name": "a", "dtype": "float32", "shape": [1 << 24, 0]}], b"", "zero-size shape"),
+    ([{"name": "a", "dtype": "float32", "shape": [1 << 40, 1 << 40, 0]}], b"", "zero-size shape"),
+    ([{"name": "a", "dtype": "float32", "shape": [0, 1 << 40, 1 << 40]}], b"", "zero-size shape"),
+    ([{"name": "a", "dtype": "string", "shape": [1 << 24, 0]}], b"", "zero-size shape"),
+    ([{"name": f"t{i}", "dtype": "bool", "shape": [1 << 12, 0]} for i in range(300)], b"", "zero-size shape"),
 ])
 def test_decode_rejects_hostile_blocks(entries, body, match):
     with pytest.raises(FrameError, match=match):
         decode_tensors(entries, body, max_bytes=1 << 30)
+
+
+def test_zero_size_tensors_within_the_budget_decode():
+    out = decode_tensors([{"name": "a", "dtype": "float32", "shape": [1, 0, 4]},
+                          {"name": "b", "dtype": "string", "shape": [3, 0]}], b"", max_bytes=1 << 20)
+    assert out["a"].shape == (1, 0, 4) and out["b"].shape == (3, 0)
+    assert protocol.extent((1 << 24, 0)) == 1 << 24 and protocol.extent(()) == 1
 
 
 def test_decode_rejects_too_many_tensors():
@@ -288,6 +301,64 @@ def test_specs_from_json_validates_worker_reports():
                 [{"name": "x", "dtype": "float32", "shape": None}] * 2):
         with pytest.raises(FrameError):
             specs_from_json(bad, "inputs")
+
+
+@pytest.mark.parametrize("dtype", ["(8192,8192)f8", "f8", "<f4", "object", "V8", "float32 ", "", "S10", 7])
+def test_specs_take_dtypes_only_from_the_protocols_list(dtype):
+    with pytest.raises(FrameError, match="protocol's dtypes"):
+        specs_from_json([{"name": "x", "dtype": dtype, "shape": [1]}], "inputs")
+
+
+def test_spec_dtype_names_stay_in_the_list():
+    import ml_dtypes
+
+    assert specs_from_json([{"name": "x", "dtype": "bfloat16", "shape": None}], "inputs")["x"].dtype == "bfloat16"
+    assert protocol.spec_dtype_name(np.dtype(ml_dtypes.bfloat16)) == "bfloat16"
+    assert protocol.spec_dtype_name(np.dtype([("qint8", "i1")])) == "unknown"
+    assert protocol.spec_dtype_name(np.dtype(object)) == "string"
+    assert protocol.spec_dtype_name(np.dtype("float32")) == "float32"
+
+
+def test_check_outputs_against_the_signature():
+    specs = {"y": TensorSpec("y", "float32", (None, 2)), "u": TensorSpec("u", "unknown", None)}
+    ok = {"y": np.zeros((3, 2), np.float32), "u": np.zeros(1, np.int8)}
+    assert protocol.check_outputs(ok, specs) is None
+    assert "returned outputs" in protocol.check_outputs({"y": ok["y"]}, specs)
+    assert "as float64" in protocol.check_outputs({**ok, "y": np.zeros((3, 2))}, specs)
+    assert "shape [3, 3]" in protocol.check_outputs({**ok, "y": np.zeros((3, 3), np.float32)}, specs)
+    assert "shape [4194304, 0]" in protocol.check_outputs({**ok, "y": np.zeros((1 << 22, 0), np.float32)}, specs)
+
+
+def test_recv_grows_the_buffer_as_bytes_arrive(recv):
+    """A header announcing a 256 MiB body followed by silence allocates about 1 MiB, not 256."""
+    import tracemalloc
+
+    a, b = _pair()
+    try:
+        a.sendall(PREFIX.pack(MAGIC, 2, 256 << 20) + b"{}" + b"x" * 1000)
+        tracemalloc.start()
+        try:
+            with pytest.raises(FrameTimeout):
+                recv(b, max_body=256 << 20, deadline=time.monotonic() + 0.3)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 << 20, peak
+    finally:
+        a.close(), b.close()
+
+
+def test_large_bodies_still_arrive_whole(recv):
+    a, b = _pair()
+    payload = bytes(range(256)) * (12 << 12)  # 12 MiB: several doublings
+    try:
+        t = threading.Thread(target=_raw_send, args=(a, MAGIC, b"{}", len(payload), payload))
+        t.start()
+        _, body = recv(b, max_body=1 << 30, deadline=time.monotonic() + 20)
+        t.join()
+        assert bytes(body) == payload
+    finally:
+        a.close(), b.close()
 
 
 def test_check_inputs_names_dtype_shape():

@@ -37,9 +37,20 @@ def frame(header, body=b"", hlen=None, blen=None, magic=MAGIC):
     h = header if isinstance(header, bytes) else json.dumps(header).encode()
     s.sendall(struct.pack(">IIQ", magic, len(h) if hlen is None else hlen, len(body) if blen is None else blen) + h + body)
 frame({"op": "ready", "ok": True})
+SIG = {"inputs": [{"name": "x", "dtype": "float32", "shape": [1]}], "outputs": [{"name": "y", "dtype": "float32", "shape": [1]}]}
 while True:
-    _, hl, bl = struct.unpack(">IIQ", read_exact(16)); read_exact(hl); read_exact(bl)   # a request
-    if mode == "huge_body":
+    _, hl, bl = struct.unpack(">IIQ", read_exact(16)); req = json.loads(read_exact(hl)); read_exact(bl)   # a request
+    if req.get("op") == "load":
+        if mode == "forged_dtype":
+            SIG["inputs"][0]["dtype"] = "(8192,8192)f8"
+        elif mode == "forged_shape_type":
+            SIG["outputs"][0]["shape"] = [[1]]
+        elif mode == "forged_sig_name":
+            frame({"ok": True, "signatures": {"a" * 1000: SIG}}); continue
+        elif mode == "forged_sig_table":
+            frame({"ok": True, "signatures": [SIG]}); continue
+        frame({"ok": True, "kind": "saved_model", "signatures": {"serving_default": SIG}})
+    elif mode == "huge_body":
         frame({"ok": True, "tensors": []}, blen=1 << 40)
     elif mode == "bad_magic":
         frame({"ok": True}, magic=0x41414141)
@@ -66,6 +77,19 @@ while True:
               struct.pack("<Q", (1 << 64) - 1) + b"abc")
     elif mode == "string_for_float":
         frame({"ok": True, "tensors": [{"name": "y", "dtype": "string", "shape": [1]}]}, struct.pack("<Q", 1) + b"a")
+    elif mode == "zero_size_huge":
+        frame({"ok": True, "tensors": [{"name": "y", "dtype": "float32", "shape": [1 << 24, 0]}]})
+    elif mode == "zero_size_overflow":
+        frame({"ok": True, "tensors": [{"name": "y", "dtype": "float32", "shape": [1 << 40, 1 << 40, 0]}]})
+    elif mode == "wrong_shape":
+        frame({"ok": True, "tensors": [{"name": "y", "dtype": "float32", "shape": [2]}]}, b"\0" * 8)
+    elif mode == "wrong_rank_empty":
+        frame({"ok": True, "tensors": [{"name": "y", "dtype": "float32", "shape": [1, 0]}]})
+    elif mode == "tensors_not_list":
+        frame({"ok": True, "tensors": {"y": 1}})
+    elif mode == "announce_then_stall":
+        s.sendall(struct.pack(">IIQ", MAGIC, 2, 1 << 20) + b"{}")
+        time.sleep(60)
     elif mode == "half_frame":
         s.sendall(struct.pack(">IIQ", MAGIC, 100, 0) + b"{")
         time.sleep(60)
@@ -132,6 +156,12 @@ def test_the_fake_worker_works_when_honest(tmp_path):
     ("string_huge_count", ProtocolViolation, "past the end"),
     ("string_bad_length", ProtocolViolation, "past the end"),
     ("string_for_float", ProtocolViolation, "as string, the signature declares float32"),
+    ("zero_size_huge", ProtocolViolation, "zero-size shape"),
+    ("zero_size_overflow", ProtocolViolation, "zero-size shape"),
+    ("wrong_shape", ProtocolViolation, r"shape \[2\], the signature declares y: float32\[1\]"),
+    ("wrong_rank_empty", ProtocolViolation, r"shape \[1, 0\]"),
+    ("tensors_not_list", ProtocolViolation, "must be a list"),
+    ("announce_then_stall", DeadlineExceeded, "deadline"),
     ("half_frame", DeadlineExceeded, "deadline"),
     ("stall", DeadlineExceeded, "deadline"),
     ("crash", WorkerCrashed, "SIGSEGV"),
@@ -146,3 +176,33 @@ def test_hostile_replies_end_in_a_specific_error_and_a_dead_worker(tmp_path, mod
     assert worker.dead and worker.proc.proc.poll() is not None
     with pytest.raises(WorkerCrashed, match="no longer running"):
         model.predict(X)
+
+
+@pytest.mark.parametrize("mode, match", [
+    ("forged_dtype", "protocol's dtypes"),
+    ("forged_shape_type", "bad shape"),
+    ("forged_sig_name", "bad signature entry"),
+    ("forged_sig_table", "bad signature table"),
+])
+def test_forged_load_replies_are_protocol_violations(tmp_path, monkeypatch, mode, match):
+    """The signature table comes from the worker: a dtype such as "(8192,8192)f8" is never parsed."""
+    from modelwarden.sandbox import client
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "saved_model.pb").write_bytes(b"")
+    monkeypatch.setattr(client, "get_backend", lambda name: FakeBackend(mode))
+    sb = Sandbox(SandboxLimits(timeout_s=2.0), use_cgroups=False)
+    with pytest.raises(ProtocolViolation, match=match):
+        sb.load(tmp_path / "m", scan=False)
+    assert sb._worker is not None and sb._worker.dead and sb._worker.proc.proc.poll() is not None
+
+
+def test_the_fake_worker_loads_when_honest(tmp_path, monkeypatch):
+    from modelwarden.sandbox import client
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "saved_model.pb").write_bytes(b"")
+    monkeypatch.setattr(client, "get_backend", lambda name: FakeBackend("ok"))
+    with Sandbox(SandboxLimits(timeout_s=2.0), use_cgroups=False) as sb:
+        model = sb.load(tmp_path / "m", scan=False)
+        assert model.predict(X)["y"].tolist() == [1.0]

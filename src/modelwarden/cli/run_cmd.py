@@ -103,6 +103,7 @@ def _convert(name: str, value: Any, dtype: str) -> Any:
     """A JSON value as an array of the signature's dtype, refusing lossy or ragged conversions."""
     import numpy as np
 
+    from modelwarden.sandbox import protocol
     from modelwarden.sandbox.errors import InvalidInput
 
     try:
@@ -111,25 +112,14 @@ def _convert(name: str, value: Any, dtype: str) -> Any:
         raise InvalidInput(f"input {name!r}: not a rectangular array ({exc})") from None
     if raw.dtype.kind not in "biuf":
         raise InvalidInput(f"input {name!r}: JSON values must be numbers or booleans (got {raw.dtype})")
-    try:
-        target = np.dtype(dtype)
-    except TypeError:
-        raise InvalidInput(f"input {name!r}: the signature's dtype {dtype!r} cannot be given as JSON") from None
+    target = protocol.DTYPES.get(dtype)  # the protocol's own list: a worker-reported name is never parsed
+    if target is None:
+        raise InvalidInput(f"input {name!r}: the signature's dtype {dtype!r} cannot be given as JSON")
     if target.kind in "iu" and raw.dtype.kind == "f" and not np.all(np.mod(raw, 1) == 0):
         raise InvalidInput(f"input {name!r}: {dtype} expects integers")
     if target.kind in "iu" and raw.size and (raw.min() < np.iinfo(target).min or raw.max() > np.iinfo(target).max):
         raise InvalidInput(f"input {name!r}: values out of range for {dtype}")
     return raw.astype(target)
-
-
-def _jsonable(arr: Any) -> Any:
-    import numpy as np
-
-    if arr.dtype.kind == "c":
-        return {"real": arr.real.tolist(), "imag": arr.imag.tolist()}
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        return np.where(np.isfinite(arr), arr, None).tolist() if arr.ndim else None
-    return arr.tolist()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,9 +152,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output and args.output.endswith(".npz"):
         np.savez(args.output, **outputs)
         return 0
-    text = json.dumps({k: _jsonable(v) for k, v in outputs.items()})
+    from modelwarden.cli.tensor_json import write_outputs
+
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        with open(args.output, "w") as f:
+            write_outputs(outputs, f)
     else:
-        print(text)
+        write_outputs(outputs, sys.stdout)
     return 0

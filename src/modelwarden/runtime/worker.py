@@ -100,8 +100,7 @@ def _spec(name: str, dtype: Any, shape: Any) -> dict:
     if dtype is None:
         dname = "unknown"
     else:
-        dt = np.dtype(dtype)
-        dname = protocol.STRING if dt.kind in "OSU" else str(dt.name)  # tf.string's numpy dtype is object
+        dname = protocol.spec_dtype_name(np.dtype(dtype))  # tf.string's numpy dtype is object
     return {"name": str(name), "dtype": dname, "shape": dims}
 
 

@@ -384,6 +384,8 @@ class _Worker:
             if "body of" in str(exc) and max_body:
                 raise OutputTooLarge(f"the model's output exceeds the limit of {max_body} bytes; the worker was killed") from None
             raise ProtocolViolation(f"the worker sent a malformed frame ({exc}); it was killed") from None
+        except protocol.DECODE_ERRORS as exc:
+            self._violation(f"undecodable frame: {type(exc).__name__}")
         raise AssertionError("unreachable")
 
     def _died(self, what: str) -> None:
@@ -571,22 +573,15 @@ class SandboxedModel:
                                      timeout or lim.timeout_s, f"predict({sig.name})", lim.max_output_bytes)
         try:
             out = protocol.decode_tensors(reply.get("tensors"), body, max_bytes=lim.max_output_bytes)
-        except protocol.FrameError as exc:
+            problem = protocol.check_outputs(out, sig.outputs)
+        except (protocol.FrameError, *protocol.DECODE_ERRORS) as exc:
             worker.kill()
-            raise ProtocolViolation(f"the worker sent invalid outputs ({exc}); it was killed") from None
+            raise ProtocolViolation(f"the worker sent invalid outputs ({str(exc)[:300]}); it was killed") from None
+        if problem:
+            worker.kill()
+            raise ProtocolViolation(f"the worker {problem}; it was killed")
         run_us = reply.get("run_us")
         self.last_run_us = run_us if type(run_us) is int else None  # worker-reported compute time (bench)
-        expected = set(sig.outputs)
-        if expected and set(out) != expected:
-            worker.kill()
-            raise ProtocolViolation(f"the worker returned outputs {sorted(out)[:20]}, the signature declares {sorted(expected)[:20]}")
-        for name, arr in out.items():
-            spec = sig.outputs.get(name)
-            known = spec is not None and (spec.dtype in protocol.DTYPES or spec.dtype == protocol.STRING)
-            if known and protocol.dtype_name(arr) != spec.dtype:
-                worker.kill()
-                raise ProtocolViolation(f"the worker returned {name!r} as {protocol.dtype_name(arr)}, "
-                                        f"the signature declares {spec.dtype}")
         return out
 
 
@@ -688,8 +683,8 @@ class Sandbox:
                     raise protocol.FrameError("bad signature entry")
                 signatures[name] = Signature(name, protocol.specs_from_json(sig.get("inputs"), "inputs"),
                                              protocol.specs_from_json(sig.get("outputs"), "outputs"))
-        except protocol.FrameError as exc:
-            worker._violation(str(exc))
+        except (protocol.FrameError, *protocol.DECODE_ERRORS) as exc:
+            worker._violation(str(exc)[:300])
         self._model = SandboxedModel(self, kind, signatures)
         return self._model
 

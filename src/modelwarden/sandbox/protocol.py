@@ -9,8 +9,10 @@ object arrays of ``bytes``) are one block: ``count`` little-endian uint64 elemen
 lengths, then the concatenated element bytes (``count`` = product of the shape).
 
 Everything the worker sends is hostile: :func:`recv_frame` bounds every size
-before allocating and :func:`decode_tensors` checks names, dtypes, shapes,
-counts and the exact byte layout against the body.
+before allocating (and grows large buffers only as bytes arrive), :func:`decode_tensors`
+checks names, dtypes, shapes, counts and the exact byte layout against the body, and
+charges zero-size tensors for the nested structure their shape describes (``[2**24, 0]``
+holds no bytes but would build 16 million Python lists in ``tolist()``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ MAX_RANK = 32
 MAX_NAME_CHARS = 256
 MAX_DIM = 1 << 40
 
+EMPTY_SLOT_BYTES = 64  # charged per slot of a zero-size tensor's shape (an empty Python list is 56 bytes + a pointer)
+MAX_EMPTY_SLOTS = 1 << 20  # and at most this many such slots per frame, whatever the output limit
+GROW_FROM = 1 << 20  # receive buffers above this grow as bytes arrive (doubling), never up front
+
 STRING = "string"  # DT_STRING: numpy object arrays of bytes; see encode/decode_tensors
 LENGTH = np.dtype("<u8")  # element length prefix of string tensors
 
@@ -45,6 +51,19 @@ DTYPES: dict[str, np.dtype] = {
         "float16", "float32", "float64", "complex64", "complex128",
     )
 }
+
+# dtype names a signature may report that cannot cross the boundary (TensorFlow and ml_dtypes
+# names); every other name a worker sends is a protocol violation, never parsed by numpy.
+UNCROSSABLE = frozenset({
+    "unknown", "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz", "float8_e5m2",
+    "float8_e5m2fnuz", "int2", "uint2", "int4", "uint4", "qint8", "quint8", "qint16", "quint16", "qint32",
+    "resource", "variant",
+})
+SPEC_DTYPES = frozenset(DTYPES) | {STRING} | UNCROSSABLE
+
+# What decoding hostile bytes may raise besides FrameError: all mean "the peer broke the protocol".
+DECODE_ERRORS = (ValueError, OverflowError, TypeError, KeyError, IndexError, AttributeError, MemoryError,
+                 RecursionError, UnicodeError)
 
 
 class FrameError(Exception):
@@ -82,6 +101,25 @@ def _aligned(n: int) -> int:
 def dtype_name(arr: np.ndarray) -> str:
     """``arr``'s dtype as the signatures name it: ``"string"`` for object/bytes/str arrays."""
     return STRING if arr.dtype.kind in "OSU" else arr.dtype.name
+
+
+def spec_dtype_name(dtype: np.dtype) -> str:
+    """The protocol's name for a signature dtype: one of :data:`SPEC_DTYPES` (``"unknown"`` otherwise)."""
+    if dtype.kind in "OSU":
+        return STRING
+    return dtype.name if dtype.name in SPEC_DTYPES else "unknown"
+
+
+def extent(shape: Sequence[int]) -> int:
+    """Slots a shape describes, zero dimensions counted as 1 (what nested-list formatting walks)."""
+    return math.prod(d or 1 for d in shape)
+
+
+def shape_fits(spec_shape: tuple[int | None, ...] | None, shape: Sequence[int]) -> bool:
+    """``shape`` matches a spec shape (``None``: any rank; ``None`` dimensions: any size)."""
+    if spec_shape is None:
+        return True
+    return len(shape) == len(spec_shape) and all(d is None or d == a for d, a in zip(spec_shape, shape))
 
 
 def wire_dtype(arr: np.ndarray) -> str:
@@ -178,7 +216,8 @@ def decode_tensors(entries: object, body: bytes | bytearray | memoryview, *, max
 
     Rejects: non-list entries, more than MAX_TENSORS, bad/duplicate names, unknown dtypes,
     negative/huge dimensions, a layout that does not exactly cover ``body`` and totals above
-    ``max_bytes``.  String tensors: the length block must fit in the body before it is read,
+    ``max_bytes`` (a zero-size tensor counts EMPTY_SLOT_BYTES per slot of its :func:`extent`, and
+    zero-size tensors may describe MAX_EMPTY_SLOTS slots in all).  String tensors: the length block must fit in the body before it is read,
     every length must fit in the rest of the body, and the lengths must sum exactly to the
     bytes taken (string tensors are copied into ``bytes`` objects, bounded by the body size).
     """
@@ -190,11 +229,18 @@ def decode_tensors(entries: object, body: bytes | bytearray | memoryview, *, max
     out: dict[str, np.ndarray] = {}
     offset = 0
     total = 0
+    slots = 0
     for i, entry in enumerate(entries):
         name, dtype, shape = _check_spec_entry(entry, i)
         if name in out:
             raise FrameError(f"duplicate tensor name {name!r}")
         count = math.prod(shape)
+        if not count and shape:  # zero bytes on the wire, but formatting walks every other dimension
+            slots += extent(shape)
+            total += extent(shape) * EMPTY_SLOT_BYTES
+            if total > max_bytes or slots > MAX_EMPTY_SLOTS:
+                raise FrameError(f"tensor {name!r}: zero-size shape {list(shape)[:8]} describes "
+                                 f"{extent(shape)} slots, above the output limit")
         if dtype is None:
             out[name], offset, total = _decode_strings(name, shape, count, view, offset, total, max_bytes)
             continue
@@ -340,27 +386,36 @@ class FrameReader:
             raise ChannelClosed("channel closed" + (" mid-frame" if self._end > self._start else ""))
         self._end += k
 
+    def _recv_direct(self, out: bytearray, got: int, n: int, deadline: float | None, mid: bool) -> int:
+        """Receive up to ``n - got`` bytes straight into ``out[got:]`` (grown as needed); bytes read."""
+        _room(out, got + min(n - got, self.CHUNK), n)
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FrameTimeout("deadline passed while waiting for the worker")
+            self.sock.settimeout(remaining)
+        try:
+            k = self.sock.recv_into(memoryview(out)[got:], min(n, len(out)) - got)
+        except socket.timeout:
+            raise FrameTimeout("deadline passed while waiting for the worker") from None
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise ChannelClosed(f"channel reset: {exc}") from None
+        if k == 0:
+            raise ChannelClosed("channel closed" + (" mid-frame" if got or mid else ""))
+        return k
+
     def _take(self, n: int, deadline: float | None, spin_s: float, mid: bool = False) -> bytearray:
-        """Exactly ``n`` bytes (``n`` already bounded by the caller); ``mid``: inside a frame."""
-        out = bytearray(n)
+        """Exactly ``n`` bytes (``n`` already bounded by the caller); ``mid``: inside a frame.
+
+        The buffer starts at GROW_FROM bytes at most and doubles as bytes arrive, so a peer
+        announcing a large frame and sending nothing costs nothing.
+        """
+        out = bytearray(min(n, GROW_FROM))
         got = 0
         while got < n:
             if self._start == self._end:
                 if n - got >= self.CHUNK:  # large body: read straight into place
-                    if deadline is not None:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise FrameTimeout("deadline passed while waiting for the worker")
-                        self.sock.settimeout(remaining)
-                    try:
-                        k = self.sock.recv_into(memoryview(out)[got:], n - got)
-                    except socket.timeout:
-                        raise FrameTimeout("deadline passed while waiting for the worker") from None
-                    except (ConnectionResetError, BrokenPipeError) as exc:
-                        raise ChannelClosed(f"channel reset: {exc}") from None
-                    if k == 0:
-                        raise ChannelClosed("channel closed mid-frame")
-                    got += k
+                    got += self._recv_direct(out, got, n, deadline, True)
                     continue
                 try:
                     self._fill(deadline, spin_s)
@@ -369,6 +424,7 @@ class FrameReader:
                         raise ChannelClosed("channel closed mid-frame") from None
                     raise
             k = min(n - got, self._end - self._start)
+            _room(out, got + k, n)
             out[got:got + k] = self._view[self._start:self._start + k]
             self._start += k
             got += k
@@ -413,25 +469,17 @@ class _SingleReader(FrameReader):
         raise AssertionError("unused")
 
     def _take(self, n: int, deadline: float | None, spin_s: float, mid: bool = False) -> bytearray:
-        out = bytearray(n)
-        view = memoryview(out)
+        out = bytearray(min(n, GROW_FROM))
         got = 0
         while got < n:
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise FrameTimeout("deadline passed while waiting for the worker")
-                self.sock.settimeout(remaining)
-            try:
-                k = self.sock.recv_into(view[got:], n - got)
-            except socket.timeout:
-                raise FrameTimeout("deadline passed while waiting for the worker") from None
-            except (ConnectionResetError, BrokenPipeError) as exc:
-                raise ChannelClosed(f"channel reset: {exc}") from None
-            if k == 0:
-                raise ChannelClosed("channel closed" + (" mid-frame" if got or mid else ""))
-            got += k
+            got += self._recv_direct(out, got, n, deadline, mid)
         return out
+
+
+def _room(out: bytearray, need: int, n: int) -> None:
+    """Grow ``out`` (doubling, at most to ``n``) until it holds ``need`` bytes."""
+    if len(out) < need:
+        out.extend(bytes(min(n, max(need, 2 * len(out))) - len(out)))
 
 
 def _reject_constant(name: str) -> None:
@@ -449,8 +497,8 @@ def specs_from_json(value: object, what: str) -> dict[str, TensorSpec]:
         name, dtype, shape = entry["name"], entry["dtype"], entry["shape"]
         if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS or name in out:
             raise FrameError(f"{what} #{i}: bad or duplicate name")
-        if not isinstance(dtype, str) or len(dtype) > 32:
-            raise FrameError(f"{what} {name!r}: bad dtype")
+        if not isinstance(dtype, str) or dtype not in SPEC_DTYPES:
+            raise FrameError(f"{what} {name!r}: dtype {str(dtype)[:40]!r} is not one of the protocol's dtypes")
         if shape is not None:
             if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(
                 d is None or (type(d) is int and 0 <= d <= MAX_DIM) for d in shape
@@ -475,7 +523,26 @@ def check_inputs(inputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpe
         have = dtype_name(arr)
         if have != spec.dtype:
             problems.append(f"input {name!r} has dtype {have}, signature {signature!r} expects {spec.dtype}")
-        if spec.shape is not None:
-            if arr.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, arr.shape)):
-                problems.append(f"input {name!r} has shape {list(arr.shape)}, expected {spec.describe()}")
+        if not shape_fits(spec.shape, arr.shape):
+            problems.append(f"input {name!r} has shape {list(arr.shape)}, expected {spec.describe()}")
     return problems
+
+
+def check_outputs(outputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec]) -> str | None:
+    """The first way ``outputs`` (decoded from the worker) contradict the signature, or None.
+
+    Names must be the signature's (when it declares any), dtypes the declared one (when that
+    can cross), shapes must fit the declared shape.
+    """
+    if specs and outputs.keys() != specs.keys():
+        return f"returned outputs {sorted(outputs)[:20]}, the signature declares {sorted(specs)[:20]}"
+    for name, arr in outputs.items():
+        spec = specs.get(name)
+        if spec is None:
+            continue
+        have = dtype_name(arr)
+        if have != spec.dtype and spec.dtype not in UNCROSSABLE:
+            return f"returned {name!r} as {have}, the signature declares {spec.dtype}"
+        if not shape_fits(spec.shape, arr.shape):
+            return f"returned {name!r} with shape {list(arr.shape)[:8]}, the signature declares {spec.describe()}"
+    return None

@@ -277,7 +277,7 @@ class App:
             batch = len(next(iter(req.inputs.values())))
             fmt = codec.format_classify if verb == "classify" else codec.format_regress
             return Response(codec.dumps(fmt(outputs, batch)), media_type="application/json")
-        if sum(a.size for a in outputs.values()) > 100_000:
+        if sum(codec.protocol.extent(a.shape) for a in outputs.values()) > 100_000:  # zero-size shapes cost too
             payload = await loop.run_in_executor(None, lambda: codec.dumps(codec.format_predict(outputs, req.row_format)))
         else:
             payload = codec.dumps(codec.format_predict(outputs, req.row_format))
