@@ -7,6 +7,7 @@ imported inside :func:`run`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 FORMATS = ("text", "json", "sarif", "html")
@@ -40,9 +41,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
                    help="scanner processes (default: one per core when there are many artifacts)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="results store: an artifact whose bytes, rules and options are unchanged is not analysed "
-                        "again (default: $MODELWARDEN_CACHE_DIR or ~/.cache/modelwarden)")
-    p.add_argument("--no-cache", action="store_true", help="analyse every artifact; neither read nor write the results store")
+                   help="keep a results store in DIR: an artifact whose bytes, rules and options are unchanged is not "
+                        "analysed again (default: $MODELWARDEN_CACHE_DIR if set, else no store)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="analyse every artifact; neither read nor write a results store (overrides the two above)")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
                    help="scan on a Ray cluster: ADDRESS of a running cluster, or 'auto' (join one, else start a local "
                         "one); needs pip install 'modelwarden[ray]'")
@@ -99,10 +101,9 @@ def run(args: argparse.Namespace) -> int:
             extra["engine"] = make_engine("ray", args.jobs, address=args.ray)
         else:
             extra["jobs"] = args.jobs
-        if not args.no_cache:
-            from modelwarden.engine.store import default_dir
-
-            extra["cache"] = args.cache_dir or default_dir()
+        cache_dir = args.cache_dir or os.environ.get("MODELWARDEN_CACHE_DIR")
+        if cache_dir and not args.no_cache:
+            extra["cache"] = cache_dir
         report = scan(_paths(args), policy=policy, fail_on=fail_on, progress=progress, **extra)
     finally:
         if progress is not None:

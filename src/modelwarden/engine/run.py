@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 
+from typing import TYPE_CHECKING
+
 from modelwarden.engine.interface import ArtifactResult, Engine, Progress, ScanJob
-from modelwarden.engine.store import ResultStore
 from modelwarden.errors import UsageError
 from modelwarden.formats.interface import Candidate
+
+if TYPE_CHECKING:
+    from modelwarden.engine.store import ResultStore
 
 
 def make_engine(engine: "Engine | str | None", jobs: int | None = None, address: str | None = None) -> Engine:
@@ -28,14 +32,16 @@ def make_engine(engine: "Engine | str | None", jobs: int | None = None, address:
     raise UsageError(f"unknown scan engine {engine!r} (choose local or ray)")
 
 
-def make_store(cache: "ResultStore | str | os.PathLike[str] | None") -> ResultStore | None:
-    if cache is None or isinstance(cache, ResultStore):
-        return cache
-    return ResultStore(cache)
+def make_store(cache: "ResultStore | str | os.PathLike[str] | None") -> "ResultStore | None":
+    if cache is None:
+        return None
+    from modelwarden.engine.store import ResultStore  # sqlite3 and hashing only when a store is used
+
+    return cache if isinstance(cache, ResultStore) else ResultStore(cache)
 
 
 def run_ordered(candidates: Sequence[Candidate], job: ScanJob, *, engine: Engine | None = None,
-                store: ResultStore | None = None, progress: Progress | None = None) -> Iterator[ArtifactResult]:
+                store: "ResultStore | None" = None, progress: Progress | None = None) -> Iterator[ArtifactResult]:
     """Every candidate's result in candidate order; stored results are reused, new ones stored."""
     from modelwarden.engine.local import SerialEngine
 

@@ -36,15 +36,6 @@ _CODE_DIRS = ("formats", "analysis", "catalog", "policy")
 _CODE_FILES = ("ir.py", "scanner.py", "advisories.py", "engine/records.py")
 
 
-def default_dir() -> str:
-    """``$MODELWARDEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelwarden``, else ``~/.cache/modelwarden``."""
-    env = os.environ.get("MODELWARDEN_CACHE_DIR")
-    if env:
-        return env
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "modelwarden")
-
-
 @functools.lru_cache(maxsize=1)
 def code_digest() -> str:
     """Digest of every source and data file that can change a scan's result."""
