@@ -25,10 +25,11 @@ How one worker is started (``runsc run`` of an OCI bundle in a private temporary
 * **Platform.**  ``ptrace`` by default (works in any VM).  ``MODELWARDEN_GVISOR_PLATFORM``
   selects another (``kvm`` needs a working ``/dev/kvm``; on this project's Firecracker CI VM
   the device exists but ``runsc --platform=kvm`` hangs at start-up, see docs/sandbox.md).
-* **Limits.**  Memory and tasks are bounded by the worker's memory/pids cgroups when the host
-  delegates them (``runsc run`` is placed in them before it starts anything, and the bundle
-  names no cgroup of its own, so the Sentry, the gofer and all guest memory stay inside);
-  otherwise by the worker's own RLIMIT_AS/RLIMIT_NPROC, which the Sentry enforces.
+* **Limits.**  Memory is bounded by the worker's memory cgroup when the host delegates one
+  (``runsc run`` is placed in it before it starts anything and runs with ``--ignore-cgroups``,
+  so the Sentry, the gofer and all guest memory stay inside), otherwise by the worker's own
+  RLIMIT_AS, which the Sentry enforces.  Guest tasks are bounded by RLIMIT_NPROC (enforced by
+  the Sentry) on every host; a delegated pids cgroup bounds the Sentry's host threads.
 * **Teardown.**  Killing ``runsc run`` kills the Sentry and the gofer (runsc starts both
   with PDEATHSIG=SIGKILL); the bundle and runsc's state directory are removed when the
   parent reaps ``runsc run``.
@@ -51,6 +52,10 @@ PLATFORM_ENV = "MODELWARDEN_GVISOR_PLATFORM"
 DEFAULT_PLATFORM = "ptrace"
 PROBE_TIMEOUT_S = 60.0
 DEV_TMPFS_BYTES = 64 * 1024
+# Host tasks the Sentry needs (measured on the ptrace platform, docs/sandbox.md): ~63 with
+# TensorFlow loaded, ~11 more per guest process, <1 per guest thread.
+HOST_TASKS_BASE = 64
+HOST_TASKS_PER_GUEST = 16
 
 
 def platform() -> str:
@@ -138,6 +143,20 @@ def guest_identity(plan: FsPlan) -> tuple[int, int]:
     from modelwarden.sandbox.client import identity_for
 
     return identity_for(plan) or (0, 0)
+
+
+def widen_pids_cgroup(cgroup_procs: tuple[str, ...], max_processes: int) -> None:
+    """Let the worker's pids cgroup hold the Sentry's host threads for ``max_processes`` guest tasks.
+
+    The guest's own limit is RLIMIT_NPROC, enforced by the Sentry (a fork bomb gets EAGAIN, as
+    on the other backends); a host pids cgroup sized for guest tasks would instead be exhausted
+    by the Sentry's threads first and kill the whole sandbox.
+    """
+    for procs in cgroup_procs:
+        path = os.path.join(os.path.dirname(procs), "pids.max")
+        if os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(str(HOST_TASKS_BASE + HOST_TASKS_PER_GUEST * max_processes))
 
 
 class _RunscProcess(subprocess.Popen):
@@ -235,6 +254,7 @@ class GvisorBackend(Backend):
 
     def start(self, spec: LaunchSpec) -> WorkerProcess:
         user = guest_identity(spec.plan)
+        widen_pids_cgroup(spec.cgroup_procs, spec.limits.max_processes)
         proc = launch(spec.plan, spec.limits.tmpfs_bytes, spec.channel_fd, EXEC_MAIN, user=user,
                       cgroup_procs=spec.cgroup_procs, debug=spec.debug)
         return WorkerProcess(proc, notes={"platform": platform(), "guest_uid": str(user[0])})

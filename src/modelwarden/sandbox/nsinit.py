@@ -231,8 +231,10 @@ def init_main(fd: int, cfg: dict, sources: dict[str, int]) -> None:
 
 
 def apply_rlimits(lim: dict, *, memory_by_cgroup: bool, pids_by_cgroup: bool, gvisor: bool = False) -> None:
-    """``gvisor``: the Sentry refuses RLIMIT_MSGQUEUE (EPERM even to lower it); its POSIX message
-    queues live in the Sentry's own memory, which the worker's cgroup bounds (docs/sandbox.md)."""
+    """``gvisor``: the Sentry refuses RLIMIT_MSGQUEUE (EPERM even to lower it; its POSIX message
+    queues live in the Sentry's own memory, which the worker's cgroup bounds), and a host pids
+    cgroup counts the Sentry's threads, not the guest's tasks, so RLIMIT_NPROC (which the
+    Sentry enforces) is set there too (docs/sandbox.md)."""
     linux.set_rlimit(resource.RLIMIT_CORE, 0)
     linux.set_rlimit(resource.RLIMIT_NOFILE, int(lim["max_open_files"]))
     linux.set_rlimit(resource.RLIMIT_FSIZE, int(lim["max_file_bytes"]))
@@ -241,7 +243,7 @@ def apply_rlimits(lim: dict, *, memory_by_cgroup: bool, pids_by_cgroup: bool, gv
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 2 if hard == resource.RLIM_INFINITY else min(cpu + 2, hard)))
     if not gvisor:
         linux.set_rlimit(resource.RLIMIT_MSGQUEUE, 0)
-    if not pids_by_cgroup:
+    if not pids_by_cgroup or gvisor:
         linux.set_rlimit(resource.RLIMIT_NPROC, int(lim["max_processes"]))
     if not memory_by_cgroup:
         linux.set_rlimit(resource.RLIMIT_AS, int(lim["memory_bytes"]) + int(lim["rlimit_as_headroom"]))
