@@ -1,6 +1,10 @@
 """Sandbox speed and memory, with every ratio measured in the same run.
 
-    python bench/bench_sandbox.py [--rounds 15] [--calls 100] [--cold 3] [--json OUT.json]
+    python bench/bench_sandbox.py [--rounds 15] [--calls 100] [--cold 3] [--backend auto] [--json OUT.json]
+
+``--backend`` (repeatable: ``--backend auto --backend gvisor``) measures warm and cold
+overhead per sandbox backend, each against in-process/unsandboxed runs of the same run;
+memory and the template experiment use the first one.
 
 1. warm predict: the same signature called in-process (TensorFlow imported in this process)
    and through a warm sandbox, interleaved round by round (tiny dense model, MobileNetV2
@@ -84,7 +88,7 @@ def inputs_for(name: str):
 # -- warm ------------------------------------------------------------------------------------------
 
 
-def warm(models: Path, rounds: int, calls: int) -> dict:
+def warm(models: Path, rounds: int, calls: int, backend: str = "auto") -> dict:
     import numpy as np
     import tensorflow as tf
 
@@ -98,7 +102,7 @@ def warm(models: Path, rounds: int, calls: int) -> dict:
         def inproc():
             return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in x.items()}).items()}
 
-        with Sandbox(SandboxLimits(timeout_s=60)) as sb:
+        with Sandbox(SandboxLimits(timeout_s=60, load_timeout_s=300), backend=backend) as sb:
             model = sb.load(models / name, scan=False)
             ref, got = inproc(), model.predict(x)
             np.testing.assert_allclose(got["y"], ref["y"], rtol=1e-4, atol=1e-5)
@@ -141,8 +145,8 @@ sys.stdin.read()
 
 SANDBOXED = r"""
 import sys, numpy as np
-from modelwarden.sandbox import Sandbox
-sb = Sandbox()
+from modelwarden.sandbox import Sandbox, SandboxLimits
+sb = Sandbox(SandboxLimits(load_timeout_s=300), backend=sys.argv[3])
 m = sb.load(sys.argv[1], scan=sys.argv[2] == "scan")
 x = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
 m.predict({"x": x})
@@ -158,18 +162,18 @@ def _time_to_ready(code: str, *args: str) -> tuple[float, int]:
     line = p.stdout.readline()
     elapsed = time.perf_counter() - t0
     p.stdin.close()
-    p.wait(timeout=120)
+    p.wait(timeout=400)
     if not line.startswith("READY"):
         raise RuntimeError(f"cold-start child failed: {line!r}")
     return elapsed, int(line.split()[1])
 
 
-def cold(models: Path, n: int) -> dict:
+def cold(models: Path, n: int, backend: str = "auto") -> dict:
     base, sand, scanned = [], [], []
     for _ in range(n):
         base.append(_time_to_ready(BASELINE, str(models / "dense"))[0])
-        sand.append(_time_to_ready(SANDBOXED, str(models / "dense"), "noscan")[0])
-        scanned.append(_time_to_ready(SANDBOXED, str(models / "dense"), "scan")[0])
+        sand.append(_time_to_ready(SANDBOXED, str(models / "dense"), "noscan", backend)[0])
+        scanned.append(_time_to_ready(SANDBOXED, str(models / "dense"), "scan", backend)[0])
     b, s, c = statistics.median(base), statistics.median(sand), statistics.median(scanned)
     return {"unsandboxed_s": b, "sandbox_s": s, "ratio": s / b, "sandbox_with_scan_s": c, "ratio_with_scan": c / b}
 
@@ -259,6 +263,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--cold", type=int, default=3)
+    ap.add_argument("--backend", action="append", default=None,
+                    help="sandbox backend to measure (repeatable; default: auto)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.build:
@@ -269,18 +275,25 @@ def main() -> int:
     models = ensure_models()
     results = {"host": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
     results["template"] = template(models)
-    results["cold"] = cold(models, args.cold)
+    backends = args.backend or ["auto"]
+    results["cold"] = cold(models, args.cold, backends[0])
     results["memory"] = memory(models)
-    results["warm"] = warm(models, args.rounds, args.calls)
-    w, c, m = results["warm"], results["cold"], results["memory"]
+    results["warm"] = warm(models, args.rounds, args.calls, backends[0])
+    for extra in backends[1:]:
+        results[f"cold_{extra}"] = cold(models, args.cold, extra)
+        results[f"warm_{extra}"] = warm(models, args.rounds, args.calls, extra)
+    m = results["memory"]
     print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f}")
-    for name, target in (("dense", 1.10), ("mobilenet", 1.03)):
-        r = w[name]
-        print(f"warm predict {name:9}: in-process {r['inprocess_ms']:.3f} ms, sandbox {r['sandbox_ms']:.3f} ms "
-              f"-> {r['ratio']:.3f}x (target <= {target}x); worker compute {r['worker_compute_ms']:.3f} ms, "
-              f"boundary {r['boundary_overhead_ms']:.3f} ms")
-    print(f"cold start: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> {c['ratio']:.3f}x "
-          f"(target <= 1.2x); with the scan gate {c['sandbox_with_scan_s']:.2f} s -> {c['ratio_with_scan']:.3f}x")
+    for i, backend in enumerate(backends):
+        w, c = (results["warm"], results["cold"]) if i == 0 else (results[f"warm_{backend}"], results[f"cold_{backend}"])
+        for name, target in (("dense", 1.10), ("mobilenet", 1.03)):
+            r = w[name]
+            print(f"[{backend}] warm predict {name:9}: in-process {r['inprocess_ms']:.3f} ms, sandbox "
+                  f"{r['sandbox_ms']:.3f} ms -> {r['ratio']:.3f}x (target <= {target}x); worker compute "
+                  f"{r['worker_compute_ms']:.3f} ms, boundary {r['boundary_overhead_ms']:.3f} ms")
+        print(f"[{backend}] cold start: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> "
+              f"{c['ratio']:.3f}x (target <= 1.2x); with the scan gate {c['sandbox_with_scan_s']:.2f} s -> "
+              f"{c['ratio_with_scan']:.3f}x")
     print(f"memory: unsandboxed RSS {m['unsandboxed_rss_mib']:.0f} MiB, worker {m['worker_rss_mib']:.0f} MiB + boot "
           f"{m['boot_rss_mib']:.0f} MiB -> overhead {m['overhead_rss_mib']:.1f} MiB RSS, "
           f"{m['overhead_pss_mib']:.1f} MiB PSS (target <= 50 MiB)")

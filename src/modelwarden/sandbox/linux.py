@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import resource
 
@@ -115,7 +116,11 @@ def drop_all_capabilities() -> None:
             prctl(PR_CAPBSET_DROP, cap)
         except OSError:
             pass  # cap unknown to this kernel
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    try:
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise  # EINVAL: no ambient set at all (gVisor, Linux < 4.3), so nothing to clear
     try:
         prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKDOWN)
     except OSError:

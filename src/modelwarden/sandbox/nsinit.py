@@ -287,15 +287,20 @@ def init_main(fd: int, cfg: dict, sources: dict[str, int]) -> None:
 # -- every backend ends here -------------------------------------------------------------------------
 
 
-def apply_rlimits(lim: dict, *, memory_by_cgroup: bool, pids_by_cgroup: bool) -> None:
+def apply_rlimits(lim: dict, *, memory_by_cgroup: bool, pids_by_cgroup: bool, gvisor: bool = False) -> None:
+    """``gvisor``: the Sentry refuses RLIMIT_MSGQUEUE (EPERM even to lower it; its POSIX message
+    queues live in the Sentry's own memory, which the worker's cgroup bounds), and a host pids
+    cgroup counts the Sentry's threads, not the guest's tasks, so RLIMIT_NPROC (which the
+    Sentry enforces) is set there too (docs/sandbox.md)."""
     linux.set_rlimit(resource.RLIMIT_CORE, 0)
     linux.set_rlimit(resource.RLIMIT_NOFILE, int(lim["max_open_files"]))
     linux.set_rlimit(resource.RLIMIT_FSIZE, int(lim["max_file_bytes"]))
     cpu = int(lim["cpu_seconds"])
     soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 2 if hard == resource.RLIM_INFINITY else min(cpu + 2, hard)))
-    linux.set_rlimit(resource.RLIMIT_MSGQUEUE, 0)
-    if not pids_by_cgroup:
+    if not gvisor:
+        linux.set_rlimit(resource.RLIMIT_MSGQUEUE, 0)
+    if not pids_by_cgroup or gvisor:
         linux.set_rlimit(resource.RLIMIT_NPROC, int(lim["max_processes"]))
     if not memory_by_cgroup:
         linux.set_rlimit(resource.RLIMIT_AS, int(lim["memory_bytes"]) + int(lim["rlimit_as_headroom"]))
@@ -335,7 +340,8 @@ def harden_and_run(fd: int, cfg: dict) -> None:
     if cfg.get("cpus"):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: int(cfg["cpus"])])
     apply_rlimits(lim, memory_by_cgroup=cfg.get("memory_by_cgroup", False),
-                  pids_by_cgroup=cfg.get("pids_by_cgroup", False))
+                  pids_by_cgroup=cfg.get("pids_by_cgroup", False),
+                  gvisor=cfg.get("layers", {}).get("backend") == "gvisor")
     linux.close_fds_except({0, 1, 2, fd})
     if cfg.get("drop_caps", True):
         linux.assert_not_host_root()
