@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 
@@ -25,7 +26,9 @@ pytestmark = [
 ]
 
 CHILD = r"""
-import glob, json, os, sys
+import glob, json, os, site, sys
+for d in filter(None, sys.argv[4:]):  # a venv's site-packages, bound at /mnt/venv
+    site.addsitedir(d)
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from modelwarden.sandbox import Sandbox, SandboxLimits, SandboxError
@@ -57,14 +60,20 @@ def test_sandbox_works_for_an_unprivileged_user(fixture_dir):
     prefix = sys.base_prefix
     exe = os.path.relpath(os.path.realpath(sys.executable), os.path.realpath(prefix))
     if exe.startswith(".."):
-        pytest.skip("interpreter outside its prefix (venv?)")
+        pytest.skip("interpreter outside its prefix")
+    # inside a venv the base interpreter runs with the venv's site-packages (bound at /mnt/venv)
+    venv = os.path.realpath(sys.prefix) if sys.prefix != sys.base_prefix else ""
+    venv_sites = [f"/mnt/venv/{os.path.relpath(os.path.realpath(d), venv)}" for d in site.getsitepackages()
+                  if venv and os.path.realpath(d).startswith(venv + "/")]
     script = (
-        'mount -t tmpfs -o size=1m,mode=0755 none /mnt && mkdir /mnt/py && mount --bind "$0" /mnt/py && '
+        'mount -t tmpfs -o size=1m,mode=0755 none /mnt && mkdir /mnt/py /mnt/venv && mount --bind "$0" /mnt/py && '
+        '{ [ -z "$6" ] || mount --bind "$6" /mnt/venv; } && '
         'exec setpriv --reuid=65534 --regid=65534 --clear-groups env -i HOME=/nonexistent '
-        'LD_LIBRARY_PATH=/mnt/py/lib TF_CPP_MIN_LOG_LEVEL=3 "/mnt/py/$1" -c "$2" "$3" "$4" "$5"'
+        'LD_LIBRARY_PATH=/mnt/py/lib TF_CPP_MIN_LOG_LEVEL=3 "/mnt/py/$1" -c "$2" "$3" "$4" "$5" "$7"'
     )
     res = subprocess.run(["unshare", "-m", "sh", "-c", script, prefix, exe, CHILD, str(ROOT / "src"),
-                          str(run_models), str(escape)], capture_output=True, text=True, timeout=600, cwd="/")
+                          str(run_models), str(escape), venv, *venv_sites],
+                         capture_output=True, text=True, timeout=600, cwd="/")
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, res.stdout[-2000:] + res.stderr[-4000:]
     out = json.loads(lines[0][7:])
