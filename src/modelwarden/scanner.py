@@ -141,7 +141,17 @@ def scan(
     if not path_list:
         raise UsageError("no paths to scan")
     pol = resolve_policy(policy)
-    threshold = Severity.parse(fail_on) if isinstance(fail_on, str) else fail_on
+    if tf_version:
+        from modelwarden.advisories import Version, VersionError
+
+        try:
+            Version.parse(tf_version)
+        except VersionError as exc:
+            raise UsageError(f"--tf-version: {exc}") from None
+    try:
+        threshold = Severity.parse(fail_on) if isinstance(fail_on, str) else fail_on
+    except ValueError as exc:
+        raise UsageError(f"fail_on: {exc}") from None
     threshold = threshold if threshold is not None else (pol.fail_on or _SEVERITY_DEFAULT)
 
     with paused_gc():
@@ -162,7 +172,12 @@ def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, c
         try:
             artifact = read_artifact(cand, limits)
             if checkpoint and artifact.graphs:
-                artifact = with_checkpoint(artifact, checkpoint, limits)
+                try:
+                    artifact = with_checkpoint(artifact, checkpoint, limits)
+                except ModelwardenError as exc:  # one error for the checkpoint; the model is still audited
+                    err = ScanError(getattr(exc, "path", checkpoint), getattr(exc, "reason", str(exc)))
+                    if err not in errors:
+                        errors.append(err)
             ctx = _context(artifact, pol, options)
             found = _analyse(ctx)
             if callgraphs:

@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from modelwarden.scanner import scan
 
     policy = load_policy(args.policy)
+    if args.checkpoint:
+        _check_checkpoint(args.checkpoint)
     fail_on = Severity.parse(args.fail_on) if args.fail_on else (policy.fail_on or Severity.MEDIUM)
     progress = progress_for(sys.stderr, enabled=not args.no_progress)
     try:
@@ -71,6 +73,18 @@ def run(args: argparse.Namespace) -> int:
         for e in report.errors:
             print(f"modelwarden: error: {clean(e.path)}: {clean(e.message)}", file=sys.stderr)
     return report.exit_code
+
+
+def _check_checkpoint(prefix: str) -> None:
+    """``--checkpoint`` must name an existing checkpoint: a usage error, not one per scanned model."""
+    import os
+
+    from modelwarden.errors import UsageError
+
+    index = prefix if prefix.endswith(".index") else prefix + ".index"
+    if not os.path.isfile(index):
+        raise UsageError(f"--checkpoint {prefix}: no checkpoint index {index} (give the prefix of the "
+                         ".index/.data-* files, e.g. variables/variables)")
 
 
 def _stdout(text: str) -> None:

@@ -1,7 +1,8 @@
 """``modelwarden serve``: serve audited models over TensorFlow Serving's REST API, each in the sandbox.
 
-Exit codes: 0 clean shutdown; 2 usage or configuration error (including an insecure bind
-refused); 3 privilege drop failed.
+Exit codes: 0 clean shutdown (or ``--check-config`` passed); 2 usage or configuration error
+(including an insecure bind refused, a missing file, policy or model base path); 3 a runtime
+dependency is missing (the message says how to install it) or the privilege drop failed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import socket
 import sys
 from typing import Any
+
+from modelwarden.cli.scan_cmd import SEVERITIES
 
 INSECURE_FLAG = "--insecure-allow-plaintext-public-bind"
 
@@ -30,11 +33,14 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
     p.add_argument("--token-db", help="token store (default $MODELWARDEN_TOKEN_DB or ~/.config/modelwarden/tokens.json)")
     p.add_argument("--policy", help="scan-gate policy: default, strict or a TOML file")
-    p.add_argument("--fail-on", help="refuse models with findings at or above this severity")
+    p.add_argument("--fail-on", choices=SEVERITIES, metavar="SEVERITY",
+                   help="refuse models with findings at or above SEVERITY: " + ", ".join(SEVERITIES))
     p.add_argument("--backend", choices=("auto", "namespaces", "bwrap"), help="sandbox backend (default auto)")
     p.add_argument("--workers", type=int, help="sandboxed workers per model version (single-model mode)")
     p.add_argument("--access-log", help="append the JSON access/audit log to this file (default stderr)")
     p.add_argument("--user", help="when started as root: drop to this user after binding and reading TLS keys")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration (files, policy, model paths, TLS, tokens) and exit without listening")
     p.add_argument(INSECURE_FLAG, dest="insecure_public", action="store_true",
                    help="allow listening on a non-loopback address WITHOUT TLS (tokens travel in clear text)")
 
@@ -85,22 +91,38 @@ def check_bind(cfg: Any, insecure: bool) -> None:
 def tls_context(cfg: Any) -> Any:
     import ssl
 
+    from modelwarden.errors import UsageError
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise UsageError(f"--tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: not a usable PEM certificate "
+                         f"and matching private key ({exc.strerror or exc})") from None
     if cfg.tls_client_ca:
-        ctx.load_verify_locations(cfg.tls_client_ca)
+        try:
+            ctx.load_verify_locations(cfg.tls_client_ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise UsageError(f"--tls-client-ca {cfg.tls_client_ca}: not a usable PEM CA certificate "
+                             f"({exc.strerror or exc})") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
 def bind(host: str, port: int) -> socket.socket:
+    from modelwarden.errors import UsageError
+
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so (else Nagle + delayed ACK
     # add ~40 ms to every keep-alive response)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host.strip("[]"), port))
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
     sock.listen(2048)
     sock.set_inheritable(False)
     return sock
@@ -154,20 +176,30 @@ def _preimport() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from modelwarden.cli import deps
     from modelwarden.errors import ModelwardenError, UsageError
-    from modelwarden.server.app import App
     from modelwarden.server.auth import TokenStore
-    from modelwarden.server.log import AuditLog
+    from modelwarden.server.config import check_startup
 
     cfg = build_config(args)
     check_bind(cfg, args.insecure_public)
     if args.user and os.geteuid() != 0:
         raise UsageError("--user needs the server to be started as root")
+    check_startup(cfg)  # every named file, the policy, every model's base_path: exit 2 before binding
+    deps.require("serve", deps.RUN + deps.SERVE)
     tokens = TokenStore(cfg.token_db).load()
-    log = AuditLog(cfg.access_log)
     ssl_ctx = tls_context(cfg) if cfg.tls else None
+    if args.check_config:
+        print(f"configuration OK: {len(cfg.models)} model(s) ({', '.join(m.name for m in cfg.models) or 'none'}), "
+              f"{len(tokens.records)} token(s), would listen on {'https' if ssl_ctx else 'http'}://{cfg.host}:{cfg.port}")
+        return 0
+
+    import uvicorn
+
+    from modelwarden.server.app import App
+    from modelwarden.server.log import AuditLog
+
+    log = AuditLog(cfg.access_log)
     sock = bind(cfg.host, cfg.port)
     port = sock.getsockname()[1]
     _preimport()

@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps([{"id": r.id, "scope": r.scope, "models": r.models, "created": _when(r.created),
                                "expires": _when(r.expires) if r.expires else None, "state": r.state(),
                                "note": r.note} for r in recs], indent=1))
+        elif not recs:
+            print(f"no tokens in {store.path} (create one with `modelwarden token create --model NAME --scope predict`)")
         else:
             for r in recs:
                 print(f"{r.id}  {r.state():8}  {r.scope:8}  {','.join(r.models):20}  created {_when(r.created)}  "

@@ -7,6 +7,7 @@ followed during a walk; the reader of the owning artifact reports them.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -254,10 +255,22 @@ def _add(found: dict[str, Candidate], cand: Candidate) -> None:
     found.setdefault(key, cand)
 
 
+def _stat_problem(path: str, exc: OSError) -> str:
+    """What is wrong with a named path that exists but cannot be followed."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    if os.path.islink(path) and exc.errno == errno.ENOENT:
+        return f"dangling symbolic link (its target {os.readlink(path)!r} does not exist)"
+    return f"cannot access: {exc.strerror or exc}"
+
+
 def _discover_one(top: str, found: dict[str, Candidate], limits: Limits) -> None:
     if not os.path.lexists(top):
         raise InputError(top, "no such file or directory")
-    st = os.stat(top)  # the user named this path: follow it if it is a link
+    try:
+        st = os.stat(top)  # the user named this path: follow it if it is a link
+    except OSError as exc:
+        raise InputError(top, _stat_problem(top, exc)) from None
     if stat.S_ISREG(st.st_mode):
         base = os.path.basename(top)
         if base in ("saved_model.pb", "saved_model.pbtxt"):
