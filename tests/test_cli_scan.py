@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -101,10 +102,66 @@ def test_unwritable_output_exits_2(tmp_path: Path) -> None:
     assert "cannot write report" in proc.stderr
 
 
-def test_empty_directory_is_clean(tmp_path: Path) -> None:
-    proc = run_cli("scan", str(tmp_path))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "no model artifacts found" in proc.stdout
+def _tree_without_models(root: Path) -> Path:
+    """A folder a CI gate could be pointed at by mistake: text, junk, a link, a FIFO; no model."""
+    d = root / "no_models"
+    (d / "sub").mkdir(parents=True)
+    (d / "README.txt").write_text("hello")
+    (d / "sub" / "payload.weird").write_bytes(b"\x00hostile bytes in an unknown wrapper")
+    (d / "link").symlink_to("README.txt")
+    os.mkfifo(d / "fifo")
+    return d
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
+def test_empty_scan_exits_4_in_every_format(tmp_path: Path, fmt: str) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (empty, _tree_without_models(tmp_path)):
+        proc = run_cli("scan", "--format", fmt, str(target))
+        assert proc.returncode == 4, proc.stdout + proc.stderr
+        out = proc.stdout
+        if fmt == "json":
+            data = json.loads(out)
+            jsonschema.Draft202012Validator(JSON_SCHEMA).validate(data)
+            assert data["verdict"] == "empty" and data["exit_code"] == 4 and data["artifacts"] == []
+        elif fmt == "sarif":
+            data = json.loads(out)
+            jsonschema.Draft7Validator(SARIF_SCHEMA).validate(data)
+            inv = data["runs"][0]["invocations"][0]
+            assert inv["exitCode"] == 4 and not inv["executionSuccessful"]
+            assert any("no model artifacts found" in n["message"]["text"] for n in inv["toolExecutionNotifications"])
+        else:
+            assert "no model artifacts found" in out and ("exit 4" in out)
+        if fmt != "text":
+            assert "no model artifacts found" in proc.stderr
+        allowed = run_cli("scan", "--format", fmt, "--allow-empty", str(target))
+        assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+        if fmt == "json":
+            assert json.loads(allowed.stdout)["verdict"] == "pass"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
+def test_files_not_scanned_are_counted_and_listed_with_verbose(tmp_path: Path, fmt: str) -> None:
+    d = _tree_without_models(tmp_path)
+    names = {"no_models/README.txt": "unrecognised format", "no_models/sub/payload.weird": "unrecognised format",
+             "no_models/link": "symbolic link (never followed)", "no_models/fifo": "not a regular file"}
+    quiet = run_cli("scan", "--format", fmt, "--allow-empty", str(d))
+    loud = run_cli("scan", "--format", fmt, "--allow-empty", "--verbose", str(d))
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    if fmt == "json":
+        q, v = json.loads(quiet.stdout)["skipped"], json.loads(loud.stdout)["skipped"]
+        assert q["count"] == v["count"] == 4 and q["files"] == []
+        assert q["reasons"] == {"unrecognised format": 2, "not a regular file": 1, "symbolic link (never followed)": 1}
+        assert {os.path.relpath(f["path"], tmp_path): f["reason"] for f in v["files"]} == names
+        return
+    if fmt == "sarif":
+        jsonschema.Draft7Validator(SARIF_SCHEMA).validate(json.loads(loud.stdout))
+        assert json.loads(quiet.stdout)["runs"][0]["properties"]["skipped"] == 4
+    assert "4 file" in quiet.stdout and "2 unrecognised format" in quiet.stdout
+    assert "payload.weird" not in quiet.stdout
+    for name in names:
+        assert name.rsplit("/", 1)[-1] in loud.stdout, (name, loud.stdout[-2000:])
 
 
 # ---------------------------------------------------------------- end to end on real TensorFlow fixtures

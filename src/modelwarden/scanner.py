@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from dataclasses import replace
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from modelwarden.formats.detect import discover
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
 from modelwarden.ir import Artifact
 from modelwarden.policy.interface import Policy
-from modelwarden.report.interface import ArtifactSummary, CallGraphSketch, Report, ScanError
+from modelwarden.report.interface import ArtifactSummary, CallGraphSketch, Report, ScanError, SkippedFile
 
 Progress = Callable[[int, int, str], None]
 _SEVERITY_DEFAULT = Severity.MEDIUM
@@ -61,8 +62,6 @@ def read_artifact(candidate: Candidate, limits: Limits = DEFAULT_LIMITS) -> Arti
 
 def with_checkpoint(artifact: Artifact, prefix: str, limits: Limits = DEFAULT_LIMITS) -> Artifact:
     """The artifact as it will be loaded with a user-supplied checkpoint instead of its own variables."""
-    from dataclasses import replace
-
     from modelwarden.formats.checkpoint import read_checkpoint
 
     if prefix.endswith(".index"):
@@ -127,6 +126,7 @@ def scan(
     tf_version: str = "",
     checkpoint: str = "",
     callgraphs: bool = False,
+    allow_empty: bool = False,
 ) -> Report:
     """Scan files and directories; never raises for a bad input (it becomes a ``Report.errors`` entry).
 
@@ -134,20 +134,15 @@ def scan(
     ``fail_on``: threshold for :attr:`Report.exit_code` (default: the policy's, else medium).
     ``tf_version``: the TensorFlow that will load the models (advisories); ``checkpoint``: a
     user-supplied checkpoint prefix to audit against the graphs; ``callgraphs``: also return
-    call-graph sketches (for pictures).
+    call-graph sketches (for pictures); ``allow_empty``: a scan that finds no model artifact
+    passes (``exit_code`` 0) instead of exit 4.  Files a directory walk did not scan are
+    listed in ``Report.skipped``.
     """
     started = time.perf_counter()
     path_list = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
     if not path_list:
         raise UsageError("no paths to scan")
     pol = resolve_policy(policy)
-    if tf_version:
-        from modelwarden.advisories import Version, VersionError
-
-        try:
-            Version.parse(tf_version)
-        except VersionError as exc:
-            raise UsageError(f"--tf-version: {exc}") from None
     try:
         threshold = Severity.parse(fail_on) if isinstance(fail_on, str) else fail_on
     except ValueError as exc:
@@ -155,11 +150,13 @@ def scan(
     threshold = threshold if threshold is not None else (pol.fail_on or _SEVERITY_DEFAULT)
 
     with paused_gc():
-        return _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started)
+        report = _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started)
+    return replace(report, allow_empty=allow_empty)
 
 
 def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started) -> Report:
-    candidates, discover_errors = discover(path_list, limits)
+    skipped: list[tuple[str, str]] = []
+    candidates, discover_errors = discover(path_list, limits, skipped)
     candidates.sort(key=lambda c: c.display)
     errors = [ScanError(e.path, e.reason) for e in discover_errors]
     artifacts: list[ArtifactSummary] = []
@@ -209,4 +206,5 @@ def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, c
         duration_s=time.perf_counter() - started,
         inputs=tuple(path_list),
         callgraphs=tuple(sketches),
+        skipped=tuple(SkippedFile(p, r) for p, r in skipped),
     )
