@@ -128,18 +128,26 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def drop_privileges(user: str) -> tuple[int, int]:
-    """setgroups([]) + setgid + setuid to ``user``; verifies root cannot be regained."""
+def lookup_user(user: str) -> Any:
+    """The passwd entry of the unprivileged ``--user`` (checked before binding)."""
     import pwd
 
-    from modelwarden.errors import ModelwardenError
+    from modelwarden.errors import UsageError
 
     try:
         pw = pwd.getpwnam(user)
-    except KeyError:
-        raise ModelwardenError(f"--user {user}: no such user") from None
+    except (KeyError, ValueError):
+        raise UsageError(f"--user {user!r}: no such user") from None
     if pw.pw_uid == 0:
-        raise ModelwardenError(f"--user {user} is root; name an unprivileged user")
+        raise UsageError(f"--user {user} is root; name an unprivileged user")
+    return pw
+
+
+def drop_privileges(user: str) -> tuple[int, int]:
+    """setgroups([]) + setgid + setuid to ``user``; verifies root cannot be regained."""
+    from modelwarden.errors import ModelwardenError
+
+    pw = lookup_user(user)
     os.setgroups([])
     os.setgid(pw.pw_gid)
     os.setuid(pw.pw_uid)
@@ -179,13 +187,17 @@ def run(args: argparse.Namespace) -> int:
     from modelwarden.cli import deps
     from modelwarden.errors import ModelwardenError, UsageError
     from modelwarden.server.auth import TokenStore
-    from modelwarden.server.config import check_startup
+    from modelwarden.server.config import check_startup, check_writable
 
     cfg = build_config(args)
     check_bind(cfg, args.insecure_public)
-    if args.user and os.geteuid() != 0:
-        raise UsageError("--user needs the server to be started as root")
+    if args.user:
+        if os.geteuid() != 0:
+            raise UsageError("--user needs the server to be started as root")
+        lookup_user(args.user)
     check_startup(cfg)  # every named file, the policy, every model's base_path: exit 2 before binding
+    if args.port_file:
+        check_writable("port file (--port-file)", args.port_file)
     deps.require("serve", deps.RUN + deps.SERVE)
     tokens = TokenStore(cfg.token_db).load()
     ssl_ctx = tls_context(cfg) if cfg.tls else None

@@ -261,15 +261,19 @@ def check_startup(cfg: ServerConfig) -> None:
         if file is not None:
             _require(setting, file, os.path.isfile, "is not a regular file", os.R_OK)
     if cfg.access_log is not None:
-        if os.path.lexists(cfg.access_log):
-            _require("access log (--access-log / server.access_log)", cfg.access_log, os.path.isfile,
-                     "is not a regular file", os.W_OK)
-        else:
-            _require("directory of the access log (--access-log / server.access_log)",
-                     os.path.dirname(os.path.abspath(cfg.access_log)), os.path.isdir, "is not a directory", os.W_OK)
+        check_writable("access log (--access-log / server.access_log)", cfg.access_log)
     for m in cfg.models:
         _require(f"base_path of model {m.name!r}", m.base_path, os.path.isdir, "is not a directory",
                  os.R_OK | os.X_OK)
+
+
+def check_writable(setting: str, path: str) -> None:
+    """``path`` can be written: an existing regular file, or a new file in an existing directory."""
+    if os.path.lexists(path):
+        _require(setting, path, os.path.isfile, "is not a regular file", os.W_OK)
+    else:
+        _require(f"directory of the {setting}", os.path.dirname(os.path.abspath(path)), os.path.isdir,
+                 "is not a directory", os.W_OK)
 
 
 def _require(setting: str, path: str, kind: Any, not_kind: str, access: int) -> None:
