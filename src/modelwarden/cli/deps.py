@@ -23,11 +23,12 @@ class Requirement:
 
     module: str
     extra: str
-    needed_by: str  # "run and serve" / "serve"
+    needed_by: str  # for people: "`modelwarden run` and `serve`"
 
 
-RUN = (Requirement("tensorflow", "tf", "run and serve"), Requirement("numpy", "tf", "run and serve"))
-SERVE = (Requirement("starlette", "serve", "serve"), Requirement("uvicorn", "serve", "serve"))
+RUN = (Requirement("tensorflow", "tf", "`modelwarden run` and `serve`"),
+       Requirement("numpy", "tf", "`modelwarden run` and `serve`"))
+SERVE = (Requirement("starlette", "serve", "`modelwarden serve`"), Requirement("uvicorn", "serve", "`modelwarden serve`"))
 
 
 class MissingDependency(ModelwardenError):
@@ -64,4 +65,4 @@ def require(command: str, requirements: tuple[Requirement, ...]) -> None:
         extras = ",".join(dict.fromkeys(r.extra for r in gone))
         names = ", ".join(r.module for r in gone)
         raise MissingDependency(f"`modelwarden {command}` needs {names}, which this Python "
-                                f"({sys.executable}) cannot import; install it with: {install_command(extras)}")
+                                f"({sys.executable}) cannot import; install with: {install_command(extras)}")

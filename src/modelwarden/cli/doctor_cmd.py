@@ -30,7 +30,7 @@ def dependency_checks() -> list:
             version = installed_tf() if req.module == "tensorflow" else None
             detail = f"installed{f' ({version[1]} {version[0]})' if version else ''}; needed by {req.needed_by}"
         else:
-            detail = f"not installed: `modelwarden {req.needed_by}` cannot work; {deps.install_command(req.extra)}"
+            detail = f"not installed, needed by {req.needed_by}; install with: {deps.install_command(req.extra)}"
         out.append(Check(f"python {req.module}", deps.installed(req.module), detail,
                          required=req.extra != "serve"))
     return out
