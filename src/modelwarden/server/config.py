@@ -16,7 +16,7 @@ from typing import Any
 
 from modelwarden.analysis.interface import Severity
 from modelwarden.errors import InputError, UsageError
-from modelwarden.sandbox.interface import MiB, parse_duration, parse_size
+from modelwarden.sandbox.interface import MiB, SandboxLimits, parse_duration, parse_size
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
@@ -163,6 +163,11 @@ def validate_model(path: str, m: ModelConfig) -> ModelConfig:
     if not os.path.isabs(m.base_path):
         raise _err(path, f"{where}: base_path must be an absolute path")
     _check_severity(path, f"{where}: fail_on", m.fail_on)
+    try:  # the sandbox's own bounds (e.g. TensorFlow needs at least 256 MiB): refused now, not at load
+        SandboxLimits(memory_bytes=m.memory_bytes, max_processes=m.max_processes,
+                      **({"timeout_s": m.timeout_s} if m.timeout_s else {}))
+    except UsageError as exc:
+        raise _err(path, f"{where}: {str(exc).replace('SandboxLimits.', '')}") from None
     return m
 
 
