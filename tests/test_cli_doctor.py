@@ -71,10 +71,15 @@ def test_doctor_without_the_serve_extra_still_passes_for_run():
 
 
 @pytest.mark.sandbox
-def test_doctor_probe_is_formatted_not_a_raw_dict():
+def test_doctor_probe_shows_the_active_layers_formatted():
+    """One real worker: what it sees, as aligned text (not a raw Python dict)."""
     proc = cli_without("", "doctor", "--probe")
     if proc.returncode != 0:
         pytest.skip("no sandbox backend on this host: " + proc.stdout[-500:])
     section = proc.stdout.split("Active in a real worker:", 1)[1]
     assert "{" not in section and "'" not in section, section
-    assert "seccomp mode (2 = filter)    2" in section and "network interfaces           lo" in section
+    rows = {ln[:31].strip(): ln[31:].strip() for ln in section.splitlines() if ln.strip()}
+    assert rows["effective capabilities"] == "0" * 16 and rows["no_new_privs"] == "1"
+    assert rows["seccomp mode (2 = filter)"] == "2" and rows["network interfaces"] == "lo"
+    assert rows["pid / uid inside"] == "1 / 0"
+    assert "AF_INET denied" in rows["sockets"] and "AF_UNIX allowed" in rows["sockets"]

@@ -114,18 +114,9 @@ def test_readyz_waits_for_every_model_and_a_load_failure_keeps_it_unready(tmp_pa
     copy_version(dense / "1", models / "starved")  # passes the gate, but TensorFlow cannot load in 256 MiB
     db = tmp_path / "tokens.json"
     admin, _ = make_token(db, ["*"], "admin")
-    (tmp_path / "serve.toml").write_text(f"""
-[server]
-token_db = "{db}"
-port = 0
-[[models]]
-name = "refused"
-base_path = "{models / 'refused'}"
-[[models]]
-name = "starved"
-base_path = "{models / 'starved'}"
-memory = "256MiB"
-""")
+    head = f'[server]\ntoken_db = "{db}"\nport = 0\n[[models]]\nname = "refused"\nbase_path = "{models / "refused"}"\n'
+    (tmp_path / "serve.toml").write_text(head + f'[[models]]\nname = "starved"\nbase_path = "{models / "starved"}"\n'
+                                         'memory = "256MiB"\n')
     server = ServerProc(tmp_path, ["--config", str(tmp_path / "serve.toml")])
     try:
         url = f"http://127.0.0.1:{server.wait_listening()}"
@@ -147,14 +138,7 @@ memory = "256MiB"
         server.stop()
 
     # the same server without the model that cannot load: the refusal alone does not hold readiness
-    (tmp_path / "serve.toml").write_text(f"""
-[server]
-token_db = "{db}"
-port = 0
-[[models]]
-name = "refused"
-base_path = "{models / 'refused'}"
-""")
+    (tmp_path / "serve.toml").write_text(head)
     (tmp_path / "access.log").unlink()
     server = ServerProc(tmp_path, ["--config", str(tmp_path / "serve.toml")])
     try:
