@@ -278,3 +278,42 @@ def test_e2e_missing_checkpoint_exits_2_naming_it(models, tmp_path: Path) -> Non
     proc = run_cli("scan", "--checkpoint", str(prefix), str(models["variables_benign"]))
     assert proc.returncode == 2
     assert str(prefix) in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- clean errors for bad command lines
+
+DENSE = ROOT / "examples" / "models" / "dense_savedmodel"
+
+
+def test_symlink_problems_are_named(tmp_path: Path) -> None:
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    proc = run_cli("scan", "--no-progress", str(tmp_path / "dangling"), str(tmp_path / "loop"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{tmp_path / 'dangling'}: dangling symbolic link" in proc.stdout
+    assert f"{tmp_path / 'loop'}: symbolic link loop" in proc.stdout
+
+
+def test_bad_tf_version_and_missing_checkpoint_are_usage_errors(tmp_path: Path) -> None:
+    bad = run_cli("scan", "--tf-version", "abc", str(DENSE))
+    assert bad.returncode == 2 and "--tf-version: not a TensorFlow version: 'abc'" in bad.stderr
+    assert bad.stdout == ""  # no report: nothing was scanned
+    missing = run_cli("scan", "--format", "json", "--checkpoint", str(tmp_path / "ckpt"), str(DENSE))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.count(f"no checkpoint index {tmp_path / 'ckpt'}.index") == 1
+
+
+def test_unreadable_checkpoint_is_one_error_and_keeps_the_models_findings(tmp_path: Path) -> None:
+    (tmp_path / "ckpt.index").write_bytes(b"not a tensor bundle" * 10)
+    proc = run_cli("scan", "--format", "json", "--checkpoint", str(tmp_path / "ckpt"), str(DENSE))
+    assert proc.returncode == 2
+    data = json.loads(proc.stdout)
+    assert len(data["errors"]) == 1 and "ckpt" in data["errors"][0]["path"]
+    assert [a["display"] for a in data["artifacts"]] == [str(DENSE)]
+    assert "MW600" in {f["rule_id"] for f in data["findings"]}  # the model was still audited
+    assert proc.stderr.count("modelwarden: error:") == 1
+
+
+def test_token_list_says_when_there_are_none(tmp_path: Path) -> None:
+    proc = run_cli("token", "list", "--token-db", str(tmp_path / "tokens.json"))
+    assert proc.returncode == 0 and f"no tokens in {tmp_path / 'tokens.json'}" in proc.stdout
