@@ -317,3 +317,20 @@ def test_unreadable_checkpoint_is_one_error_and_keeps_the_models_findings(tmp_pa
 def test_token_list_says_when_there_are_none(tmp_path: Path) -> None:
     proc = run_cli("token", "list", "--token-db", str(tmp_path / "tokens.json"))
     assert proc.returncode == 0 and f"no tokens in {tmp_path / 'tokens.json'}" in proc.stdout
+
+
+def test_readme_first_command_says_what_the_user_sees() -> None:
+    """README, "The two commands": evil fails on two HIGH findings, dense passes with one INFO
+    finding, and under --policy strict dense fails on PrintV2 and Fill."""
+    proc = run_cli("scan", "--format", "json", str(ROOT / "examples" / "models"))
+    assert proc.returncode == 1, proc.stderr
+    by_artifact: dict[str, list[tuple[str, str]]] = {}
+    for f in json.loads(proc.stdout)["findings"]:
+        by_artifact.setdefault(Path(f["location"]["artifact"]).name, []).append((f["rule_id"], f["severity"]))
+    assert sorted(by_artifact["evil_savedmodel"]) == [("MW101", "high"), ("MW102", "high")]
+    assert by_artifact.get("dense_savedmodel") == [("MW600", "info")]
+    strict = run_cli("scan", "--format", "json", "--policy", "strict", str(DENSE))
+    assert strict.returncode == 1
+    ops = {f["evidence"].get("op") or f["message"] for f in json.loads(strict.stdout)["findings"]
+           if f["rule_id"] == "MW110"}
+    assert any("PrintV2" in o for o in ops) and any("Fill" in o for o in ops) and len(ops) == 2
