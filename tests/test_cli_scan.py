@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -101,10 +102,66 @@ def test_unwritable_output_exits_2(tmp_path: Path) -> None:
     assert "cannot write report" in proc.stderr
 
 
-def test_empty_directory_is_clean(tmp_path: Path) -> None:
-    proc = run_cli("scan", str(tmp_path))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "no model artifacts found" in proc.stdout
+def _tree_without_models(root: Path) -> Path:
+    """A folder a CI gate could be pointed at by mistake: text, junk, a link, a FIFO; no model."""
+    d = root / "no_models"
+    (d / "sub").mkdir(parents=True)
+    (d / "README.txt").write_text("hello")
+    (d / "sub" / "payload.weird").write_bytes(b"\x00hostile bytes in an unknown wrapper")
+    (d / "link").symlink_to("README.txt")
+    os.mkfifo(d / "fifo")
+    return d
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
+def test_empty_scan_exits_4_in_every_format(tmp_path: Path, fmt: str) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (empty, _tree_without_models(tmp_path)):
+        proc = run_cli("scan", "--format", fmt, str(target))
+        assert proc.returncode == 4, proc.stdout + proc.stderr
+        out = proc.stdout
+        if fmt == "json":
+            data = json.loads(out)
+            jsonschema.Draft202012Validator(JSON_SCHEMA).validate(data)
+            assert data["verdict"] == "empty" and data["exit_code"] == 4 and data["artifacts"] == []
+        elif fmt == "sarif":
+            data = json.loads(out)
+            jsonschema.Draft7Validator(SARIF_SCHEMA).validate(data)
+            inv = data["runs"][0]["invocations"][0]
+            assert inv["exitCode"] == 4 and not inv["executionSuccessful"]
+            assert any("no model artifacts found" in n["message"]["text"] for n in inv["toolExecutionNotifications"])
+        else:
+            assert "no model artifacts found" in out and ("exit 4" in out)
+        if fmt != "text":
+            assert "no model artifacts found" in proc.stderr
+        allowed = run_cli("scan", "--format", fmt, "--allow-empty", str(target))
+        assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+        if fmt == "json":
+            assert json.loads(allowed.stdout)["verdict"] == "pass"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
+def test_files_not_scanned_are_counted_and_listed_with_verbose(tmp_path: Path, fmt: str) -> None:
+    d = _tree_without_models(tmp_path)
+    names = {"no_models/README.txt": "unrecognised format", "no_models/sub/payload.weird": "unrecognised format",
+             "no_models/link": "symbolic link (never followed)", "no_models/fifo": "not a regular file"}
+    quiet = run_cli("scan", "--format", fmt, "--allow-empty", str(d))
+    loud = run_cli("scan", "--format", fmt, "--allow-empty", "--verbose", str(d))
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    if fmt == "json":
+        q, v = json.loads(quiet.stdout)["skipped"], json.loads(loud.stdout)["skipped"]
+        assert q["count"] == v["count"] == 4 and q["files"] == []
+        assert q["reasons"] == {"unrecognised format": 2, "not a regular file": 1, "symbolic link (never followed)": 1}
+        assert {os.path.relpath(f["path"], tmp_path): f["reason"] for f in v["files"]} == names
+        return
+    if fmt == "sarif":
+        jsonschema.Draft7Validator(SARIF_SCHEMA).validate(json.loads(loud.stdout))
+        assert json.loads(quiet.stdout)["runs"][0]["properties"]["skipped"] == 4
+    assert "4 file" in quiet.stdout and "2 unrecognised format" in quiet.stdout
+    assert "payload.weird" not in quiet.stdout
+    for name in names:
+        assert name.rsplit("/", 1)[-1] in loud.stdout, (name, loud.stdout[-2000:])
 
 
 # ---------------------------------------------------------------- end to end on real TensorFlow fixtures
@@ -221,3 +278,59 @@ def test_e2e_missing_checkpoint_exits_2_naming_it(models, tmp_path: Path) -> Non
     proc = run_cli("scan", "--checkpoint", str(prefix), str(models["variables_benign"]))
     assert proc.returncode == 2
     assert str(prefix) in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- clean errors for bad command lines
+
+DENSE = ROOT / "examples" / "models" / "dense_savedmodel"
+
+
+def test_symlink_problems_are_named(tmp_path: Path) -> None:
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    proc = run_cli("scan", "--no-progress", str(tmp_path / "dangling"), str(tmp_path / "loop"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{tmp_path / 'dangling'}: dangling symbolic link" in proc.stdout
+    assert f"{tmp_path / 'loop'}: symbolic link loop" in proc.stdout
+
+
+def test_bad_tf_version_and_missing_checkpoint_are_usage_errors(tmp_path: Path) -> None:
+    bad = run_cli("scan", "--tf-version", "abc", str(DENSE))
+    assert bad.returncode == 2 and "--tf-version: not a TensorFlow version: 'abc'" in bad.stderr
+    assert bad.stdout == ""  # no report: nothing was scanned
+    missing = run_cli("scan", "--format", "json", "--checkpoint", str(tmp_path / "ckpt"), str(DENSE))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.count(f"no checkpoint index {tmp_path / 'ckpt'}.index") == 1
+
+
+def test_unreadable_checkpoint_is_one_error_and_keeps_the_models_findings(tmp_path: Path) -> None:
+    (tmp_path / "ckpt.index").write_bytes(b"not a tensor bundle" * 10)
+    proc = run_cli("scan", "--format", "json", "--checkpoint", str(tmp_path / "ckpt"), str(DENSE))
+    assert proc.returncode == 2
+    data = json.loads(proc.stdout)
+    assert len(data["errors"]) == 1 and "ckpt" in data["errors"][0]["path"]
+    assert [a["display"] for a in data["artifacts"]] == [str(DENSE)]
+    assert "MW600" in {f["rule_id"] for f in data["findings"]}  # the model was still audited
+    assert proc.stderr.count("modelwarden: error:") == 1
+
+
+def test_token_list_says_when_there_are_none(tmp_path: Path) -> None:
+    proc = run_cli("token", "list", "--token-db", str(tmp_path / "tokens.json"))
+    assert proc.returncode == 0 and f"no tokens in {tmp_path / 'tokens.json'}" in proc.stdout
+
+
+def test_readme_first_command_says_what_the_user_sees() -> None:
+    """README, "The two commands": evil fails on two HIGH findings, dense passes with one INFO
+    finding, and under --policy strict dense fails on PrintV2 and Fill."""
+    proc = run_cli("scan", "--format", "json", str(ROOT / "examples" / "models"))
+    assert proc.returncode == 1, proc.stderr
+    by_artifact: dict[str, list[tuple[str, str]]] = {}
+    for f in json.loads(proc.stdout)["findings"]:
+        by_artifact.setdefault(Path(f["location"]["artifact"]).name, []).append((f["rule_id"], f["severity"]))
+    assert sorted(by_artifact["evil_savedmodel"]) == [("MW101", "high"), ("MW102", "high")]
+    assert by_artifact.get("dense_savedmodel") == [("MW600", "info")]
+    strict = run_cli("scan", "--format", "json", "--policy", "strict", str(DENSE))
+    assert strict.returncode == 1
+    ops = {f["evidence"].get("op") or f["message"] for f in json.loads(strict.stdout)["findings"]
+           if f["rule_id"] == "MW110"}
+    assert any("PrintV2" in o for o in ops) and any("Fill" in o for o in ops) and len(ops) == 2

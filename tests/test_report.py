@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -12,7 +13,7 @@ import pytest
 from modelwarden.analysis import registry
 from modelwarden.analysis.interface import Finding, Location, Severity
 from modelwarden.report import clean, renderer
-from modelwarden.report.interface import ArtifactSummary, Report, ScanError
+from modelwarden.report.interface import EXIT_EMPTY, ArtifactSummary, Report, ScanError, SkippedFile
 from modelwarden.report.json_report import SCHEMA_VERSION
 from modelwarden.report.sarif import artifact_uri
 from modelwarden.report.text import ScanProgress, TextRenderer
@@ -354,3 +355,52 @@ def test_sarif_uris_are_uri_references() -> None:
 def test_unknown_renderer() -> None:
     with pytest.raises(ValueError, match="unknown report format 'xml'"):
         renderer("xml")
+
+
+# ---------------------------------------------------------------- empty scans, files not scanned
+
+SKIPPED = (SkippedFile("data/notes.txt", "unrecognised format"), SkippedFile("data/\x1b[31mevil", "unrecognised format"),
+           SkippedFile("data/link", "symbolic link (never followed)"))
+
+
+def test_exit_codes_for_empty_scans() -> None:
+    empty = Report("0.1.0", "default", Severity.MEDIUM, (), ())
+    assert empty.empty and empty.exit_code == EXIT_EMPTY == 4
+    assert replace(empty, allow_empty=True).exit_code == 0
+    assert replace(empty, errors=ERRORS).exit_code == 2 and not replace(empty, errors=ERRORS).empty
+    assert not make_report().empty and make_report().exit_code == 1
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
+def test_every_format_counts_files_not_scanned_and_lists_them_when_verbose(fmt: str) -> None:
+    report = replace(make_report(), skipped=SKIPPED)
+    quiet, loud = renderer(fmt).render(report), renderer(fmt, verbose=True).render(report)
+    assert "\x1b" not in quiet + loud  # hostile file names are cleaned
+    if fmt == "json":
+        q, v = json.loads(quiet), json.loads(loud)
+        for doc in (q, v):
+            jsonschema.Draft202012Validator(JSON_SCHEMA).validate(doc)
+        assert q["skipped"] == {"count": 3, "files": [],
+                                "reasons": {"unrecognised format": 2, "symbolic link (never followed)": 1}}
+        assert [f["path"] for f in v["skipped"]["files"]] == ["data/notes.txt", "data/\\x1b[31mevil", "data/link"]
+        return
+    if fmt == "sarif":
+        for doc in (quiet, loud):
+            jsonschema.Draft7Validator(SARIF_SCHEMA).validate(json.loads(doc))
+    assert "2 unrecognised format" in quiet and "1 symbolic link (never followed)" in quiet
+    assert "notes.txt" not in quiet and "notes.txt" in loud and "data/link" in loud
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
+def test_every_format_says_nothing_was_found(fmt: str) -> None:
+    empty = Report("0.1.0", "default", Severity.MEDIUM, (), (), inputs=("wrong/folder",))
+    out = renderer(fmt).render(empty)
+    if fmt == "json":
+        assert json.loads(out)["verdict"] == "empty" and json.loads(out)["exit_code"] == 4
+        assert json.loads(renderer(fmt).render(replace(empty, allow_empty=True)))["verdict"] == "pass"
+    elif fmt == "sarif":
+        inv = json.loads(out)["runs"][0]["invocations"][0]
+        assert inv["exitCode"] == 4 and inv["toolExecutionNotifications"][0]["level"] == "warning"
+        assert "wrong/folder" in inv["toolExecutionNotifications"][0]["message"]["text"]
+    else:
+        assert "no model artifacts found" in out and "exit 4" in out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 
@@ -51,19 +52,33 @@ print("RESULT " + json.dumps(out))
 """
 
 
+VENV_PROLOGUE = ("import os, site\n"  # inside a venv: its site-packages, bound at /mnt/venv
+                 "for _d in os.environ.get('MW_VENV_SITES', '').split(os.pathsep):\n"
+                 "    _d and site.addsitedir(_d)\n")
+
+
 def run_as_nobody(child: str, *args: str) -> dict:
-    """Run Python source ``child`` as uid 65534 (argv: src dir, then ``args``); its ``RESULT {json}`` line."""
+    """Run Python source ``child`` as uid 65534 (argv: src dir, then ``args``); its ``RESULT {json}`` line.
+
+    The base interpreter runs from a bind of its prefix; inside a virtual environment the venv is
+    bound too and its site-packages added, so the child sees what the test process sees.
+    """
     prefix = sys.base_prefix
     exe = os.path.relpath(os.path.realpath(sys.executable), os.path.realpath(prefix))
     if exe.startswith(".."):
-        pytest.skip("interpreter outside its prefix (venv?)")
+        pytest.skip("interpreter outside its prefix")
+    venv = os.path.realpath(sys.prefix) if sys.prefix != sys.base_prefix else ""
+    venv_sites = [f"/mnt/venv/{os.path.relpath(os.path.realpath(d), venv)}" for d in site.getsitepackages()
+                  if venv and os.path.realpath(d).startswith(venv + "/")]
     script = (
-        'mount -t tmpfs -o size=1m,mode=0755 none /mnt && mkdir /mnt/py && mount --bind "$0" /mnt/py && '
+        'mount -t tmpfs -o size=1m,mode=0755 none /mnt && mkdir /mnt/py /mnt/venv && mount --bind "$0" /mnt/py && '
+        '{ [ -z "$MW_VENV" ] || mount --bind "$MW_VENV" /mnt/venv; } && '
         'exe="$1" && shift && exec setpriv --reuid=65534 --regid=65534 --clear-groups env -i HOME=/nonexistent '
-        'LD_LIBRARY_PATH=/mnt/py/lib TF_CPP_MIN_LOG_LEVEL=3 "/mnt/py/$exe" -c "$@"'
+        'MW_VENV_SITES="$MW_VENV_SITES" LD_LIBRARY_PATH=/mnt/py/lib TF_CPP_MIN_LOG_LEVEL=3 "/mnt/py/$exe" -c "$@"'
     )
-    res = subprocess.run(["unshare", "-m", "sh", "-c", script, prefix, exe, child, str(ROOT / "src"), *args],
-                         capture_output=True, text=True, timeout=900, cwd="/")
+    env = dict(os.environ, MW_VENV=venv, MW_VENV_SITES=os.pathsep.join(venv_sites))
+    res = subprocess.run(["unshare", "-m", "sh", "-c", script, prefix, exe, VENV_PROLOGUE + child, str(ROOT / "src"),
+                          *args], capture_output=True, text=True, timeout=900, cwd="/", env=env)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, res.stdout[-2000:] + res.stderr[-4000:]
     return json.loads(lines[0][7:])

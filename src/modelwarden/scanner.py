@@ -10,20 +10,21 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from modelwarden import __version__
 from modelwarden.analysis.interface import AnalysisContext, Finding, ScanOptions, Severity
 from modelwarden.analysis.registry import rule_classes
 from modelwarden.catalog import load_catalog
+from modelwarden.engine.interface import ArtifactResult, ScanJob
 from modelwarden.errors import ModelwardenError, UsageError
 from modelwarden.formats import reader_for
 from modelwarden.formats.detect import discover
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
 from modelwarden.ir import Artifact
 from modelwarden.policy.interface import Policy
-from modelwarden.engine.interface import ArtifactResult, ScanJob
-from modelwarden.report.interface import ArtifactSummary, CallGraphSketch, Report, ScanError
+from modelwarden.report.interface import ArtifactSummary, CallGraphSketch, Report, ScanError, SkippedFile
 
 if TYPE_CHECKING:
     from modelwarden.engine.interface import Engine
@@ -67,8 +68,6 @@ def read_artifact(candidate: Candidate, limits: Limits = DEFAULT_LIMITS) -> Arti
 
 def with_checkpoint(artifact: Artifact, prefix: str, limits: Limits = DEFAULT_LIMITS) -> Artifact:
     """The artifact as it will be loaded with a user-supplied checkpoint instead of its own variables."""
-    from dataclasses import replace
-
     from modelwarden.formats.checkpoint import read_checkpoint
 
     if prefix.endswith(".index"):
@@ -136,6 +135,7 @@ def scan(
     engine: "Engine | str | None" = None,
     jobs: int | None = None,
     cache: "ResultStore | str | os.PathLike[str] | None" = None,
+    allow_empty: bool = False,
 ) -> Report:
     """Scan files and directories; never raises for a bad input (it becomes a ``Report.errors`` entry).
 
@@ -147,14 +147,19 @@ def scan(
     ``engine``: "local" (default: this process, or a pool of ``jobs`` forked processes when there
     are many artifacts), "ray" (a Ray cluster, ``pip install 'modelwarden[ray]'``) or an
     :class:`~modelwarden.engine.interface.Engine`; ``cache``: a results-store directory, so an
-    artifact whose bytes, rules and options are unchanged is not analysed again.
+    artifact whose bytes, rules and options are unchanged is not analysed again;
+    ``allow_empty``: a scan that finds no model artifact passes (``exit_code`` 0) instead of
+    exit 4.  Files a directory walk did not scan are listed in ``Report.skipped``.
     """
     started = time.perf_counter()
     path_list = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
     if not path_list:
         raise UsageError("no paths to scan")
     pol = resolve_policy(policy)
-    threshold = Severity.parse(fail_on) if isinstance(fail_on, str) else fail_on
+    try:
+        threshold = Severity.parse(fail_on) if isinstance(fail_on, str) else fail_on
+    except ValueError as exc:
+        raise UsageError(f"fail_on: {exc}") from None
     threshold = threshold if threshold is not None else (pol.fail_on or _SEVERITY_DEFAULT)
 
     from modelwarden.engine.run import make_engine, make_store
@@ -163,21 +168,26 @@ def scan(
     store = make_store(cache)
     try:
         with paused_gc():
-            return _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started,
-                         eng, store)
+            report = _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started,
+                           eng, store)
     finally:
         eng.close()
         if store is not None and store is not cache:
             store.close()
+    return replace(report, allow_empty=allow_empty)
 
 
 def scan_candidate(cand: Candidate, job: ScanJob) -> ArtifactResult:
     """Read and analyse one detected artifact; never raises for a bad input (the unit of work of
     every engine: in this process, a local pool or a Ray task)."""
+    errors: tuple[ScanError, ...] = ()
     try:
         artifact = read_artifact(cand, job.limits)
         if job.options.checkpoint and artifact.graphs:
-            artifact = with_checkpoint(artifact, job.options.checkpoint, job.limits)
+            try:
+                artifact = with_checkpoint(artifact, job.options.checkpoint, job.limits)
+            except ModelwardenError as exc:  # one error for the checkpoint; the model is still audited
+                errors = (ScanError(getattr(exc, "path", job.options.checkpoint), getattr(exc, "reason", str(exc))),)
         ctx = _context(artifact, job.policy, job.options)
         found = _analyse(ctx)
         sketches = tuple(_sketches(ctx)) if job.callgraphs else ()
@@ -189,12 +199,13 @@ def scan_candidate(cand: Candidate, job: ScanJob) -> ArtifactResult:
         if os.environ.get("MODELWARDEN_DEBUG"):
             raise
         return ArtifactResult(None, errors=(ScanError(cand.path, f"internal error while scanning ({type(exc).__name__}: {exc})"),))
-    return ArtifactResult(_summary(artifact), tuple(found), (), sketches)
+    return ArtifactResult(_summary(artifact), tuple(found), errors, sketches)
 
 
 def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started,
           engine: "Engine | None" = None, store: "ResultStore | None" = None) -> Report:
-    candidates, discover_errors = discover(path_list, limits)
+    skipped: list[tuple[str, str]] = []
+    candidates, discover_errors = discover(path_list, limits, skipped)
     candidates.sort(key=lambda c: c.display)
     errors = [ScanError(e.path, e.reason) for e in discover_errors]
     artifacts: list[ArtifactSummary] = []
@@ -204,7 +215,7 @@ def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, c
     from modelwarden.engine.run import run_ordered
 
     for result in run_ordered(candidates, job, engine=engine, store=store, progress=progress):
-        errors.extend(result.errors)
+        errors.extend(e for e in result.errors if e not in errors)  # a bad --checkpoint: said once
         if result.summary is not None:
             artifacts.append(result.summary)
             findings.extend(result.findings)
@@ -222,6 +233,7 @@ def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, c
         inputs=tuple(path_list),
         callgraphs=tuple(sketches),
         engine=_engine_stats(engine, store),
+        skipped=tuple(SkippedFile(p, r) for p, r in skipped),
     )
 
 

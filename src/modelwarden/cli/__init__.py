@@ -1,18 +1,22 @@
 """Command-line entry point.  Each subcommand is a module with ``add_parser`` and ``run``.
 
 Exit codes (README): 0 ok / nothing at or above the threshold; 1 findings at or
-above it (scan) or a refused/failed run; 2 usage error or unreadable input;
-other codes are documented per command.
+above it (scan); 2 usage error or unreadable input; 70 an internal error (a bug: never a
+traceback, and never 1, which a CI gate reads as "findings"); other codes are documented
+per command.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from modelwarden import __version__
 from modelwarden.errors import ModelwardenError
+
+EXIT_INTERNAL = 70  # EX_SOFTWARE
 
 # name -> module; modules are imported only when their command runs (fast startup).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -75,6 +79,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a file or directory the command named could not be used
+        if os.environ.get("MODELWARDEN_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"modelwarden: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug; say so plainly instead of a traceback
+        if os.environ.get("MODELWARDEN_DEBUG"):
+            raise
+        print(f"modelwarden: internal error: {type(exc).__name__}: {str(exc)[:500]} (a bug in modelwarden; "
+              "MODELWARDEN_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         explicit = adv.Version.parse(args.tf_version) if args.tf_version else None
     except adv.VersionError as exc:
         raise UsageError(str(exc)) from None
+    if not args.target.strip():
+        raise UsageError("name an op (e.g. Conv2D) or a model path")
     if os.path.exists(args.target):
         return _model(args)
     if os.sep in args.target or args.target.endswith((".pb", ".tflite", ".keras", ".h5")):

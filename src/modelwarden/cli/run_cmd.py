@@ -3,7 +3,8 @@
 Exit codes: 0 ok; 2 usage/input error; 3 no sandbox available; 10 refused by the scan;
 11 blocked by the in-sandbox re-check; 12 memory limit; 13 deadline; 14 worker crashed;
 15 invalid input; 16 output too large; 17 protocol violation; 18 load failed;
-19 execution failed; 1 other sandbox errors.
+19 execution failed; 3 also when TensorFlow is not installed (the message says how to install it);
+1 other sandbox errors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from modelwarden.cli.scan_cmd import SEVERITIES
 
 UNSAFE_FLAG = "--unsafe-no-sandbox-run-untrusted-code"
 MAX_JSON_INPUT = 256 << 20
@@ -40,7 +43,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-scan", action="store_true",
                    help="do not run the static scan gate (the sandbox still applies)")
     p.add_argument("--policy", default=None, help="scan policy: default, strict or a TOML file")
-    p.add_argument("--fail-on", default=None, help="refuse models with findings at or above this severity")
+    p.add_argument("--fail-on", default=None, choices=SEVERITIES, metavar="SEVERITY",
+                   help="refuse models with findings at or above SEVERITY: " + ", ".join(SEVERITIES))
     p.add_argument(UNSAFE_FLAG, dest="unsafe_no_sandbox", action="store_true",
                    help="run WITHOUT ANY SANDBOX: the model's code runs as you, with your files and network")
 
@@ -136,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"inputs given twice: {', '.join(sorted(dup))}")
     if args.output and not args.output.endswith((".json", ".npz")):
         raise UsageError("--output must end in .json or .npz")
+    from modelwarden.cli import deps
+
+    deps.require("run", deps.RUN)
     backend = args.backend
     if args.unsafe_no_sandbox:
         backend = "unsafe-none"

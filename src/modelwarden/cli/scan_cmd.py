@@ -1,4 +1,4 @@
-"""``modelwarden scan PATH...``: audit artifacts statically and report (exit 0/1/2).
+"""``modelwarden scan PATH...``: audit artifacts statically and report (exit 0/1/2/4).
 
 Kept import-light: the parser is built for every command, so heavy modules are
 imported inside :func:`run`.
@@ -48,6 +48,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
                    help="scan on a Ray cluster: ADDRESS of a running cluster, or 'auto' (join one, else start a local "
                         "one); needs pip install 'modelwarden[ray]'")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="pass (exit 0) when no model artifact is found; by default that exits 4")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="list every file a directory walk did not scan (by default: counts per reason)")
 
 
 def _jobs(text: str) -> int:
@@ -87,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
     from modelwarden.scanner import scan
 
     policy = load_policy(args.policy)
+    if args.checkpoint:
+        _check_checkpoint(args.checkpoint)
+    if args.tf_version:
+        _check_tf_version(args.tf_version)
     fail_on = Severity.parse(args.fail_on) if args.fail_on else (policy.fail_on or Severity.MEDIUM)
     progress = progress_for(sys.stderr, enabled=not args.no_progress)
     try:
@@ -104,24 +112,52 @@ def run(args: argparse.Namespace) -> int:
         cache_dir = args.cache_dir or os.environ.get("MODELWARDEN_CACHE_DIR")
         if cache_dir and not args.no_cache:
             extra["cache"] = cache_dir
-        report = scan(_paths(args), policy=policy, fail_on=fail_on, progress=progress, **extra)
+        report = scan(_paths(args), policy=policy, fail_on=fail_on, progress=progress, allow_empty=args.allow_empty,
+                      **extra)
     finally:
         if progress is not None:
             progress.close()
 
-    options = {"color": args.output is None and use_color(sys.stdout)} if args.format == "text" else {}
+    options: dict[str, object] = {"verbose": args.verbose}
+    if args.format == "text":
+        options["color"] = args.output is None and use_color(sys.stdout)
     text = renderer(args.format, **options).render(report)
     if args.output:
         _write(args.output, text)
     else:
         _stdout(text)
-    if report.errors and (args.output or args.format != "text"):
-        # the text report lists errors itself; otherwise tell the person at the terminal
+    if args.output or args.format != "text":
+        # the text report says these itself; otherwise tell the person at the terminal
         from modelwarden.report import clean
 
         for e in report.errors:
             print(f"modelwarden: error: {clean(e.path)}: {clean(e.message)}", file=sys.stderr)
+        if report.empty and not args.allow_empty:
+            print("modelwarden: no model artifacts found (exit 4; --allow-empty accepts an empty scan)", file=sys.stderr)
     return report.exit_code
+
+
+def _check_tf_version(text: str) -> None:
+    """A mistyped ``--tf-version`` is a usage error (the API instead reports it as an MW702 finding)."""
+    from modelwarden.advisories import Version, VersionError
+    from modelwarden.errors import UsageError
+
+    try:
+        Version.parse(text)
+    except VersionError as exc:
+        raise UsageError(f"--tf-version: {exc}") from None
+
+
+def _check_checkpoint(prefix: str) -> None:
+    """``--checkpoint`` must name an existing checkpoint: a usage error, not one per scanned model."""
+    import os
+
+    from modelwarden.errors import UsageError
+
+    index = prefix if prefix.endswith(".index") else prefix + ".index"
+    if not os.path.isfile(index):
+        raise UsageError(f"--checkpoint {prefix}: no checkpoint index {index} (give the prefix of the "
+                         ".index/.data-* files, e.g. variables/variables)")
 
 
 def _stdout(text: str) -> None:

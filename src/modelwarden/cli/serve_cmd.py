@@ -1,7 +1,8 @@
 """``modelwarden serve``: serve audited models over TensorFlow Serving's REST API, each in the sandbox.
 
-Exit codes: 0 clean shutdown; 2 usage or configuration error (including an insecure bind
-refused); 3 privilege drop failed.
+Exit codes: 0 clean shutdown (or ``--check-config`` passed); 2 usage or configuration error
+(including an insecure bind refused, a missing file, policy or model base path); 3 a runtime
+dependency is missing (the message says how to install it) or the privilege drop failed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import socket
 import sys
 from typing import Any
+
+from modelwarden.cli.scan_cmd import SEVERITIES
 
 INSECURE_FLAG = "--insecure-allow-plaintext-public-bind"
 
@@ -30,7 +33,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
     p.add_argument("--token-db", help="token store (default $MODELWARDEN_TOKEN_DB or ~/.config/modelwarden/tokens.json)")
     p.add_argument("--policy", help="scan-gate policy: default, strict or a TOML file")
-    p.add_argument("--fail-on", help="refuse models with findings at or above this severity")
+    p.add_argument("--fail-on", choices=SEVERITIES, metavar="SEVERITY",
+                   help="refuse models with findings at or above SEVERITY: " + ", ".join(SEVERITIES))
     p.add_argument("--backend", choices=("auto", "namespaces", "bwrap"), help="sandbox backend (default auto)")
     p.add_argument("--workers", type=int, help="sandboxed workers per model version (single-model mode)")
     p.add_argument("--access-log", help="append the JSON access/audit log to this file (default stderr)")
@@ -39,6 +43,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="serve on Ray Serve: replicas of this server, each with its own sandboxed workers, on the Ray "
                         "cluster at ADDRESS ('auto': join one, else start a local one); scaling in the [ray] table "
                         "of --config (docs/scale-out.md); needs pip install 'modelwarden[ray]'")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration (files, policy, model paths, TLS, tokens) and exit without listening")
     p.add_argument(INSECURE_FLAG, dest="insecure_public", action="store_true",
                    help="allow listening on a non-loopback address WITHOUT TLS (tokens travel in clear text)")
 
@@ -89,39 +95,63 @@ def check_bind(cfg: Any, insecure: bool) -> None:
 def tls_context(cfg: Any) -> Any:
     import ssl
 
+    from modelwarden.errors import UsageError
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise UsageError(f"--tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: not a usable PEM certificate "
+                         f"and matching private key ({exc.strerror or exc})") from None
     if cfg.tls_client_ca:
-        ctx.load_verify_locations(cfg.tls_client_ca)
+        try:
+            ctx.load_verify_locations(cfg.tls_client_ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise UsageError(f"--tls-client-ca {cfg.tls_client_ca}: not a usable PEM CA certificate "
+                             f"({exc.strerror or exc})") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
 def bind(host: str, port: int) -> socket.socket:
+    from modelwarden.errors import UsageError
+
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so (else Nagle + delayed ACK
     # add ~40 ms to every keep-alive response)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host.strip("[]"), port))
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
     sock.listen(2048)
     sock.set_inheritable(False)
     return sock
 
 
-def drop_privileges(user: str) -> tuple[int, int]:
-    """setgroups([]) + setgid + setuid to ``user``; verifies root cannot be regained."""
+def lookup_user(user: str) -> Any:
+    """The passwd entry of the unprivileged ``--user`` (checked before binding)."""
     import pwd
 
-    from modelwarden.errors import ModelwardenError
+    from modelwarden.errors import UsageError
 
     try:
         pw = pwd.getpwnam(user)
-    except KeyError:
-        raise ModelwardenError(f"--user {user}: no such user") from None
+    except (KeyError, ValueError):
+        raise UsageError(f"--user {user!r}: no such user") from None
     if pw.pw_uid == 0:
-        raise ModelwardenError(f"--user {user} is root; name an unprivileged user")
+        raise UsageError(f"--user {user} is root; name an unprivileged user")
+    return pw
+
+
+def drop_privileges(user: str) -> tuple[int, int]:
+    """setgroups([]) + setgid + setuid to ``user``; verifies root cannot be regained."""
+    from modelwarden.errors import ModelwardenError
+
+    pw = lookup_user(user)
     os.setgroups([])
     os.setgid(pw.pw_gid)
     os.setuid(pw.pw_uid)
@@ -158,26 +188,42 @@ def _preimport() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from modelwarden.cli import deps
     from modelwarden.errors import ModelwardenError, UsageError
-    from modelwarden.server.app import App
     from modelwarden.server.auth import TokenStore
-    from modelwarden.server.log import AuditLog
+    from modelwarden.server.config import check_startup, check_writable
 
     cfg = build_config(args)
     check_bind(cfg, args.insecure_public)
+    if args.user:
+        if os.geteuid() != 0:
+            raise UsageError("--user needs the server to be started as root")
+        lookup_user(args.user)
+    check_startup(cfg)  # every named file, the policy, every model's base_path: exit 2 before binding
+    if args.port_file:
+        check_writable("port file (--port-file)", args.port_file)
+    deps.require("serve", deps.RUN + deps.SERVE)
     if args.ray is not None:
         from modelwarden.server import ray_serve
 
         if args.user:
             raise UsageError("--user is not available with --ray (run the Ray cluster itself unprivileged)")
-        return ray_serve.run(cfg, ray_serve.options_from_toml(args.config, args.ray), port_file=args.port_file)
-    if args.user and os.geteuid() != 0:
-        raise UsageError("--user needs the server to be started as root")
+        ray_opts = ray_serve.options_from_toml(args.config, args.ray)
+        if not args.check_config:
+            return ray_serve.run(cfg, ray_opts, port_file=args.port_file)
     tokens = TokenStore(cfg.token_db).load()
-    log = AuditLog(cfg.access_log)
     ssl_ctx = tls_context(cfg) if cfg.tls else None
+    if args.check_config:
+        print(f"configuration OK: {len(cfg.models)} model(s) ({', '.join(m.name for m in cfg.models) or 'none'}), "
+              f"{len(tokens.records)} token(s), would listen on {'https' if ssl_ctx else 'http'}://{cfg.host}:{cfg.port}")
+        return 0
+
+    import uvicorn
+
+    from modelwarden.server.app import App
+    from modelwarden.server.log import AuditLog
+
+    log = AuditLog(cfg.access_log)
     sock = bind(cfg.host, cfg.port)
     port = sock.getsockname()[1]
     _preimport()

@@ -49,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("choose an action: create, list or revoke")
     store = _store(args)
     if action == "create":
+        from modelwarden.server.config import NAME_RE
+
+        bad = [m for m in args.model if m != "*" and not NAME_RE.match(m)]
+        if bad:
+            raise UsageError(f"--model {bad[0][:80]!r}: not a model name (1-128 letters, digits, '_', '.', '-'; "
+                             "or '*' for every model)")
         expires = parse_expiry(args.expires) if args.expires else None
         if expires is not None and expires <= time.time():
             raise UsageError("--expires is in the past")
@@ -69,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps([{"id": r.id, "scope": r.scope, "models": r.models, "created": _when(r.created),
                                "expires": _when(r.expires) if r.expires else None, "state": r.state(),
                                "note": r.note} for r in recs], indent=1))
+        elif not recs:
+            print(f"no tokens in {store.path} (create one with `modelwarden token create --model NAME --scope predict`)")
         else:
             for r in recs:
                 print(f"{r.id}  {r.state():8}  {r.scope:8}  {','.join(r.models):20}  created {_when(r.created)}  "

@@ -7,6 +7,7 @@ followed during a walk; the reader of the owning artifact reports them.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -237,13 +238,18 @@ def _display(path: str, base: str, top: str) -> str:
     return top if rel == "." else os.path.join(top, rel)
 
 
-def discover(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> tuple[list[Candidate], list[InputError]]:
-    """Candidates for every artifact under ``paths`` (each found once) and per-path errors."""
+def discover(paths: list[str], limits: Limits = DEFAULT_LIMITS,
+             skipped: list[tuple[str, str]] | None = None) -> tuple[list[Candidate], list[InputError]]:
+    """Candidates for every artifact under ``paths`` (each found once) and per-path errors.
+
+    ``skipped`` (if given) receives ``(display path, reason)`` for each file a directory walk
+    did not scan: unrecognised content, a symbolic link (never followed), a special file.
+    """
     found: dict[str, Candidate] = {}
     errors: list[InputError] = []
     for top in paths:
         try:
-            _discover_one(top, found, limits)
+            _discover_one(top, found, limits, skipped)
         except InputError as exc:
             errors.append(exc)
     return list(found.values()), errors
@@ -254,10 +260,28 @@ def _add(found: dict[str, Candidate], cand: Candidate) -> None:
     found.setdefault(key, cand)
 
 
-def _discover_one(top: str, found: dict[str, Candidate], limits: Limits) -> None:
+def _stat_problem(path: str, exc: OSError) -> str:
+    """What is wrong with a named path that exists but cannot be followed."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    if os.path.islink(path) and exc.errno == errno.ENOENT:
+        return f"dangling symbolic link (its target {os.readlink(path)!r} does not exist)"
+    return f"cannot access: {exc.strerror or exc}"
+
+
+SKIP_UNRECOGNISED = "unrecognised format"
+SKIP_SYMLINK = "symbolic link (never followed)"
+SKIP_SPECIAL = "not a regular file"
+
+
+def _discover_one(top: str, found: dict[str, Candidate], limits: Limits,
+                  skipped: list[tuple[str, str]] | None = None) -> None:
     if not os.path.lexists(top):
         raise InputError(top, "no such file or directory")
-    st = os.stat(top)  # the user named this path: follow it if it is a link
+    try:
+        st = os.stat(top)  # the user named this path: follow it if it is a link
+    except OSError as exc:
+        raise InputError(top, _stat_problem(top, exc)) from None
     if stat.S_ISREG(st.st_mode):
         base = os.path.basename(top)
         if base in ("saved_model.pb", "saved_model.pbtxt"):
@@ -289,12 +313,19 @@ def _discover_one(top: str, found: dict[str, Candidate], limits: Limits) -> None
             count += 1
             if count > limits.max_dir_entries:
                 raise LimitExceeded(top, f"more than {limits.max_dir_entries} directory entries")
+            reason = ""
             if e.is_symlink():
-                continue
-            if e.is_dir(follow_symlinks=False):
+                reason = SKIP_SYMLINK
+            elif e.is_dir(follow_symlinks=False):
                 if e.name not in SKIP_DIRS:
                     stack.append(e.path)
             elif e.is_file(follow_symlinks=False):
                 fmt = sniff(e.path)
                 if fmt is not None:
                     _add(found, Candidate(e.path, fmt, _display(e.path, top, top)))
+                else:
+                    reason = SKIP_UNRECOGNISED
+            else:
+                reason = SKIP_SPECIAL
+            if reason and skipped is not None:
+                skipped.append((_display(e.path, top, top), reason))

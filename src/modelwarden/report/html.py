@@ -115,14 +115,34 @@ def _figure(sketch: CallGraphSketch, findings: list[Finding]) -> str:
     return f"<figure>{svg}<figcaption>{cap}</figcaption></figure>"
 
 
+def _skipped_section(report: Report, verbose: bool) -> str:
+    """Files the directory walk did not scan: counts per reason, every name with ``verbose``."""
+    if not report.skipped:
+        return ""
+    reasons = ", ".join(f"{n} {_t(r, 200)}" for r, n in report.skipped_reasons().items())
+    out = f"<h2>Not scanned</h2><p>{len(report.skipped)} file(s): {reasons}</p>"
+    if not verbose:
+        return out + '<p class="muted">--verbose lists them.</p>'
+    return out + '<ul class="errors">' + "".join(
+        f"<li><code>{_t(s.path, 500)}</code>: {_t(s.reason, 200)}</li>" for s in report.skipped[:MAX_FINDINGS]) + (
+        f'<li class="muted">… {len(report.skipped) - MAX_FINDINGS} more</li>' if len(report.skipped) > MAX_FINDINGS
+        else "") + "</ul>"
+
+
 class HtmlRenderer(Renderer):
     name = "html"
+
+    def __init__(self, verbose: bool = False) -> None:
+        self.verbose = verbose  # list every file that was not scanned
 
     def render(self, report: Report) -> str:
         counts = report.counts()
         failing = report.failing()
         verdict = (f'<span class="verdict fail">{len(failing)} finding(s) at or above {report.fail_on.label}</span>'
                    if failing else f'<span class="verdict pass">nothing at or above {report.fail_on.label}</span>')
+        if report.empty:
+            verdict = (f'<span class="verdict {"pass" if report.allow_empty else "fail"}">no model artifacts found'
+                       + ("" if report.allow_empty else " (exit 4)") + "</span>")
         if report.errors:
             verdict += f' · <span class="verdict fail">{len(report.errors)} input(s) could not be read</span>'
         parts = [
@@ -175,5 +195,6 @@ class HtmlRenderer(Renderer):
             parts.append("<h2>Errors</h2><ul class=\"errors\">" + "".join(
                 f"<li><code>{_t(e.path, 500)}</code>: {_t(e.message, 1000)}</li>" for e in report.errors[:500])
                 + "</ul>")
+        parts.append(_skipped_section(report, self.verbose))
         parts.append("</body></html>\n")
         return "".join(parts)

@@ -17,6 +17,17 @@ class ScanError:
 
 
 @dataclass(frozen=True, slots=True)
+class SkippedFile:
+    """A file a directory walk did not scan, and why (unrecognised format, symbolic link, special file)."""
+
+    path: str
+    reason: str
+
+
+EXIT_EMPTY = 4  # nothing to scan: no model artifact in the inputs (a CI gate pointed at the wrong folder)
+
+
+@dataclass(frozen=True, slots=True)
 class ArtifactSummary:
     display: str
     path: str
@@ -58,6 +69,8 @@ class Report:
     inputs: tuple[str, ...] = ()
     callgraphs: tuple[CallGraphSketch, ...] = ()  # filled when the scan is asked for them
     engine: dict[str, int | str] = field(default_factory=dict)  # how it ran: workers, cached, retried
+    skipped: tuple[SkippedFile, ...] = ()  # files under the inputs that were not scanned, and why
+    allow_empty: bool = False  # a scan that found no artifact passes (exit 0) instead of exit 4
 
     def counts(self) -> dict[str, int]:
         out = {s.label: 0 for s in Severity}
@@ -69,10 +82,25 @@ class Report:
         return tuple(f for f in self.findings if f.severity >= self.fail_on)
 
     @property
+    def empty(self) -> bool:
+        """Nothing was scanned and nothing failed to read: no model artifact in the inputs."""
+        return not self.artifacts and not self.errors
+
+    def skipped_reasons(self) -> dict[str, int]:
+        """How many files were not scanned, per reason (most common first)."""
+        out: dict[str, int] = {}
+        for s in self.skipped:
+            out[s.reason] = out.get(s.reason, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    @property
     def exit_code(self) -> int:
-        """0: clean at the threshold; 1: findings at or above it; 2: an input could not be read."""
+        """0: clean at the threshold; 1: findings at or above it; 2: an input could not be read;
+        4 (:data:`EXIT_EMPTY`): no model artifact found, unless ``allow_empty``."""
         if self.errors:
             return 2
+        if self.empty and not self.allow_empty:
+            return EXIT_EMPTY
         return 1 if self.failing() else 0
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from modelwarden.analysis.interface import Finding, Severity
 from modelwarden.report import clean
-from modelwarden.report.interface import ArtifactSummary, Renderer, Report
+from modelwarden.report.interface import EXIT_EMPTY, ArtifactSummary, Renderer, Report
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_ID = "urn:modelwarden:schema:scan-report:1"
 
 
@@ -22,8 +22,18 @@ def _s(value: object) -> str:
 
 
 def verdict(report: Report) -> str:
-    """``pass``, ``fail`` (findings at or above the threshold) or ``error`` (unreadable input)."""
-    return {0: "pass", 1: "fail"}.get(report.exit_code, "error")
+    """``pass``, ``fail`` (findings at or above the threshold), ``error`` (unreadable input) or
+    ``empty`` (no model artifact found, exit 4)."""
+    return {0: "pass", 1: "fail", EXIT_EMPTY: "empty"}.get(report.exit_code, "error")
+
+
+def skipped_dict(report: Report, verbose: bool) -> dict[str, Any]:
+    """Files not scanned: the count and count per reason always, the names with ``verbose``."""
+    return {
+        "count": len(report.skipped),
+        "reasons": {_s(r): n for r, n in report.skipped_reasons().items()},
+        "files": [{"path": _s(s.path), "reason": _s(s.reason)} for s in report.skipped] if verbose else [],
+    }
 
 
 def rule_name(rule_id: str) -> str:
@@ -79,7 +89,7 @@ def artifact_dict(a: ArtifactSummary, report: Report) -> dict[str, Any]:
     }
 
 
-def report_dict(report: Report) -> dict[str, Any]:
+def report_dict(report: Report, verbose: bool = False) -> dict[str, Any]:
     """The report as plain JSON-ready data (schema ``SCHEMA_VERSION``)."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -96,6 +106,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "findings": [finding_dict(f) for f in report.findings],
         "suppressed": [finding_dict(f, suppressed=True) for f in report.suppressed],
         "errors": [{"path": _s(e.path), "message": _s(e.message)} for e in report.errors],
+        "skipped": skipped_dict(report, verbose),
         **({"engine": dict(report.engine)} if report.engine else {}),
     }
 
@@ -103,8 +114,9 @@ def report_dict(report: Report) -> dict[str, Any]:
 class JsonRenderer(Renderer):
     name = "json"
 
-    def __init__(self, indent: int | None = 2) -> None:
+    def __init__(self, indent: int | None = 2, verbose: bool = False) -> None:
         self.indent = indent
+        self.verbose = verbose  # list every file that was not scanned
 
     def render(self, report: Report) -> str:
-        return json.dumps(report_dict(report), indent=self.indent, ensure_ascii=False) + "\n"
+        return json.dumps(report_dict(report, self.verbose), indent=self.indent, ensure_ascii=False) + "\n"

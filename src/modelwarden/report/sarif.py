@@ -130,7 +130,7 @@ def _result(f: Finding, rule_index: dict[str, int]) -> dict[str, Any]:
     return result
 
 
-def sarif_dict(report: Report) -> dict[str, Any]:
+def sarif_dict(report: Report, verbose: bool = False) -> dict[str, Any]:
     from modelwarden import __version__
     from modelwarden.analysis import registry
 
@@ -154,7 +154,9 @@ def sarif_dict(report: Report) -> dict[str, Any]:
         }
         for e in report.errors
     ]
-    invocation: dict[str, Any] = {"executionSuccessful": not report.errors, "exitCode": report.exit_code}
+    notifications += _not_scanned_notifications(report, verbose)
+    invocation: dict[str, Any] = {"executionSuccessful": not report.errors and not (report.empty and not report.allow_empty),
+                                  "exitCode": report.exit_code}
     if notifications:
         invocation["toolExecutionNotifications"] = notifications
     run = {
@@ -183,16 +185,35 @@ def sarif_dict(report: Report) -> dict[str, Any]:
             "failOn": report.fail_on.label,
             "counts": report.counts(),
             "inputs": [_s(i) for i in report.inputs],
+            "skipped": len(report.skipped),
+            "skippedReasons": report.skipped_reasons(),
         },
     }
     return {"$schema": SARIF_SCHEMA, "version": SARIF_VERSION, "runs": [run]}
 
 
+def _not_scanned_notifications(report: Report, verbose: bool) -> list[dict[str, Any]]:
+    """An empty scan is a warning; files not scanned are one note with counts (one per file with ``verbose``)."""
+    out: list[dict[str, Any]] = []
+    if report.empty:
+        out.append({"level": "note" if report.allow_empty else "warning",
+                    "message": {"text": "no model artifacts found in: " + ", ".join(_s(i) for i in report.inputs[:50])}})
+    if report.skipped:
+        reasons = ", ".join(f"{n} {_s(r)}" for r, n in report.skipped_reasons().items())
+        out.append({"level": "note", "message": {"text": f"{len(report.skipped)} file(s) not scanned: {reasons}"}})
+    if verbose:
+        out += [{"level": "note", "message": {"text": f"not scanned ({_s(s.reason)}): {_s(s.path)}"},
+                 "locations": [{"physicalLocation": {"artifactLocation": {"uri": artifact_uri(s.path)}}}]}
+                for s in report.skipped]
+    return out
+
+
 class SarifRenderer(Renderer):
     name = "sarif"
 
-    def __init__(self, indent: int | None = 2) -> None:
+    def __init__(self, indent: int | None = 2, verbose: bool = False) -> None:
         self.indent = indent
+        self.verbose = verbose  # one notification per file that was not scanned
 
     def render(self, report: Report) -> str:
-        return json.dumps(sarif_dict(report), indent=self.indent, ensure_ascii=False) + "\n"
+        return json.dumps(sarif_dict(report, self.verbose), indent=self.indent, ensure_ascii=False) + "\n"

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from modelwarden.analysis.interface import Finding, Severity
 from modelwarden.report import clean
-from modelwarden.report.interface import ArtifactSummary, Renderer, Report
+from modelwarden.report.interface import EXIT_EMPTY, ArtifactSummary, Renderer, Report
 
 Segment = tuple[str, str]  # (text, rich style or "")
 Line = list[Segment]
@@ -125,9 +125,12 @@ def _suppressed_lines(items: list[Finding]) -> list[Line]:
 def summary_line(report: Report) -> Line:
     counts = report.counts()
     code = report.exit_code
-    verdict = {0: ("PASS", "bold green"), 1: ("FAIL", "bold red")}.get(code, ("ERROR", "bold red"))
+    verdict = {0: ("PASS", "bold green"), 1: ("FAIL", "bold red"),
+               EXIT_EMPTY: ("EMPTY", "bold red")}.get(code, ("ERROR", "bold red"))
     sev = ", ".join(f"{counts[s.label]} {s.label}" for s in sorted(Severity, reverse=True))
     extra = [_plural(len(report.artifacts), "artifact") + " scanned"]
+    if report.skipped:
+        extra.append(f"{_plural(len(report.skipped), 'file')} not scanned")
     if report.suppressed:
         extra.append(f"{len(report.suppressed)} suppressed")
     if report.errors:
@@ -142,7 +145,7 @@ def summary_line(report: Report) -> Line:
     ]
 
 
-def report_lines(report: Report) -> list[Line]:
+def report_lines(report: Report, verbose: bool = False) -> list[Line]:
     """The report as styled lines (styles ignored in plain output)."""
     order = sorted(Severity, reverse=True)
     by_artifact: dict[str, list[Finding]] = {a.display: [] for a in report.artifacts}
@@ -169,11 +172,26 @@ def report_lines(report: Report) -> list[Line]:
         for e in report.errors:
             lines.append([("  " + clean(e.path), "bold"), (": " + clean(e.message), "")])
         lines.append([])
-    if not report.artifacts and not report.errors:
-        lines.append([("no model artifacts found", "yellow")])
+    lines.extend(_skipped_lines(report, verbose))
+    if report.empty:
+        hint = "" if report.allow_empty else " (exit 4: is this the right path? --allow-empty accepts an empty scan)"
+        lines.append([("no model artifacts found", "bold red" if not report.allow_empty else "yellow"), (hint, "")])
         lines.append([])
     lines.append(summary_line(report))
     return lines
+
+
+def _skipped_lines(report: Report, verbose: bool) -> list[Line]:
+    """Files the directory walk did not scan: counts per reason, every name with ``verbose``."""
+    if not report.skipped:
+        return []
+    reasons = ", ".join(f"{n} {clean(r)}" for r, n in report.skipped_reasons().items())
+    head = f"not scanned: {_plural(len(report.skipped), 'file')} ({reasons})"
+    out: list[Line] = [[(head, "yellow"), ("" if verbose else " — --verbose lists them", "dim")]]
+    if verbose:
+        out += [[("  " + clean(s.path), ""), (f"  {clean(s.reason)}", "dim")] for s in report.skipped]
+    out.append([])
+    return out
 
 
 class TextRenderer(Renderer):
@@ -181,12 +199,13 @@ class TextRenderer(Renderer):
 
     name = "text"
 
-    def __init__(self, color: bool | None = None, width: int | None = None) -> None:
+    def __init__(self, color: bool | None = None, width: int | None = None, verbose: bool = False) -> None:
         self.color = use_color() if color is None else color
         self.width = width
+        self.verbose = verbose  # list every file that was not scanned
 
     def render(self, report: Report) -> str:
-        lines = report_lines(report)
+        lines = report_lines(report, self.verbose)
         if not self.color:
             return "".join("".join(text for text, _ in line) + "\n" for line in lines)
         return _render_rich(lines, self.width)

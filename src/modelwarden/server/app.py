@@ -106,11 +106,12 @@ class App:
         self.log.write("server_starting", models=[m.name for m in self.cfg.models])
         try:
             await self.registry.start()
-        except Exception as exc:  # noqa: BLE001 - keep serving health endpoints, report
-            self.log.write("startup_failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-            self.registry.ready = True
+        except Exception as exc:  # noqa: BLE001 - keep serving health endpoints (/readyz says not ready), report
+            self.registry.startup_error = f"{type(exc).__name__}: {exc}"[:2000]
+            self.log.write("startup_failed", error=self.registry.startup_error)
             return
-        self.log.write("server_ready")
+        waiting = self.registry.not_ready()
+        self.log.write("server_ready" if not waiting else "server_not_ready", problems=waiting[:50] or None)
 
     # -- request handling ------------------------------------------------------------------------------
 
@@ -121,8 +122,12 @@ class App:
         if path in ("/healthz", "/readyz"):
             if method != "GET":
                 return _json(405, {"error": "method not allowed"})
-            ok = path == "/healthz" or self.registry.ready
-            return _json(200 if ok else 503, {"status": "ok" if ok else "starting"})
+            problems = [] if path == "/healthz" else self.registry.not_ready()
+            if not problems:
+                return _json(200, {"status": "ok"})
+            # unauthenticated: a count only; what is wrong is in the audit log and the (authenticated) model status
+            return _json(503, {"status": "starting" if not self.registry.ready else "not ready",
+                               "not_ready": len(problems)})
         ident = None
         ctx: dict[str, Any] = {"model": "", "api": "auth", "version": None}
         try:

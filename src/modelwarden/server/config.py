@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from modelwarden.analysis.interface import Severity
 from modelwarden.errors import InputError, UsageError
-from modelwarden.sandbox.interface import MiB, parse_duration, parse_size
+from modelwarden.sandbox.interface import MiB, SandboxLimits, parse_duration, parse_size
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
@@ -161,7 +162,22 @@ def validate_model(path: str, m: ModelConfig) -> ModelConfig:
         raise _err(path, f"{where}: workers must be between 1 and 64")
     if not os.path.isabs(m.base_path):
         raise _err(path, f"{where}: base_path must be an absolute path")
+    _check_severity(path, f"{where}: fail_on", m.fail_on)
+    try:  # the sandbox's own bounds (e.g. TensorFlow needs at least 256 MiB): refused now, not at load
+        SandboxLimits(memory_bytes=m.memory_bytes, max_processes=m.max_processes,
+                      **({"timeout_s": m.timeout_s} if m.timeout_s else {}))
+    except UsageError as exc:
+        raise _err(path, f"{where}: {str(exc).replace('SandboxLimits.', '')}") from None
     return m
+
+
+SEVERITIES = tuple(s.label for s in Severity)
+BACKENDS = ("auto", "namespaces", "bwrap")
+
+
+def _check_severity(path: str, where: str, value: str | None) -> None:
+    if value is not None and value not in SEVERITIES:
+        raise _err(path, f"{where} {value[:40]!r} is not a severity (expected one of {', '.join(SEVERITIES)})")
 
 
 def load_toml(path: str) -> ServerConfig:
@@ -227,7 +243,53 @@ def validate(path: str, cfg: ServerConfig) -> ServerConfig:
             raise _err(path, f"{name} must be positive")
     if not cfg.request_timeout_s > 0 or not cfg.rate_per_token > 0:
         raise _err(path, "request_timeout and rate_per_token must be positive")
+    _check_severity(path, "server.fail_on", cfg.fail_on)
+    if cfg.backend not in BACKENDS:
+        raise _err(path, f"server.backend {cfg.backend[:40]!r} is not one of {', '.join(BACKENDS)}")
     return cfg
+
+
+def check_startup(cfg: ServerConfig) -> None:
+    """What :func:`validate` cannot see from the text alone: the files and directories the
+    configuration names exist and the policy loads.  Raises :class:`UsageError` naming the
+    setting, so a broken configuration stops ``serve`` before it binds (exit 2)."""
+    from modelwarden.errors import ModelwardenError
+    from modelwarden.policy import load_policy
+
+    try:
+        load_policy(cfg.policy)
+    except ModelwardenError as exc:
+        raise UsageError(f"policy (--policy / server.policy): {exc}") from None
+    for setting, file in (("TLS certificate (--tls-cert / server.tls.cert)", cfg.tls_cert),
+                          ("TLS key (--tls-key / server.tls.key)", cfg.tls_key),
+                          ("TLS client CA (--tls-client-ca / server.tls.client_ca)", cfg.tls_client_ca)):
+        if file is not None:
+            _require(setting, file, os.path.isfile, "is not a regular file", os.R_OK)
+    if cfg.access_log is not None:
+        check_writable("access log (--access-log / server.access_log)", cfg.access_log)
+    for m in cfg.models:
+        _require(f"base_path of model {m.name!r}", m.base_path, os.path.isdir, "is not a directory",
+                 os.R_OK | os.X_OK)
+
+
+def check_writable(setting: str, path: str) -> None:
+    """``path`` can be written: an existing regular file, or a new file in an existing directory."""
+    if os.path.lexists(path):
+        _require(setting, path, os.path.isfile, "is not a regular file", os.W_OK)
+    else:
+        _require(f"directory of the {setting}", os.path.dirname(os.path.abspath(path)), os.path.isdir,
+                 "is not a directory", os.W_OK)
+
+
+def _require(setting: str, path: str, kind: Any, not_kind: str, access: int) -> None:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        raise UsageError(f"{setting}: {path}: {exc.strerror}") from None
+    if not kind(path):
+        raise UsageError(f"{setting}: {path} {not_kind}")
+    if not os.access(path, access):
+        raise UsageError(f"{setting}: {path}: permission denied")
 
 
 # -- TensorFlow Serving's text format --------------------------------------------------------------

@@ -121,7 +121,25 @@ class Registry:
         self._loader = concurrent.futures.ThreadPoolExecutor(max_workers=cfg.load_concurrency,
                                                              thread_name_prefix="mw-load")
         self._scanner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mw-scan")
-        self.ready = False
+        self.ready = False  # start-up (discovery, scans, worker starts) has finished
+        self.startup_error = ""
+
+    def not_ready(self) -> list[str]:
+        """Why ``/readyz`` is not ready: empty once start-up finished and every configured model has
+        versions, each either AVAILABLE or deliberately refused (FAILED_PRECONDITION: scan gate or
+        in-sandbox op check).  A version that failed to load, or a model with no version, keeps it not ready."""
+        if self.startup_error:
+            return [f"start-up failed: {self.startup_error}"]
+        if not self.ready:
+            return ["starting: models are being scanned and loaded"]
+        out = []
+        for name, e in self.models.items():
+            if not e.versions:
+                out.append(f"model {name}: no version could be loaded ({e.discovery_error or 'none found'})")
+            for v, vs in sorted(e.versions.items()):
+                if vs.state != "AVAILABLE" and vs.error_code != "FAILED_PRECONDITION":
+                    out.append(f"model {name} version {v}: {vs.state} {vs.error_code} {vs.error_message[:300]}".rstrip())
+        return out
 
     # -- start-up ---------------------------------------------------------------------------------
 
