@@ -16,6 +16,7 @@ that artifact — never lost, never counted twice.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,39 @@ def _scan_batch(cands: list[Candidate], job: ScanJob) -> list[str]:
 
     with paused_gc():
         return [records.dumps(scan_candidate(c, job)) for c in cands]
+
+
+_ADDRESS = re.compile(r"^(?:ray://)?(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):\d{1,5}$")
+
+
+def check_address(address: str) -> str:
+    """``auto``, ``local``, ``HOST:PORT`` or ``ray://HOST:PORT``; anything else is a usage error."""
+    if address in ("auto", "local") or _ADDRESS.match(address or ""):
+        return address
+    raise UsageError(f"--ray {address!r}: not a Ray cluster address (HOST:PORT, ray://HOST:PORT, auto or local)")
+
+
+def connect(address: str) -> tuple[Any, bool]:
+    """Join the cluster at ``address`` (``auto``: a running one, else start a local one).
+    Returns (ray, whether this call started Ray)."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return ray, False
+    kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False}
+    try:
+        if address == "auto":
+            try:
+                ray.init(address="auto", **kwargs)
+                return ray, False
+            except ConnectionError:  # no running cluster: start a local one
+                pass
+        if address in ("auto", "local"):
+            ray.init(**kwargs)
+            return ray, True
+        ray.init(address=address, **kwargs)
+        return ray, False
+    except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; the user needs the reason, not a trace
+        raise UsageError(f"cannot connect to the Ray cluster at {address}: {type(exc).__name__}: {exc}"[:1000]) from None
 
 
 def _import_ray() -> Any:
@@ -59,27 +93,15 @@ class RayEngine(Engine):
     def __init__(self, address: str = "auto", *, batch_size: int | None = None, task_timeout_s: float = 600.0,
                  max_attempts: int = 3) -> None:
         super().__init__()
-        self.address = address
+        self.address = check_address(address)
         self.batch_size = batch_size
         self.task_timeout_s = task_timeout_s
         self.max_attempts = max_attempts
         self._started_here = False
 
     def _connect(self) -> Any:
-        ray = _import_ray()
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False}
-            if self.address == "auto":
-                try:
-                    ray.init(address="auto", **kwargs)
-                except ConnectionError:  # no running cluster: start a local one
-                    ray.init(**kwargs)
-                    self._started_here = True
-            elif self.address == "local":
-                ray.init(**kwargs)
-                self._started_here = True
-            else:
-                ray.init(address=self.address, **kwargs)
+        ray, started = connect(self.address)
+        self._started_here = self._started_here or started
         return ray
 
     def close(self) -> None:

@@ -72,8 +72,11 @@ class RayServeOptions:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 4096:
                 raise UsageError(f"{where}: {name} must be a positive number, got {v!r}")
-        if not isinstance(self.address, str) or not self.address or not isinstance(self.app_name, str):
+        if not isinstance(self.address, str) or not isinstance(self.app_name, str) or not self.app_name:
             raise UsageError(f"{where}: address and app_name must be non-empty strings")
+        from modelwarden.engine.ray_engine import check_address
+
+        check_address(self.address)
         return self
 
 
@@ -160,27 +163,15 @@ def run(cfg: ServerConfig, opts: RayServeOptions, *, port_file: str | None = Non
         stop: threading.Event | None = None) -> int:
     """Start (or join) Ray, deploy, serve until SIGINT/SIGTERM (or ``stop``), then tear down."""
     try:
-        import ray
         from ray import serve
     except ImportError:
         raise UsageError("--ray needs Ray Serve: pip install 'modelwarden[ray]'") from None
     if cfg.tls_client_ca:
         raise UsageError("mutual TLS (--tls-client-ca) is not available behind Ray Serve's proxy; terminate mTLS "
                          "in front of it or serve without --ray")
-    started_ray = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False}
-        if opts.address == "auto":
-            try:
-                ray.init(address="auto", **kwargs)
-            except ConnectionError:
-                ray.init(**kwargs)
-                started_ray = True
-        elif opts.address == "local":
-            ray.init(**kwargs)
-            started_ray = True
-        else:
-            ray.init(address=opts.address, **kwargs)
+    from modelwarden.engine.ray_engine import connect
+
+    ray, started_ray = connect(opts.address)
     port = cfg.port or free_port(cfg.host)
     http: dict[str, Any] = {"host": cfg.host, "port": port, "request_timeout_s": cfg.request_timeout_s + 5}
     if cfg.tls:
