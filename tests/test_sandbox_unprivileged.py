@@ -29,18 +29,18 @@ import glob, json, os, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from modelwarden.sandbox import Sandbox, SandboxLimits, SandboxError
-run, esc = sys.argv[2], sys.argv[3]
+run, esc, backend = sys.argv[2], sys.argv[3], sys.argv[4]
 out = {"uid": os.getuid()}
-lim = SandboxLimits(memory_bytes=1 << 30, max_processes=120, timeout_s=60)
-with Sandbox(lim) as sb:
+lim = SandboxLimits(memory_bytes=1 << 30, max_processes=120, timeout_s=60, load_timeout_s=240)
+with Sandbox(lim, backend=backend) as sb:
     m = sb.load(run + "/dense", scan=False)
     out["y"] = m.predict({"x": np.ones((1, 4), np.float32)})["y"].tolist()
     info = sb.introspect()
     out["info"] = {k: info[k] for k in ("uid", "pid", "root", "net_interfaces", "rlimits", "layers", "status")}
-with Sandbox(lim) as sb:
+with Sandbox(lim, backend=backend) as sb:
     m = sb.load(esc + "/lambda_forkbomb.keras", scan=False, keras_safe_mode=False)
     out["forkbomb"] = m.predict({"x": np.zeros((1, 8), np.float32)})["attack"][0][:2].tolist()
-with Sandbox(lim) as sb:
+with Sandbox(lim, backend=backend) as sb:
     m = sb.load(esc + "/memory_bomb", scan=False)
     try:
         m.predict({"n": np.int32(2048)})
@@ -51,7 +51,16 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_sandbox_works_for_an_unprivileged_user(fixture_dir):
+def _backends():
+    from modelwarden.sandbox.gvisor import probe
+
+    ok, why = probe()
+    return ["namespaces", pytest.param("gvisor", marks=pytest.mark.skipif(not ok, reason=f"gVisor: {why}"))]
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_sandbox_works_for_an_unprivileged_user(fixture_dir, backend):
+    """Rootless on every backend; on gVisor that is ``runsc --rootless`` (RLIMITs enforced by the Sentry)."""
     run_models = fixture_dir("build_run_models")
     escape = fixture_dir("build_escape")
     prefix = sys.base_prefix
@@ -61,10 +70,10 @@ def test_sandbox_works_for_an_unprivileged_user(fixture_dir):
     script = (
         'mount -t tmpfs -o size=1m,mode=0755 none /mnt && mkdir /mnt/py && mount --bind "$0" /mnt/py && '
         'exec setpriv --reuid=65534 --regid=65534 --clear-groups env -i HOME=/nonexistent '
-        'LD_LIBRARY_PATH=/mnt/py/lib TF_CPP_MIN_LOG_LEVEL=3 "/mnt/py/$1" -c "$2" "$3" "$4" "$5"'
+        'LD_LIBRARY_PATH=/mnt/py/lib TF_CPP_MIN_LOG_LEVEL=3 "/mnt/py/$1" -c "$2" "$3" "$4" "$5" "$6"'
     )
     res = subprocess.run(["unshare", "-m", "sh", "-c", script, prefix, exe, CHILD, str(ROOT / "src"),
-                          str(run_models), str(escape)], capture_output=True, text=True, timeout=600, cwd="/")
+                          str(run_models), str(escape), backend], capture_output=True, text=True, timeout=600, cwd="/")
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, res.stdout[-2000:] + res.stderr[-4000:]
     out = json.loads(lines[0][7:])
