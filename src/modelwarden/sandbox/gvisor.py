@@ -225,7 +225,9 @@ def probe() -> tuple[bool, str]:
                 if not chunk:
                     break
                 answer += chunk
-        except (OSError, socket.timeout) as exc:
+        except socket.timeout:
+            answer = f"no answer within {PROBE_TIMEOUT_S:.0f} s (the sandbox hangs at start-up)".encode()
+        except OSError as exc:
             answer = f"error: {exc}".encode()
         finally:
             parent.close()
