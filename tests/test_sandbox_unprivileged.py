@@ -30,18 +30,18 @@ import glob, json, os, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from modelwarden.sandbox import Sandbox, SandboxLimits, SandboxError
-run, esc = sys.argv[2], sys.argv[3]
+run, esc, backend = sys.argv[2], sys.argv[3], sys.argv[4]
 out = {"uid": os.getuid()}
-lim = SandboxLimits(memory_bytes=1 << 30, max_processes=120, timeout_s=60)
-with Sandbox(lim) as sb:
+lim = SandboxLimits(memory_bytes=1 << 30, max_processes=120, timeout_s=60, load_timeout_s=240)
+with Sandbox(lim, backend=backend) as sb:
     m = sb.load(run + "/dense", scan=False)
     out["y"] = m.predict({"x": np.ones((1, 4), np.float32)})["y"].tolist()
     info = sb.introspect()
     out["info"] = {k: info[k] for k in ("uid", "pid", "root", "net_interfaces", "rlimits", "layers", "status")}
-with Sandbox(lim) as sb:
+with Sandbox(lim, backend=backend) as sb:
     m = sb.load(esc + "/lambda_forkbomb.keras", scan=False, keras_safe_mode=False)
     out["forkbomb"] = m.predict({"x": np.zeros((1, 8), np.float32)})["attack"][0][:2].tolist()
-with Sandbox(lim) as sb:
+with Sandbox(lim, backend=backend) as sb:
     m = sb.load(esc + "/memory_bomb", scan=False)
     try:
         m.predict({"n": np.int32(2048)})
@@ -84,8 +84,17 @@ def run_as_nobody(child: str, *args: str) -> dict:
     return json.loads(lines[0][7:])
 
 
-def test_sandbox_works_for_an_unprivileged_user(fixture_dir):
-    out = run_as_nobody(CHILD, str(fixture_dir("build_run_models")), str(fixture_dir("build_escape")))
+def _backends():
+    from modelwarden.sandbox.gvisor import probe
+
+    ok, why = probe()
+    return ["namespaces", pytest.param("gvisor", marks=pytest.mark.skipif(not ok, reason=f"gVisor: {why}"))]
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_sandbox_works_for_an_unprivileged_user(fixture_dir, backend):
+    """Rootless on every backend; on gVisor that is ``runsc --rootless`` (RLIMITs enforced by the Sentry)."""
+    out = run_as_nobody(CHILD, str(fixture_dir("build_run_models")), str(fixture_dir("build_escape")), backend)
     assert out["uid"] == 65534
     assert out["y"][0] == pytest.approx([1.7, 1.1], rel=1e-5)
     info = out["info"]

@@ -51,7 +51,6 @@ from modelwarden.sandbox.namespaces import boot_env
 PLATFORM_ENV = "MODELWARDEN_GVISOR_PLATFORM"
 DEFAULT_PLATFORM = "ptrace"
 PROBE_TIMEOUT_S = 60.0
-DEV_TMPFS_BYTES = 64 * 1024
 # Host tasks the Sentry needs (measured on the ptrace platform, docs/sandbox.md): ~63 with
 # TensorFlow loaded, ~11 more per guest process, <1 per guest thread.
 HOST_TASKS_BASE = 64
@@ -111,9 +110,6 @@ def oci_config(plan: FsPlan, rootfs: str, args: list[str], tmpfs_bytes: int, use
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "nodev", "noexec"]},
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "nodev", "noexec", f"size={int(tmpfs_bytes)}", "mode=1777"]},
-        # the Sentry puts its device files here; sized, so it cannot hold more than they need
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "noexec", f"size={DEV_TMPFS_BYTES}", "mode=0755"]},
     ]
     for b in plan.binds:
         opts = ["bind", "ro", "nosuid", "nodev"] + (["noexec"] if b.noexec else [])
@@ -137,7 +133,8 @@ def guest_identity(plan: FsPlan) -> tuple[int, int]:
     """uid/gid of the worker *inside* gVisor (no host identity: the Sentry serves its syscalls).
 
     ``nobody`` when it can read every bind (then it owns nothing: ``/dev`` and ``/`` are not
-    writable, only the sized ``/tmp``), else the model's owner, else the Sentry's uid 0 without
+    writable, only the sized ``/tmp``; runsc always mounts its own, unsized ``/dev`` tmpfs owned
+    by guest root and ignores a ``/dev`` entry in the bundle), else the model's owner, else the Sentry's uid 0 without
     capabilities (a root-private model; see docs/sandbox.md).  Same rule as the namespaces backend.
     """
     from modelwarden.sandbox.client import identity_for
@@ -228,7 +225,9 @@ def probe() -> tuple[bool, str]:
                 if not chunk:
                     break
                 answer += chunk
-        except (OSError, socket.timeout) as exc:
+        except socket.timeout:
+            answer = f"no answer within {PROBE_TIMEOUT_S:.0f} s (the sandbox hangs at start-up)".encode()
+        except OSError as exc:
             answer = f"error: {exc}".encode()
         finally:
             parent.close()
