@@ -320,12 +320,34 @@ def npy_header(data: bytes, path: str) -> tuple[dict, int]:
     if text.count("(") + text.count("[") + text.count("{") > 200:
         raise InputError(path, ".npy header is nested too deeply")
     try:
-        header = ast.literal_eval(text.strip())
+        header = ast.literal_eval(text.strip() if major != 1 else _without_long_suffix(text))
     except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
         raise InputError(path, f".npy header is not a Python literal ({type(exc).__name__})") from None
     if not isinstance(header, dict) or "descr" not in header:
         raise InputError(path, ".npy header has no 'descr'")
     return header, start + hlen
+
+
+def _without_long_suffix(text: str) -> str:
+    """A version 1.0 header written by Python 2 may spell ints ``2L``; numpy.load drops the ``L``
+    (``numpy.lib.format._filter_header``) outside string literals, and so do we."""
+    import io
+    import tokenize
+
+    if "L" not in text and "l" not in text:
+        return text.strip()
+    out: list[tuple[int, str]] = []
+    last = None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text.strip()).readline):
+            if last is not None and last.type == tokenize.NUMBER and tok.type == tokenize.NAME \
+                    and tok.string in ("L", "l") and tok.start == last.end:
+                continue
+            out.append((tok.type, tok.string))
+            last = tok
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return text.strip()
+    return tokenize.untokenize(out).strip()
 
 
 def descr_has_object(descr: object, depth: int = 0) -> bool:

@@ -18,6 +18,7 @@ joblib's own unpickler does.
 
 from __future__ import annotations
 
+import _compat_pickle
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -404,7 +405,7 @@ class _Parser:
             elif op == 0x63:  # GLOBAL
                 module = self.line().decode("utf-8", "replace")
                 name = self.line().decode("utf-8", "replace")
-                g = Global(module, name, at)
+                g = self._global(module, name, at)
                 self.add_import(g, "GLOBAL")
                 self.push(g)
             elif op == 0x93:  # STACK_GLOBAL
@@ -414,7 +415,7 @@ class _Parser:
             elif op == 0x69:  # INST
                 module = self.line().decode("utf-8", "replace")
                 name = self.line().decode("utf-8", "replace")
-                g = Global(module, name, at)
+                g = self._global(module, name, at)
                 self.add_import(g, "INST")
                 self._call(g, tuple(self.pop_mark()), at, "INST")
             elif op == 0x6F:  # OBJ
@@ -604,9 +605,22 @@ class _Parser:
         except (KeyError, TypeError):
             raise Broken(f"memo value not found at index {idx}", at) from None
 
+    def _global(self, module: str, name: str, at: int) -> Global:
+        """What ``find_class(module, name)`` imports: below protocol 3 the unpickler first maps
+        Python 2 names to Python 3 ones (``_compat_pickle``, ``fix_imports=True``, the default
+        of pickle.load, numpy.load and joblib.load); the written name is kept in ``detail``."""
+        if self.r.protocol >= 3:
+            return Global(module, name, at)
+        mapped = _compat_pickle.NAME_MAPPING.get((module, name))
+        if mapped is None and module in _compat_pickle.IMPORT_MAPPING:
+            mapped = (_compat_pickle.IMPORT_MAPPING[module], name)
+        if mapped is None or mapped == (module, name):
+            return Global(module, name, at)
+        return Global(mapped[0], mapped[1], at, detail=f"written as {module}.{name} (Python 2 name)")
+
     def _stack_global(self, module: object, name: object, at: int) -> Global:
         if isinstance(module, str) and isinstance(name, str):
-            g = Global(module, name, at)
+            g = self._global(module, name, at)
         else:
             detail = f"STACK_GLOBAL with module {describe(module)} and name {describe(name)}"
             shown_mod = module if isinstance(module, str) else f"<{describe(module)}>"

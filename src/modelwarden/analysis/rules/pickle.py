@@ -67,6 +67,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "numpy.core.multiarray": frozenset({"_reconstruct", "scalar"}),
     "numpy._core.multiarray": frozenset({"_reconstruct", "scalar"}),
     "numpy.core.numeric": frozenset({"_frombuffer"}),
+    "numpy.core._internal": frozenset({"_reconstruct"}),  # ndarray pickles of NumPy < 1.0
+    "numpy._core._internal": frozenset({"_reconstruct"}),
     "numpy._core.numeric": frozenset({"_frombuffer"}),
     "numpy.ma.core": frozenset({"_mareconstruct", "MaskedArray"}),
     "numpy.random._pickle": frozenset({"__randomstate_ctor", "__bit_generator_ctor", "__generator_ctor"}),

@@ -1,0 +1,99 @@
+"""Real-world files without false alarms, and their hostile twins (``build_real_world``).
+
+Non-model HDF5 datasets are data; protobufs that merely parse as a GraphDef are not
+GraphDefs; Python 2 pickle names are judged after the unpickler's own mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modelwarden.analysis.interface import Severity
+from modelwarden.formats.detect import sniff
+from modelwarden.scanner import scan
+
+from .conftest import build_fixtures
+
+FX = "build_real_world"
+
+
+@pytest.fixture(scope="module")
+def fx() -> Path:
+    return build_fixtures(FX)
+
+
+def _manifest(fx: Path) -> list[dict]:
+    return json.loads((fx / "manifest.json").read_text())["fixtures"]
+
+
+def check_manifest_entry(fx: Path, e: dict) -> None:
+    """Rules present with their severities, clean, absent rules absent, or exit 2."""
+    path = fx / e["file"]
+    if e.get("undetected"):
+        assert sniff(str(path)) is None, e["file"]
+        return
+    r = scan(str(path))
+    got: dict[str, Severity] = {}
+    for f in r.findings:
+        got[f.rule_id] = max(got.get(f.rule_id, Severity.INFO), f.severity)
+    if e["error"]:
+        assert r.errors and r.exit_code == 2, (e["file"], got)
+        return
+    assert not r.errors, (e["file"], [err.message for err in r.errors])
+    assert set(e["rules"]) <= set(got), (e["file"], e["rules"], [f.message for f in r.findings])
+    assert not set(e["absent"]) & set(got), (e["file"], [f.message for f in r.findings])
+    for rid, sev in e.get("severity", {}).items():
+        assert got[rid] == Severity.parse(sev), (e["file"], rid, got[rid])
+    if e["clean"]:
+        assert all(s < Severity.MEDIUM for s in got.values()), (e["file"], [f.message for f in r.findings])
+        assert r.exit_code == 0
+
+
+def test_manifest_entries(fx):
+    entries = _manifest(fx)
+    assert len(entries) >= 10
+    for e in entries:
+        check_manifest_entry(fx, e)
+
+
+def test_hdf5_dataset_is_scanned_as_data(fx):
+    r = scan(str(fx / "train_data.h5"))
+    assert not r.errors and not r.findings and r.exit_code == 0
+    (a,) = r.artifacts
+    assert "not a Keras model" in a.metadata["content"]
+
+
+def test_hdf5_dataset_in_a_folder_does_not_hide_a_model(fx, tmp_path):
+    import shutil
+
+    shutil.copy(fx / "train_data.h5", tmp_path / "train_data.h5")
+    shutil.copy(fx / "py2_eval.pkl", tmp_path / "model.pkl")
+    r = scan(str(tmp_path))
+    assert not r.errors and r.exit_code == 1
+    assert {f.rule_id for f in r.findings} == {"MW800"}
+
+
+def test_installed_tensorflow_descriptor_sets_are_not_graphs():
+    """The files that produced the false alarms, where TensorFlow is installed beside us."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tensorflow")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("tensorflow is not installed")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(root.rglob("*-descriptor-set.proto.bin"))
+    if not files:
+        pytest.skip("this TensorFlow ships no descriptor sets")
+    assert [f for f in files if sniff(str(f)) is not None] == []
+
+
+def test_python2_names_are_recorded_with_how_they_were_written(fx):
+    from modelwarden.formats.pickle_ops import parse_stream
+
+    data = (fx / "py2_eval.pkl").read_bytes()
+    (prog,) = parse_stream(data, 0, len(data), "t")
+    (imp,) = prog.imports
+    assert imp.dotted == "builtins.eval" and "__builtin__.eval" in imp.detail
