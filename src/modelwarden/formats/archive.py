@@ -82,7 +82,14 @@ def is_pickle_head(head: bytes, size: int) -> bool:
         return False
     if not prog.error:
         return prog.opcodes >= 2
-    return prog.error.startswith("truncated") and len(head) < size and prog.opcodes >= 8
+    if not prog.error.startswith("truncated") or len(head) >= size:
+        return False
+    if prog.error.startswith("truncated: line") and 0 < prog.end < len(head):
+        # a protocol 0 value line (Python 2 wrote whole arrays as one STRING) may run past the head
+        op, arg = head[prog.end - 1: prog.end], head[prog.end: prog.end + 1]
+        if (op == b"S" and arg in (b"'", b'"')) or op == b"V":
+            return prog.opcodes >= 2
+    return prog.opcodes >= 8
 
 
 @dataclass

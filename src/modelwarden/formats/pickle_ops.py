@@ -268,6 +268,7 @@ class _Parser:
         return p
 
     def line(self) -> bytes:
+        """A newline-terminated argument (module and class names, memo indices): at most MAX_KEEP_STR."""
         p = self.pos
         nl = self.buf.find(b"\n", p, min(self.end, p + MAX_KEEP_STR + 1))
         if nl < 0:
@@ -276,6 +277,16 @@ class _Parser:
             raise Broken(f"line argument longer than {MAX_KEEP_STR} bytes", p)
         self.pos = nl + 1
         return bytes(self.buf[p:nl])
+
+    def long_line(self) -> bytes | None:
+        """A newline-terminated value of any length (protocol 0 STRING/UNICODE/LONG: Python 2 wrote
+        whole arrays so); None, after skipping it, when it is longer than MAX_KEEP_STR."""
+        p = self.pos
+        nl = self.buf.find(b"\n", p, self.end)
+        if nl < 0:
+            raise Broken("truncated: line argument without newline", p)
+        self.pos = nl + 1
+        return bytes(self.buf[p:nl]) if nl - p <= MAX_KEEP_STR else None
 
     def text(self, n: int, encoding: str) -> object:
         """A string argument of ``n`` bytes: kept when short, described otherwise."""
@@ -519,7 +530,10 @@ class _Parser:
             elif op == 0x55:  # SHORT_BINSTRING
                 self.push(self.text(self.take(1)[0], "latin-1"))
             elif op == 0x53:  # STRING
-                raw = self.line()
+                raw = self.long_line()
+                if raw is None:
+                    self.push(Opaque("long str"))
+                    continue
                 if len(raw) >= 2 and raw[0] == raw[-1] and raw[:1] in (b"'", b'"'):
                     raw = raw[1:-1]
                 else:
@@ -529,7 +543,10 @@ class _Parser:
                 except UnicodeDecodeError:
                     self.push(Opaque("undecodable str"))
             elif op == 0x56:  # UNICODE
-                raw = self.line()
+                raw = self.long_line()
+                if raw is None:
+                    self.push(Opaque("long str"))
+                    continue
                 try:
                     self.push(raw.decode("raw-unicode-escape"))
                 except UnicodeDecodeError:
@@ -541,7 +558,10 @@ class _Parser:
                 else:
                     self.push(self._int_text(raw, at))
             elif op == 0x4C:  # LONG
-                raw = self.line()
+                raw = self.long_line()
+                if raw is None:
+                    self.push(Opaque("long int"))
+                    continue
                 self.push(self._int_text(raw[:-1] if raw.endswith(b"L") else raw, at))
             elif op == 0x46:  # FLOAT
                 raw = self.line()

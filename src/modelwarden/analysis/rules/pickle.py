@@ -26,6 +26,7 @@ torch storage/tensor rebuilding) pass silently.  Everything else is a finding:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleMeta, Severity
@@ -53,7 +54,11 @@ _NUMPY_SCALARS = (
     "uintc", "intp", "uintp", "longlong", "ulonglong", "half", "single", "double", "datetime64", "timedelta64",
 )
 _PLAIN_BUILTINS = ("set", "frozenset", "bytearray", "bytes", "complex", "slice", "range", "list", "dict",
-                   "tuple", "int", "float", "bool", "str", "object")
+                   "tuple", "int", "float", "bool", "str", "object",
+                   # pure functions of their (already reconstructed) arguments, and constants
+                   "hash", "len", "abs", "min", "max", "sum", "round", "divmod", "ord", "chr", "hex", "oct", "bin",
+                   "isinstance", "Ellipsis", "NotImplemented")
+_RANDOM_STATE = frozenset({"RandomState", "Generator", "MT19937", "PCG64", "PCG64DXSM", "Philox", "SFC64"})
 
 # module -> names that are plain-data reconstructors.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -72,6 +77,24 @@ ALLOWED: dict[str, frozenset[str]] = {
     "numpy._core.numeric": frozenset({"_frombuffer"}),
     "numpy.ma.core": frozenset({"_mareconstruct", "MaskedArray"}),
     "numpy.random._pickle": frozenset({"__randomstate_ctor", "__bit_generator_ctor", "__generator_ctor"}),
+    "numpy.random": frozenset({"__RandomState_ctor", *_RANDOM_STATE}),  # how NumPy < 1.17 spelled the ctor
+    "numpy.random.mtrand": frozenset({"RandomState", "__RandomState_ctor"}),
+    "numpy.random._mt19937": frozenset({"MT19937"}),
+    "numpy.random._pcg64": frozenset({"PCG64", "PCG64DXSM"}),
+    "numpy.random._philox": frozenset({"Philox"}),
+    "numpy.random._sfc64": frozenset({"SFC64"}),
+    "numpy.random._generator": frozenset({"Generator"}),
+    "numpy.matrixlib.defmatrix": frozenset({"matrix"}),  # an ndarray subclass
+    "numpy.matrixlib": frozenset({"matrix"}),
+    # scikit-learn's Bunch is a dict subclass with attribute access (its datasets module is not loaded
+    # for it: the class lives in sklearn.utils, the old names are aliases)
+    "sklearn.utils": frozenset({"Bunch"}),
+    "sklearn.utils._bunch": frozenset({"Bunch"}),
+    "sklearn.datasets.base": frozenset({"Bunch"}),
+    "sklearn.datasets._base": frozenset({"Bunch"}),
+    # TorchScript's own list/tensor builders in data.pkl/constants.pkl: they return their argument
+    "torch.jit._pickle": frozenset({"build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
+                                    "build_tensor_from_id", "restore_type_tag"}),
     "numpy.dtypes": frozenset({f"{t.capitalize()}DType" for t in ("float16", "float32", "float64", "int8", "int16",
                                                                    "int32", "int64", "uint8", "uint16", "uint32",
                                                                    "uint64", "bool", "complex64", "complex128")}),
@@ -143,13 +166,38 @@ def normalise(module: str) -> str:
     return {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
 
 
-def classify_import(imp: PickleImport) -> tuple[str, Severity, str] | None:
-    """(rule id, severity, reason) for one import, or None when it is an allowed reconstructor."""
+# Classes that do one narrow thing, with the severity of that thing (not "runs arbitrary code").
+NARROW: dict[str, tuple[Severity, str]] = {
+    "joblib.numpy_pickle_compat.NDArrayWrapper": (
+        Severity.LOW, "loads its array with numpy.load from a file its state names, beside the pickle "
+        "(joblib < 0.10 layout; scan those files too)"),
+    "joblib.numpy_pickle_compat.ZNDArrayWrapper": (
+        Severity.LOW, "reads its array's bytes from a file its state names, beside the pickle (joblib < 0.10)"),
+}
+NARROW["joblib.numpy_pickle.NDArrayWrapper"] = NARROW["joblib.numpy_pickle_compat.NDArrayWrapper"]
+NARROW["joblib.numpy_pickle.ZNDArrayWrapper"] = NARROW["joblib.numpy_pickle_compat.ZNDArrayWrapper"]
+# TorchScript's data.pkl names classes compiled from the archive's code/ members; torch.jit.load
+# resolves them in TorchScript, and a Python unpickler cannot import them (no module __torch__).
+TORCHSCRIPT_CLASSES = "__torch__"
+_PARTIAL = frozenset({"functools.partial", "_functools.partial"})
+
+
+def classify_import(imp: PickleImport, calls: Iterable[PickleCall] = ()) -> tuple[str, Severity, str] | None:
+    """(rule id, severity, reason) for one import, or None when it is an allowed reconstructor.
+
+    ``calls`` are the calls made to this import; they matter for ``functools.partial``, which
+    is allowed when every partial wraps a plain import (judged on its own).
+    """
     if not imp.resolved:
         return "MW801", Severity.CRITICAL, f"cannot be resolved statically ({imp.detail})"
     module, name = imp.module, imp.name
     if name in ALLOWED.get(module, ()):
         return None
+    if f"{module}.{name}" in _PARTIAL and all(_wraps_plain_import(c.args) for c in calls):
+        return None
+    narrow = NARROW.get(f"{module}.{name}")
+    if narrow is not None:
+        return "MW802", narrow[0], narrow[1]
     mod = normalise(module)
     mparts = [p for p in mod.split(".") if p]
     nparts = [p for p in name.split(".") if p]
@@ -171,6 +219,8 @@ def classify_import(imp: PickleImport) -> tuple[str, Severity, str] | None:
             return "MW803", Severity.CRITICAL, f"walks attributes through {', '.join(walked)} (dotted name)"
     if name.startswith("__") and name.endswith("__"):
         return "MW803", Severity.CRITICAL, "names a dunder attribute"
+    if top == TORCHSCRIPT_CLASSES:
+        return None  # a TorchScript class (its code members are MW808), not a Python import
     if top in ML_PACKAGES:
         return "MW802", Severity.MEDIUM, f"is not a known-safe reconstructor: loading runs {top} code for it"
     return "MW802", Severity.HIGH, "is not a known-safe reconstructor: loading imports and runs it"
@@ -178,6 +228,14 @@ def classify_import(imp: PickleImport) -> tuple[str, Severity, str] | None:
 
 def _identifier(part: str) -> bool:
     return part.isidentifier()
+
+
+_PLAIN_GLOBAL = re.compile(r"\(([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)[,)]")
+
+
+def _wraps_plain_import(args: str) -> bool:
+    """Is a partial's first argument a plain import (rendered unquoted, as globals are)?"""
+    return _PLAIN_GLOBAL.match(args) is not None
 
 
 META = {
@@ -292,11 +350,11 @@ class PickleRules(Rule):
             seen.setdefault((imp.dotted, imp.detail), []).append(imp)
         for (dotted, _), imps in seen.items():
             imp = imps[0]
-            verdict = classify_import(imp)
+            calls = _calls_to(prog, dotted) if imp.resolved else []
+            verdict = classify_import(imp, calls)
             if verdict is None:
                 continue
             rule_id, severity, reason = verdict
-            calls = _calls_to(prog, dotted) if imp.resolved else []
             msg = f"{where}: {imp.opcode} at byte {imp.pos} imports {dotted}, which {reason}"
             if len(imps) > 1:
                 msg += f" (imported {len(imps)} times)"
