@@ -58,6 +58,13 @@ CAPABILITY_META = {
         "ImmutableConst memory-maps a host file named by an attribute.",
         "Reject the model unless the mapped file is the model's own and you trust it.",
     ),
+    "graph-execution": _meta(
+        "MW108", "embedded-graph-op", Severity.HIGH,
+        "An op runs a serialized GraphDef given as a string (DatasetFromGraph) that is not a constant: "
+        "the graph it runs is chosen at run time and cannot be scanned. Constant ones are parsed and "
+        "their nodes analysed like the model's own.",
+        "Reject the model, or run it only in the sandbox.",
+    ),
 }
 REMOTE_META = _meta(
     "MW107", "remote-url-path", Severity.CRITICAL,
@@ -75,6 +82,14 @@ def _path_values(view: GraphView, fn: Function, node: Node, spec: OpSpec) -> lis
         elif raw not in (None, ""):
             values.append(Value("const", (str(raw),)))
     return values
+
+
+def _saver_paths(view: GraphView, fn: Function, node: Node, spec: OpSpec) -> bool:
+    """Every path input of a save/restore op is the saver's filename in a shape TensorFlow emits."""
+    data = node.data_inputs
+    parent = view.cg.reach(fn, node).parent
+    return bool(spec.paths) and all(
+        i < len(data) and view.values.is_saver_path(fn, data[i], parent) for i in spec.paths)
 
 
 def _scheme(path: str) -> str:
@@ -103,13 +118,17 @@ class CapabilityRule(Rule):
         assert spec is not None
         reach = view.cg.reach(fn, node)
         kinds = view.cg.kinds(fn, node)
+        if spec.graph_inputs and all(view.values.input_of(fn, node, i).kind == "const" for i in spec.graph_inputs):
+            caps = [c for c in caps if c != "graph-execution"]  # the reader parsed it: analysed as a graph
+            if not caps:
+                return
         values = _path_values(view, fn, node, spec)
         consts = [v for val in values if val.kind == "const" for v in val.values]
         if spec.empty_path_ok and values and all(val.kind == "const" for val in values) and not any(consts):
             return
         saver_only = bool(kinds) and kinds <= {EntryKind.SAVER}
-        if saver_only and node.op in SAVER_MACHINERY and all(v.kind != "const" for v in values):
-            return  # the model's own checkpoint save/restore
+        if saver_only and node.op in SAVER_MACHINERY and _saver_paths(view, fn, node, spec):
+            return  # the model's own checkpoint save/restore, on exactly the paths TensorFlow derives
         asset_fed = bool(values) and all(v.kind == "asset" for v in values)
         location = node_location(ctx, view, fn, node, reach)
         evidence = {"op": node.op}
