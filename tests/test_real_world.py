@@ -146,3 +146,25 @@ def test_fuzz_graphdef_structure_check_never_raises():
     for _ in range(3000):
         data = _mutate(seed, rng)
         assert graphdef_encoding(data, len(data)) in ("", "binary", "text")
+
+
+@pytest.mark.parametrize("length", [0x41, 0x4E, 0x6E, 0x7A])
+def test_printable_binary_graphdef_is_one_decision(tmp_path, length):
+    """A binary GraphDef whose first bytes read as text ('\\nN\\n...'): detection and the reader agree."""
+    from modelwarden.formats import tfproto
+    from modelwarden.ir import ArtifactFormat
+
+    gd = tfproto.message_class("GraphDef")()
+    node = gd.node.add()
+    node.op = "ReadFile"
+    node.input.append("path")
+    node.name = "r" * (length - len(node.SerializeToString()) - 2)
+    c = gd.node.add()
+    c.name, c.op = "path", "Placeholder"
+    data = gd.SerializeToString()
+    assert data[1] == length and chr(data[1]).isalpha()
+    f = tmp_path / "g.pb"
+    f.write_bytes(data)
+    assert sniff(str(f)) is ArtifactFormat.GRAPHDEF
+    r = scan(str(f))
+    assert not r.errors and "MW101" in {x.rule_id for x in r.findings}

@@ -82,3 +82,26 @@ def test_fuzz_mutated_graphs_with_embedded_graphs(fx, tmp_path):
         r = scan(str(target))
         assert r.exit_code in (0, 1, 2)
         assert all(e.message for e in r.errors)
+
+
+@pytest.mark.parametrize("what", ["index", "shard", "dir"])
+def test_symlink_in_variables_pointing_outside_is_the_escape_finding(fx, tmp_path, what):
+    """One fact, one outcome: a link out of variables/ is MW201, not an unreadable input."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(fx / "tf1_sharded_saver", model, symlinks=True)
+    outside = tmp_path / "outside"
+    shutil.copytree(model / "variables", outside)
+    var = model / "variables"
+    if what == "dir":
+        shutil.rmtree(var)
+        var.symlink_to(outside)
+    else:
+        victim = var / "variables.index" if what == "index" else next(var.glob("variables.data-*"))
+        victim.unlink()
+        victim.symlink_to(outside / victim.name)
+    r = scan(str(model))
+    assert not r.errors, [e.message for e in r.errors]
+    assert "MW201" in {f.rule_id for f in r.findings}, [f.message for f in r.findings]
+    assert r.exit_code == 1

@@ -309,6 +309,14 @@ class SavedModelReader(Reader):
         prefix = os.path.join(root, "variables", "variables")
         if not os.path.lexists(prefix + ".index"):
             return ()
+        if os.path.islink(prefix + ".index") or os.path.islink(os.path.dirname(prefix)):
+            # a link is the model's files' fact (MW201 when it leaves the model), not an unreadable
+            # input: follow it only when it stays inside the model
+            real = os.path.realpath(prefix + ".index")
+            inside = real.startswith(os.path.realpath(root) + os.sep) and os.path.isfile(real)
+            if not inside:
+                return ()
+            prefix = real.removesuffix(".index")
         from modelwarden.formats.checkpoint import read_checkpoint
 
         return (read_checkpoint(prefix, f"{display}/variables/variables", limits),)
