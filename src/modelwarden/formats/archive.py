@@ -228,13 +228,37 @@ class _Walker:
         if gz:
             stream = gzip.GzipFile(fileobj=fh, mode="rb")
             cap = min(MAX_TAR_BYTES, max(1 << 20, size * self.limits.max_zip_ratio))
-        bounded = _Bounded(stream, cap, self.path)
-        with tarfile.open(fileobj=bounded, mode="r|") as tf:
-            for ti in tf:
-                insp.total += 1
-                if insp.total > self.limits.max_zip_members:
-                    raise LimitExceeded(self.path, f"archive has more than {self.limits.max_zip_members} members")
-                insp.members.append(self.tar_member(tf, ti, container, depth, insp))
+        source = _Bounded(stream, cap, self.path)
+        base = 0
+        where = f"{container}: " if container else ""
+        for _ in range(MAX_TAR_RESYNCS + 1):
+            with tarfile.open(fileobj=source, mode="r|") as tf:
+                for ti in tf:
+                    insp.total += 1
+                    if insp.total > self.limits.max_zip_members:
+                        raise LimitExceeded(self.path, f"archive has more than {self.limits.max_zip_members} members")
+                    insp.members.append(self.tar_member(tf, ti, container, depth, insp))
+                stop = tf.offset  # where tarfile stopped: an end-of-archive block, or a header it rejected
+                pending = bytes(getattr(tf.fileobj, "buf", b""))
+            # tarfile ends the walk at the first header that fails its checksum; GNU tar skips it and
+            # extracts what follows.  So a rejected header that is not zeros is reported and walked past.
+            block = source.block_at(stop)
+            if block is not None and not block.strip(b"\x00"):
+                return  # the end-of-archive marker: GNU tar stops here too
+            tail = pending + source.read_all()
+            if block is None and not tail.strip(b"\x00"):
+                return
+            nxt = _next_header(tail)
+            if nxt < 0:
+                insp.skipped.append(f"{where}tar header at byte {base + stop} fails its checksum and nothing "
+                                    "after it is a valid header (tarfile stops there; GNU tar skips it)")
+                return
+            base += stop + BLOCK + nxt
+            insp.skipped.append(f"{where}tar header at byte {base - BLOCK - nxt} fails its checksum: Python's "
+                                f"tarfile ends the archive there, GNU tar skips it and extracts the members from "
+                                f"byte {base} on (inspected)")
+            source = _Bounded(io.BytesIO(tail[nxt:]), cap, self.path)
+        insp.skipped.append(f"{where}more than {MAX_TAR_RESYNCS} damaged tar headers")
 
     def tar_member(self, tf: "tarfile.TarFile", ti: "tarfile.TarInfo", container: str, depth: int,
                    insp: Inspection) -> ArchiveMember:
@@ -263,6 +287,26 @@ class _Walker:
         return ArchiveMember(kind=FileKind.FILE, content=content, **base)
 
 
+BLOCK = 512
+MAX_TAR_RESYNCS = 16
+
+
+def _next_header(data: bytes) -> int:
+    """Offset of the first 512-byte block of ``data`` that is a valid tar header (checksum), or -1."""
+    import tarfile
+
+    for off in range(0, len(data) - BLOCK + 1, BLOCK):
+        block = data[off: off + BLOCK]
+        if not block.strip(b"\x00"):
+            continue
+        try:
+            tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            continue
+        return off
+    return -1
+
+
 def _head_kind(head: bytes, size: int) -> str:
     kind = sniff_bytes(head, size)
     if kind == "" and head[:1] in (b"(", b"c", b"]", b"}") and size > len(head):
@@ -279,11 +323,29 @@ def _relabel(progs: list[PickleProgram], role: str) -> list[PickleProgram]:
 class _Bounded(io.RawIOBase):
     """A read-only stream that refuses to yield more than ``cap`` bytes (tar/gzip bombs)."""
 
+    WINDOW = 1 << 16
+
     def __init__(self, inner, cap: int, path: str) -> None:
         self.inner = inner
         self.cap = cap
         self.path = path
         self.count = 0
+        self.window = b""  # the last WINDOW bytes read (tar headers tarfile rejected)
+
+    def block_at(self, offset: int) -> bytes | None:
+        """The 512 bytes at ``offset`` of the stream, if they are still in the window."""
+        start = offset - (self.count - len(self.window))
+        if start < 0 or start + BLOCK > len(self.window):
+            return None
+        return self.window[start: start + BLOCK]
+
+    def read_all(self) -> bytes:
+        chunks = []
+        while True:
+            data = self.read(1 << 20)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
 
     def readable(self) -> bool:
         return True
@@ -293,6 +355,7 @@ class _Bounded(io.RawIOBase):
             n = 1 << 20
         data = self.inner.read(n)
         self.count += len(data)
+        self.window = (self.window + data)[-self.WINDOW:]
         if self.count > self.cap:
             raise LimitExceeded(self.path, f"archive decompresses past {self.cap} bytes (more than "
                                 "the compression-ratio limit allows: a bomb?)")
@@ -397,6 +460,15 @@ def open_regular(path: str) -> int:
         os.close(fd)
         raise InputError(path, "not a regular file")
     return fd
+
+
+def inspect_zip(zf: zipfile.ZipFile, path: str, limits: Limits = DEFAULT_LIMITS,
+                role_hook: RoleHook = _default_role) -> Inspection:
+    """Inspect an already open zip (a model container such as ``.keras``): every member's
+    content, pickles, nested archives, links and names, exactly as for a plain archive."""
+    insp = Inspection("zip")
+    _Walker(path, limits, role_hook).zip(zf, "", 0, insp)
+    return insp
 
 
 def inspect_file(path: str, limits: Limits = DEFAULT_LIMITS, role_hook: RoleHook = _default_role) -> Inspection:

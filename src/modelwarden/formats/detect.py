@@ -132,17 +132,19 @@ def sniff_other(path: str, head: bytes, size: int) -> ArtifactFormat | None:
 
 
 def _decompressed_head(data: bytes, kind: str) -> bytes:
-    import bz2
+    """The first 4096 decompressed bytes of a compressed (joblib) stream, or b"" when it is not one."""
     import lzma
     import zlib
 
+    from modelwarden.formats.pickle_file import _decompressor
+
     try:
-        if kind in ("gzip", "zlib"):
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS if kind == "gzip" else zlib.MAX_WBITS)
-            return d.decompress(data, 4096)
-        d2 = bz2.BZ2Decompressor() if kind == "bz2" else lzma.LZMADecompressor()
-        return d2.decompress(data, 4096)
-    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError):
+        d = _decompressor(kind, "")
+    except InputError:
+        return b"\x80\x02"  # lz4 without the lz4 package: the reader says what is missing
+    try:
+        return d.decompress(data, 4096)
+    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError, RuntimeError):
         return b""
 
 

@@ -16,7 +16,7 @@ from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleM
 from modelwarden.analysis.registry import register
 from modelwarden.ir import ArchiveMember, FileKind
 
-FORMATS = ("archive", "pytorch", "numpy")
+FORMATS = ("archive", "pytorch", "numpy", "keras-v3")
 RATIO = 200  # declared uncompressed/compressed beyond which a member is a bomb
 RATIO_FLOOR = 1 << 20
 _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:|\\\\|//)")

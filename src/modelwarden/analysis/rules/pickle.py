@@ -33,7 +33,7 @@ from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleM
 from modelwarden.analysis.registry import register
 from modelwarden.ir import PickleCall, PickleImport, PickleProgram
 
-FORMATS = ("pickle", "pytorch", "numpy", "archive")
+FORMATS = ("pickle", "pytorch", "numpy", "archive", "keras-v3")
 
 _TORCH_STORAGES = (
     "FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "IntStorage",
