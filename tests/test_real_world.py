@@ -117,14 +117,12 @@ def _mutate(data: bytes, rng) -> bytes:
     return bytes(buf)
 
 
-def test_fuzz_mutated_fixtures_scan_cleanly(fx, tmp_path):
-    """Seeded mutations of every small fixture: a clean report or a clean error, never an exception."""
+def fuzz_scan(seeds: list[Path], tmp_path: Path, seed: int, rounds: int) -> None:
+    """Scan ``rounds`` seeded mutations of the seed files: a clean report or a clean error each."""
     import random
 
-    rng = random.Random(1011)
-    seeds = [p for p in sorted(fx.iterdir()) if p.suffix not in (".h5", ".json") and p.stat().st_size < 1 << 20]
-    assert len(seeds) >= 12
-    for n in range(240):
+    rng = random.Random(seed)
+    for n in range(rounds):
         src = seeds[n % len(seeds)]
         target = tmp_path / f"m{n}{src.suffix}"
         target.write_bytes(_mutate(src.read_bytes(), rng))
@@ -132,6 +130,13 @@ def test_fuzz_mutated_fixtures_scan_cleanly(fx, tmp_path):
         assert r.exit_code in (0, 1, 2)
         assert all(e.message for e in r.errors)
         target.unlink()
+
+
+def test_fuzz_mutated_fixtures_scan_cleanly(fx, tmp_path):
+    """Seeded mutations of every small fixture: a clean report or a clean error, never an exception."""
+    seeds = [p for p in sorted(fx.iterdir()) if p.suffix not in (".h5", ".json") and p.stat().st_size < 1 << 20]
+    assert len(seeds) >= 12
+    fuzz_scan(seeds, tmp_path, 1011, 240)
 
 
 def test_fuzz_graphdef_structure_check_never_raises():

@@ -69,19 +69,10 @@ def test_derived_saver_path_names_the_transform(fx):
 
 def test_fuzz_mutated_graphs_with_embedded_graphs(fx, tmp_path):
     """Seeded mutations of the GraphDefs (outer and embedded): clean findings or clean errors."""
-    import random
+    from .test_real_world import fuzz_scan
 
-    from .test_real_world import _mutate
-
-    rng = random.Random(1111)
     seeds = [fx / n for n in ("dataset_from_graph.pb", "dataset_from_graph_benign.pb", "vocab_remapping.pb")]
-    for n in range(150):
-        src = seeds[n % len(seeds)]
-        target = tmp_path / f"m{n}.pb"
-        target.write_bytes(_mutate(src.read_bytes(), rng))
-        r = scan(str(target))
-        assert r.exit_code in (0, 1, 2)
-        assert all(e.message for e in r.errors)
+    fuzz_scan(seeds, tmp_path, 1111, 150)
 
 
 @pytest.mark.parametrize("what", ["index", "shard", "dir"])
