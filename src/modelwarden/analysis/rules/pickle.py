@@ -92,6 +92,15 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sklearn.utils._bunch": frozenset({"Bunch"}),
     "sklearn.datasets.base": frozenset({"Bunch"}),
     "sklearn.datasets._base": frozenset({"Bunch"}),
+    # plain value classes: constructing one runs no code beyond storing its arguments (a Path
+    # touches no file); they appear in saved hyper-parameters and metadata
+    "datetime": frozenset({"date", "datetime", "time", "timedelta", "timezone"}),
+    "decimal": frozenset({"Decimal"}),
+    "fractions": frozenset({"Fraction"}),
+    "uuid": frozenset({"UUID"}),
+    "pathlib": frozenset({"Path", "PurePath", "PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"}),
+    "argparse": frozenset({"Namespace"}),
+    "types": frozenset({"SimpleNamespace"}),
     # TorchScript's own list/tensor builders in data.pkl/constants.pkl: they return their argument
     "torch.jit._pickle": frozenset({"build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
                                     "build_tensor_from_id", "restore_type_tag"}),
