@@ -96,3 +96,28 @@ def test_symlink_in_variables_pointing_outside_is_the_escape_finding(fx, tmp_pat
     assert not r.errors, [e.message for e in r.errors]
     assert "MW201" in {f.rule_id for f in r.findings}, [f.message for f in r.findings]
     assert r.exit_code == 1
+
+
+def _with_graph_def(fx, tmp_path, blob: bytes) -> Path:
+    from modelwarden.formats import tfproto
+
+    gd = tfproto.parse("GraphDef", (fx / "dataset_from_graph.pb").read_bytes(), "t")
+    (const,) = [n for n in gd.node if n.op == "Const" and n.attr["value"].tensor.string_val]
+    const.attr["value"].tensor.string_val[0] = blob
+    out = tmp_path / "g.pb"
+    out.write_bytes(gd.SerializeToString())
+    return out
+
+
+def test_unparsable_embedded_graph_is_not_an_error(fx, tmp_path):
+    r = scan(str(_with_graph_def(fx, tmp_path, b"\xff\xfe not a graph")))
+    assert not r.errors and r.exit_code == 0
+
+
+def test_nested_embedded_graphs_are_followed(fx, tmp_path):
+    """A DatasetFromGraph whose constant graph carries another: the inner ReadFile is still found."""
+    inner = (fx / "dataset_from_graph.pb").read_bytes()
+    r = scan(str(_with_graph_def(fx, tmp_path, inner)))
+    assert not r.errors
+    (f,) = [f for f in r.findings if f.rule_id == "MW101"]
+    assert f.location.graph.count("from_graph") == 2

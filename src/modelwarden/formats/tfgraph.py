@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from modelwarden.errors import LimitExceeded
+from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.formats.interface import DEFAULT_LIMITS, Limits
 from modelwarden.formats.tfproto import DTYPE_SIZES, dtype_name
 from modelwarden.ir import (
@@ -251,8 +251,13 @@ def embedded_graphs(graph_def: Any, owner: str, path: str, limits: Limits = DEFA
                 raise LimitExceeded(path, f"serialized graphs nested deeper than {MAX_EMBEDDED_DEPTH} "
                                           f"or more than {MAX_EMBEDDED} (node {nd.name!r})")
             name = "/".join(p for p in (owner, fname, nd.name) if p)
-            inner = tfproto.parse("GraphDef", bytes(src.attr["value"].tensor.string_val[0]),
-                                  f"{path} (graph_def of node {nd.name!r})")
+            try:
+                inner = tfproto.parse("GraphDef", bytes(src.attr["value"].tensor.string_val[0]),
+                                      f"{path} (graph_def of node {nd.name!r})")
+            except LimitExceeded:
+                raise
+            except InputError:
+                continue  # TensorFlow cannot parse it either: the op fails, nothing runs
             main, functions = graph_body(inner, f"<{name}>", path, limits)
             out.append(Graph(name=name, main=main, functions=functions,
                              entry_points=(EntryPoint(EntryKind.GRAPH, name),), source_file=name))
