@@ -31,7 +31,7 @@ def sniff_protobuf(path: str, head: bytes, size: int) -> ArtifactFormat | None:
     """Binary or text SavedModel/GraphDef, or None."""
     if not head:
         return None
-    from modelwarden.formats.graphdef import graphdef_encoding, text_key
+    from modelwarden.formats.graphdef import graphdef_encoding, is_function_name, text_key
 
     if graphdef_encoding(head, size):
         return ArtifactFormat.GRAPHDEF
@@ -55,7 +55,7 @@ def sniff_protobuf(path: str, head: bytes, size: int) -> ArtifactFormat | None:
             pass
         try:
             gd = tfproto.parse("GraphDef", data, path)
-            if gd.library.function and all(f.signature.name for f in gd.library.function):
+            if gd.library.function and all(is_function_name(f.signature.name) for f in gd.library.function):
                 return ArtifactFormat.GRAPHDEF
         except InputError:
             pass

@@ -41,6 +41,11 @@ def text_key(head: bytes) -> bytes:
     return b""
 
 
+def is_function_name(name: str) -> bool:
+    """Is this a name a function library entry can have (like a node name, never empty)?"""
+    return bool(_NODE_NAME.match(name.encode("utf-8", "surrogateescape")))
+
+
 def _fields(buf: bytes, pos: int, end: int):
     """(field, wire type, value start, value end or -1 when cut by ``end``) of a message, in order."""
     while pos < end:
