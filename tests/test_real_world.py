@@ -173,3 +173,19 @@ def test_printable_binary_graphdef_is_one_decision(tmp_path, length):
     assert sniff(str(f)) is ArtifactFormat.GRAPHDEF
     r = scan(str(f))
     assert not r.errors and "MW101" in {x.rule_id for x in r.findings}
+
+
+def test_keras_symlink_member_is_one_finding(fx, tmp_path):
+    """A link inside a .keras zip: the archive rule says it once (not MW201 as well)."""
+    import shutil
+    import zipfile
+
+    path = tmp_path / "link.keras"
+    shutil.copy(fx / "plain.keras", path)
+    with zipfile.ZipFile(path, "a") as zf:
+        info = zipfile.ZipInfo("assets/vocab.txt")
+        info.external_attr = 0o120777 << 16
+        zf.writestr(info, "/etc/passwd")
+    r = scan(str(path))
+    assert not r.errors
+    assert [(f.rule_id, f.severity) for f in r.findings if f.severity > Severity.INFO] == [("MW871", Severity.HIGH)]
