@@ -189,3 +189,31 @@ def test_keras_symlink_member_is_one_finding(fx, tmp_path):
     r = scan(str(path))
     assert not r.errors
     assert [(f.rule_id, f.severity) for f in r.findings if f.severity > Severity.INFO] == [("MW871", Severity.HIGH)]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_members_behind_two_damaged_tar_headers_are_inspected(tmp_path, gz):
+    """Large members between damaged headers are skipped block by block (streamed, like GNU tar)."""
+    import gzip
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in (("a", b"x" * 5000), ("b", b"y" * 30000), ("c", b"z" * 100),
+                           ("evil.pkl", b"cposix\nsystem\n(S'id'\ntR.")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    raw = bytearray(buf.getvalue())
+    first = 512 + 10 * 512
+    second = first + 512 + 59 * 512
+    for off in (first, second):
+        raw[off + 148: off + 156] = b"0000000\x00"
+    path = tmp_path / ("t.tar.gz" if gz else "t.tar")
+    path.write_bytes(gzip.compress(bytes(raw)) if gz else bytes(raw))
+    r = scan(str(path))
+    assert not r.errors
+    rules = {f.rule_id for f in r.findings}
+    assert {"MW800", "MW875"} <= rules
+    assert any(f"byte {first}" in f.message for f in r.findings if f.rule_id == "MW875")

@@ -245,19 +245,19 @@ class _Walker:
             block = source.block_at(stop)
             if block is not None and not block.strip(b"\x00"):
                 return  # the end-of-archive marker: GNU tar stops here too
-            tail = pending + source.read_all()
-            if block is None and not tail.strip(b"\x00"):
+            found = _next_header(_Prefixed(pending, source))
+            if found is None:
+                if block is not None:
+                    insp.skipped.append(f"{where}tar header at byte {base + stop} fails its checksum and nothing "
+                                        "after it is a valid header (tarfile stops there; GNU tar skips it)")
                 return
-            nxt = _next_header(tail)
-            if nxt < 0:
-                insp.skipped.append(f"{where}tar header at byte {base + stop} fails its checksum and nothing "
-                                    "after it is a valid header (tarfile stops there; GNU tar skips it)")
-                return
-            base += stop + BLOCK + nxt
-            insp.skipped.append(f"{where}tar header at byte {base - BLOCK - nxt} fails its checksum: Python's "
-                                f"tarfile ends the archive there, GNU tar skips it and extracts the members from "
-                                f"byte {base} on (inspected)")
-            source = _Bounded(io.BytesIO(tail[nxt:]), cap, self.path)
+            skipped, header, rest = found
+            bad_at = base + stop
+            base = bad_at + BLOCK + skipped
+            insp.skipped.append(f"{where}tar header at byte {bad_at} fails its checksum: Python's tarfile ends the "
+                                f"archive there, GNU tar skips it and extracts the members from byte {base} on "
+                                "(inspected)")
+            source = _Bounded(_Prefixed(header + rest, source), cap, self.path)
         insp.skipped.append(f"{where}more than {MAX_TAR_RESYNCS} damaged tar headers")
 
     def tar_member(self, tf: "tarfile.TarFile", ti: "tarfile.TarInfo", container: str, depth: int,
@@ -291,20 +291,60 @@ BLOCK = 512
 MAX_TAR_RESYNCS = 16
 
 
-def _next_header(data: bytes) -> int:
-    """Offset of the first 512-byte block of ``data`` that is a valid tar header (checksum), or -1."""
+def _next_header(stream: "_Prefixed") -> "tuple[int, bytes, bytes] | None":
+    """Read 512-byte blocks until one is a valid tar header (its checksum matches): (bytes skipped
+    before it, the header block, what was read after it), or None at the end of the stream.
+    Zero blocks are skipped too (a damaged header is often followed by padding)."""
     import tarfile
 
-    for off in range(0, len(data) - BLOCK + 1, BLOCK):
-        block = data[off: off + BLOCK]
-        if not block.strip(b"\x00"):
-            continue
-        try:
-            tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        except tarfile.HeaderError:
-            continue
-        return off
-    return -1
+    skipped = 0
+    while True:
+        block = stream.read_exact(BLOCK)
+        if len(block) < BLOCK:
+            return None
+        if block.strip(b"\x00"):
+            try:
+                tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+                return skipped, block, stream.take_prefix()
+            except tarfile.HeaderError:
+                pass
+        skipped += BLOCK
+
+
+class _Prefixed(io.RawIOBase):
+    """``prefix`` (bytes already read) followed by the rest of ``inner``."""
+
+    def __init__(self, prefix: bytes, inner) -> None:
+        self.prefix = prefix
+        self.inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.prefix:
+            n = len(self.prefix) if n is None or n < 0 else n
+            data, self.prefix = self.prefix[:n], self.prefix[n:]
+            return data
+        return self.inner.read(n)
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def read_exact(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            data = self.read(n - len(out))
+            if not data:
+                break
+            out += data
+        return out
+
+    def take_prefix(self) -> bytes:
+        data, self.prefix = self.prefix, b""
+        return data
 
 
 def _head_kind(head: bytes, size: int) -> str:
@@ -338,14 +378,6 @@ class _Bounded(io.RawIOBase):
         if start < 0 or start + BLOCK > len(self.window):
             return None
         return self.window[start: start + BLOCK]
-
-    def read_all(self) -> bytes:
-        chunks = []
-        while True:
-            data = self.read(1 << 20)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
 
     def readable(self) -> bool:
         return True
