@@ -392,7 +392,7 @@ class PickleRules(Rule):
             yield ctx.finding(META["MW804"], f"{where}: pickle stream starting at byte {prog.offset} is broken: "
                               f"{prog.error}{found}", _loc(ctx, prog, prog.end, "stream"),
                               evidence={"error": prog.error, "offset": str(prog.offset)})
-        if prog.role.startswith("unexpected"):
+        if prog.role.startswith("unexpected") and not _torchscript_member(ctx, prog):
             yield ctx.finding(META["MW806"], f"{where}: {prog.role.removeprefix('unexpected: ')} "
                               f"(pickle at byte {prog.offset}, {len(prog.imports)} import(s))",
                               _loc(ctx, prog, prog.offset, "stream"), evidence={"role": prog.role})
@@ -400,6 +400,18 @@ class PickleRules(Rule):
             yield ctx.finding(META["MW807"], f"{where}: object array stored as a pickle "
                               f"(needs allow_pickle=True; {len(prog.imports)} import(s))",
                               _loc(ctx, prog, prog.offset, "stream"))
+
+
+# Pickles torch.jit.load / the lite interpreter read besides data.pkl (their imports are still judged).
+TORCHSCRIPT_PICKLES = ("constants.pkl", "bytecode.pkl")
+
+
+def _torchscript_member(ctx: AnalysisContext, prog: PickleProgram) -> bool:
+    """Is this pickle one a TorchScript archive (it has code/ members) is expected to carry?"""
+    if not ctx.artifact.metadata.get("torchscript_code") or "!" in prog.source:
+        return False
+    base = prog.source.rsplit("/", 1)[-1]
+    return base in TORCHSCRIPT_PICKLES or (base.endswith(".debug_pkl") and "/code/" in f"/{prog.source}")
 
 
 def _args(args: str) -> str:
