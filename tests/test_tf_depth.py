@@ -23,7 +23,7 @@ def fx() -> Path:
 
 
 def _entries() -> list[str]:
-    return ["tf1_vocab_asset", "tf1_sharded_saver", "saver_derived_write", "vocab_remapping.pb",
+    return ["tf1_vocab_asset", "tf1_sharded_saver", "saver_derived_write", "saver_restore_writes", "vocab_remapping.pb",
             "dataset_from_graph.pb", "dataset_from_graph_benign.pb", "dataset_from_graph_input.pb"]
 
 
@@ -121,3 +121,9 @@ def test_nested_embedded_graphs_are_followed(fx, tmp_path):
     assert not r.errors
     (f,) = [f for f in r.findings if f.rule_id == "MW101"]
     assert f.location.graph.count("from_graph") == 2
+
+
+def test_restore_path_write_says_it_runs_at_load(fx):
+    r = scan(str(fx / "saver_restore_writes"))
+    (f,) = [f for f in r.findings if f.rule_id == "MW102"]
+    assert "restore path" in f.message and f.evidence["op"] == "SaveV2"
