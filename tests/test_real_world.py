@@ -217,3 +217,18 @@ def test_members_behind_two_damaged_tar_headers_are_inspected(tmp_path, gz):
     rules = {f.rule_id for f in r.findings}
     assert {"MW800", "MW875"} <= rules
     assert any(f"byte {first}" in f.message for f in r.findings if f.rule_id == "MW875")
+
+
+def test_lz4_joblib_without_the_lz4_package_is_a_clean_error(fx):
+    """lz4 is optional: without it the file is still recognised and the error says what to install."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['lz4'] = None; sys.modules['lz4.frame'] = None\n"
+            "from modelwarden.scanner import scan\n"
+            "r = scan(sys.argv[1]); print(r.exit_code); print(r.errors[0].message if r.errors else '')")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run([sys.executable, "-c", code, str(fx / "payload_lz4.joblib")], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, PYTHONPATH=src), check=True).stdout.split("\n")
+    assert out[0] == "2" and "lz4" in out[1] and "install" in out[1]

@@ -141,7 +141,7 @@ def _decompressed_head(data: bytes, kind: str) -> bytes:
     try:
         d = _decompressor(kind, "")
     except InputError:
-        return b"\x80\x02"  # lz4 without the lz4 package: the reader says what is missing
+        return b"\x80\x02}."  # lz4 without the lz4 package: the reader says what is missing
     try:
         return d.decompress(data, 4096)
     except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError, RuntimeError):
