@@ -232,3 +232,29 @@ def test_lz4_joblib_without_the_lz4_package_is_a_clean_error(fx):
     out = subprocess.run([sys.executable, "-c", code, str(fx / "payload_lz4.joblib")], capture_output=True,
                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=src), check=True).stdout.split("\n")
     assert out[0] == "2" and "lz4" in out[1] and "install" in out[1]
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_standalone_saved_model_encoding_is_decided_by_content(tmp_path, text):
+    """A SavedModel file under another name: detection and the reader decide text-vs-binary alike."""
+    from modelwarden.formats import tfproto
+    from modelwarden.ir import ArtifactFormat
+
+    sm = tfproto.message_class("SavedModel")()
+    sm.saved_model_schema_version = 1
+    mg = sm.meta_graphs.add()
+    mg.meta_info_def.tags.append("serve")
+    node = mg.graph_def.node.add()
+    node.name, node.op = "leak", "ReadFile"
+    node.input.append("p")
+    p = mg.graph_def.node.add()
+    p.name, p.op = "p", "Placeholder"
+    from google.protobuf import text_format
+
+    data = text_format.MessageToString(sm).encode() if text else sm.SerializeToString()
+    path = tmp_path / ("model.pb" if text else "model.pbtxt")  # names that lie about the encoding
+    path.write_bytes(data)
+    assert sniff(str(path)) is ArtifactFormat.SAVEDMODEL
+    r = scan(str(path))
+    assert not r.errors, [e.message for e in r.errors]
+    assert "MW101" in {f.rule_id for f in r.findings}

@@ -24,7 +24,6 @@ UNRECOGNISED = (
     "PyTorch, NumPy, ONNX, safetensors, zip/tar)"
 )
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
-_SAVEDMODEL_TEXT_KEYS = (b"saved_model_schema_version", b"meta_graphs")
 
 
 def sniff_protobuf(path: str, head: bytes, size: int) -> ArtifactFormat | None:
@@ -32,10 +31,11 @@ def sniff_protobuf(path: str, head: bytes, size: int) -> ArtifactFormat | None:
     if not head:
         return None
     from modelwarden.formats.graphdef import graphdef_encoding, is_function_name, text_key
+    from modelwarden.formats.savedmodel import SAVEDMODEL_TEXT_KEYS
 
     if graphdef_encoding(head, size):
         return ArtifactFormat.GRAPHDEF
-    if b"\x00" not in head[:256] and text_key(head) in _SAVEDMODEL_TEXT_KEYS:
+    if b"\x00" not in head[:256] and text_key(head) in SAVEDMODEL_TEXT_KEYS:
         return ArtifactFormat.SAVEDMODEL
     tag = head[0]
     if tag == 0x08 and len(head) > 2 and head[2] == 0x12:  # saved_model_schema_version, meta_graphs

@@ -50,9 +50,23 @@ def find_model_files(directory: str) -> list[str]:
     ]
 
 
+SAVEDMODEL_TEXT_KEYS = (b"saved_model_schema_version", b"meta_graphs")
+
+
+def is_text_saved_model(path: str, head: bytes) -> bool:
+    """Text or binary, decided once for detection and reading: by name where TensorFlow's loader
+    decides by name (``saved_model.pbtxt``/``saved_model.pb``), by content for any other file."""
+    from modelwarden.formats.graphdef import text_key
+
+    base = os.path.basename(path)
+    if base in ("saved_model.pb", "saved_model.pbtxt"):
+        return base.endswith(".pbtxt")
+    return b"\x00" not in head[:256] and text_key(head) in SAVEDMODEL_TEXT_KEYS
+
+
 def load_saved_model_proto(path: str, limits: Limits) -> Any:
     data = safeio.read_file(path, limits.max_proto_bytes, what="SavedModel graph")
-    if path.endswith(".pbtxt"):
+    if is_text_saved_model(path, data[:4096]):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
