@@ -127,3 +127,30 @@ def test_restore_path_write_says_it_runs_at_load(fx):
     r = scan(str(fx / "saver_restore_writes"))
     (f,) = [f for f in r.findings if f.rule_id == "MW102"]
     assert "restore path" in f.message and f.evidence["op"] == "SaveV2"
+
+
+def test_embedded_graph_amplification_is_bounded(fx, tmp_path):
+    """64 DatasetFromGraph nodes sharing one constant that itself holds 64 of them: a clean limit
+    (one budget for the whole recursion, not 64 per level)."""
+    from modelwarden.formats import tfproto
+
+    def fan_out(inner: bytes) -> bytes:
+        gd = tfproto.message_class("GraphDef")()
+        c = gd.node.add()
+        c.name, c.op = "g", "Const"
+        c.attr["dtype"].type = 7
+        c.attr["value"].tensor.dtype = 7
+        c.attr["value"].tensor.string_val.append(inner)
+        for i in range(64):
+            n = gd.node.add()
+            n.name, n.op = f"d{i}", "DatasetFromGraph"
+            n.input.append("g")
+        return gd.SerializeToString()
+
+    blob = (fx / "dataset_from_graph_benign.pb").read_bytes()
+    for _ in range(3):
+        blob = fan_out(blob)
+    path = tmp_path / "fan.pb"
+    path.write_bytes(blob)
+    r = scan(str(path))
+    assert r.exit_code == 2 and "serialized graphs" in r.errors[0].message

@@ -447,7 +447,7 @@ def _without_long_suffix(text: str) -> str:
                 continue
             out.append((tok.type, tok.string))
             last = tok
-    except (tokenize.TokenError, SyntaxError, IndentationError):
+    except (tokenize.TokenError, SyntaxError, ValueError):
         return text.strip()
     return tokenize.untokenize(out).strip()
 

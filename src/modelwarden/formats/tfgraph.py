@@ -224,7 +224,7 @@ MAX_EMBEDDED = 64
 
 
 def embedded_graphs(graph_def: Any, owner: str, path: str, limits: Limits = DEFAULT_LIMITS,
-                    depth: int = 0) -> list[Any]:
+                    depth: int = 0, budget: list[int] | None = None) -> list[Any]:
     """The serialized GraphDefs that graph-running ops of ``graph_def`` are given as constants,
     parsed and converted (recursively, bounded): one :class:`~modelwarden.ir.Graph` each, named
     ``owner/<function>/<node>``, with every node an entry point (the op runs the whole graph)."""
@@ -232,6 +232,7 @@ def embedded_graphs(graph_def: Any, owner: str, path: str, limits: Limits = DEFA
     from modelwarden.ir import EntryKind, EntryPoint, Graph
 
     out: list[Any] = []
+    budget = [MAX_EMBEDDED] if budget is None else budget  # shared by the whole recursion
     bodies = [("", graph_def.node)] + [(f.signature.name, f.node_def) for f in graph_def.library.function]
     for fname, nodes in bodies:
         consts = None
@@ -247,9 +248,10 @@ def embedded_graphs(graph_def: Any, owner: str, path: str, limits: Limits = DEFA
             src = consts.get(data[idx].split(":", 1)[0])
             if src is None or "value" not in src.attr or len(src.attr["value"].tensor.string_val) != 1:
                 continue
-            if depth >= MAX_EMBEDDED_DEPTH or len(out) >= MAX_EMBEDDED:
+            if depth >= MAX_EMBEDDED_DEPTH or budget[0] <= 0:
                 raise LimitExceeded(path, f"serialized graphs nested deeper than {MAX_EMBEDDED_DEPTH} "
-                                          f"or more than {MAX_EMBEDDED} (node {nd.name!r})")
+                                          f"or more than {MAX_EMBEDDED} in all (node {nd.name!r})")
+            budget[0] -= 1
             name = "/".join(p for p in (owner, fname, nd.name) if p)
             try:
                 inner = tfproto.parse("GraphDef", bytes(src.attr["value"].tensor.string_val[0]),
@@ -261,5 +263,5 @@ def embedded_graphs(graph_def: Any, owner: str, path: str, limits: Limits = DEFA
             main, functions = graph_body(inner, f"<{name}>", path, limits)
             out.append(Graph(name=name, main=main, functions=functions,
                              entry_points=(EntryPoint(EntryKind.GRAPH, name),), source_file=name))
-            out.extend(embedded_graphs(inner, name, path, limits, depth + 1))
+            out.extend(embedded_graphs(inner, name, path, limits, depth + 1, budget))
     return out
