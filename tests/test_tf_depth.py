@@ -154,3 +154,24 @@ def test_embedded_graph_amplification_is_bounded(fx, tmp_path):
     path.write_bytes(blob)
     r = scan(str(path))
     assert r.exit_code == 2 and "serialized graphs" in r.errors[0].message
+
+
+def test_shared_join_dag_resolves_in_linear_time(tmp_path):
+    """60 StringJoins each joining the previous one twice (2^60 paths) feeding ReadFile: resolved once
+    per node (memoised), so the scan finishes and reports the read."""
+    from modelwarden.formats import tfproto
+
+    gd = tfproto.message_class("GraphDef")()
+    c = gd.node.add()
+    c.name, c.op = "j0", "Placeholder"
+    for i in range(1, 61):
+        n = gd.node.add()
+        n.name, n.op = f"j{i}", "StringJoin"
+        n.input.extend([f"j{i - 1}", f"j{i - 1}"])
+    r_ = gd.node.add()
+    r_.name, r_.op = "read", "ReadFile"
+    r_.input.append("j60")
+    path = tmp_path / "dag.pb"
+    path.write_bytes(gd.SerializeToString())
+    r = scan(str(path))
+    assert "MW101" in {f.rule_id for f in r.findings}

@@ -58,6 +58,8 @@ class Resolver:
         self._assets = {tensor_node(a.tensor): a.filename for a in self.graph.assets if a.tensor}
         saver = self.graph.saver
         self._saver_filename = tensor_node(saver.filename_tensor) if saver and saver.filename_tensor else ""
+        # answers per (body, tensor, call edge): a DAG of joins/packs sharing inputs is walked once
+        self._memo: dict[tuple[str, str, int, str], object] = {}
 
     def nodes(self, fn: Function) -> dict[str, Node]:
         """Nodes of a body by name (indexed once)."""
@@ -108,6 +110,13 @@ class Resolver:
     def resolve(self, fn: Function, tensor: str, parent: CallEdge | None, depth: int) -> Value:
         if depth > MAX_DEPTH:
             return Value("unknown", detail="too deep")
+        key = (fn.name, tensor, id(parent), "value")
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._resolve(fn, tensor, parent, depth)
+        return hit  # type: ignore[return-value]
+
+    def _resolve(self, fn: Function, tensor: str, parent: CallEdge | None, depth: int) -> Value:
         name = tensor_node(tensor)
         arg = self.arg_index(fn, tensor)
         if arg is not None:
@@ -179,6 +188,14 @@ class Resolver:
         """
         if depth > MAX_DEPTH:
             return False
+        key = (fn.name, tensor, id(parent), "saver")
+        hit = self._memo.get(key)
+        if hit is None:
+            self._memo[key] = False  # a cycle back here is not a saver path
+            hit = self._memo[key] = self._is_saver_path(fn, tensor, parent, depth)
+        return bool(hit)
+
+    def _is_saver_path(self, fn: Function, tensor: str, parent: CallEdge | None, depth: int) -> bool:
         arg = self.arg_index(fn, tensor)
         if arg is not None:
             if self.capture(fn, arg) is not None:
