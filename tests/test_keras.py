@@ -59,9 +59,10 @@ def _entries(kind: str) -> list[str]:
         "hostile": [
             "bomb.keras", "bomb_liar.keras", "truncated.keras", "invalid_json.keras", "nested.keras",
             "nested_objects.keras", "no_config.keras", "not_utf8.keras", "not_a_zip.keras",
-            "many_members.keras", "random.h5", "random_signature.h5", "truncated.h5", "not_keras.h5",
+            "many_members.keras", "random.h5", "random_signature.h5", "truncated.h5",
             "bad_model_config.h5",
         ],
+        "data": ["not_keras.h5"],  # HDF5 without Keras attributes: data, scanned without error
     }[kind]
 
 
@@ -91,7 +92,14 @@ def findings(artifact: Artifact):
 
 def test_manifest_is_covered(manifest):
     listed = {e["file"] for e in manifest}
-    assert listed == set(_entries("model")) | set(_entries("hostile"))
+    assert listed == set(_entries("model")) | set(_entries("hostile")) | set(_entries("data"))
+
+
+@pytest.mark.parametrize("name", _entries("data"))
+def test_non_keras_hdf5_is_data(fx, manifest, name):
+    artifact = read(fx / name, _entry(manifest, name)["format"])
+    assert artifact.keras is None and "not a Keras model" in artifact.metadata["content"]
+    assert findings(artifact) == []
 
 
 @pytest.mark.parametrize("name", _entries("model"))

@@ -12,7 +12,8 @@ import pytest
 
 from modelwarden.formats import tfproto
 
-RENAMED = {"ObjectReference": "TrackableObjectGraph.TrackableObject.ObjectReference"}
+RENAMED = {"ObjectReference": "TrackableObjectGraph.TrackableObject.ObjectReference",
+           "Any": "google.protobuf.Any"}  # full names are looked up as they are
 NOT_IN_TF_CORE = {"KerasSavedMetadata", "KerasSavedObject"}  # keras' own proto, checked by field shape below
 
 DUMP = r"""
@@ -24,7 +25,7 @@ pool = descriptor_pool.Default()
 want = json.loads(sys.stdin.read())
 out = {}
 for msg, fields in want.items():
-    d = pool.FindMessageTypeByName("tensorflow." + msg)
+    d = pool.FindMessageTypeByName(msg if msg.startswith("google.") else "tensorflow." + msg)
     out[msg] = {f: ([d.fields_by_name[f].number, d.fields_by_name[f].type] if f in d.fields_by_name else None) for f in fields}
 print(json.dumps(out))
 """

@@ -58,6 +58,8 @@ class Resolver:
         self._assets = {tensor_node(a.tensor): a.filename for a in self.graph.assets if a.tensor}
         saver = self.graph.saver
         self._saver_filename = tensor_node(saver.filename_tensor) if saver and saver.filename_tensor else ""
+        # answers per (body, tensor, call edge): a DAG of joins/packs sharing inputs is walked once
+        self._memo: dict[tuple[str, str, int, str], object] = {}
 
     def nodes(self, fn: Function) -> dict[str, Node]:
         """Nodes of a body by name (indexed once)."""
@@ -108,6 +110,13 @@ class Resolver:
     def resolve(self, fn: Function, tensor: str, parent: CallEdge | None, depth: int) -> Value:
         if depth > MAX_DEPTH:
             return Value("unknown", detail="too deep")
+        key = (fn.name, tensor, id(parent), "value")
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._resolve(fn, tensor, parent, depth)
+        return hit  # type: ignore[return-value]
+
+    def _resolve(self, fn: Function, tensor: str, parent: CallEdge | None, depth: int) -> Value:
         name = tensor_node(tensor)
         arg = self.arg_index(fn, tensor)
         if arg is not None:
@@ -117,6 +126,8 @@ class Resolver:
             return Value("unknown", detail=f"unknown tensor {tensor!r}")
         op = node.op
         if op == "Const":
+            if fn is self.graph.main and name == self._saver_filename:
+                return Value("saver-filename")  # TF1 savers feed their filename through a Const
             if fn is self.graph.main and name in self._assets:
                 return Value("asset", (self._assets[name],))
             tv = node.attrs.get("value")
@@ -126,6 +137,8 @@ class Resolver:
         if op in PASS_THROUGH and node.data_inputs:
             return self.resolve(fn, node.data_inputs[0], parent, depth + 1)
         if op == "PlaceholderWithDefault" and node.data_inputs:
+            if fn is self.graph.main and name == self._saver_filename:
+                return Value("saver-filename")  # TF1: save/Const defaults to 'model'
             return Value("input", detail=name)
         if op in PLACEHOLDERS:
             if fn is self.graph.main and name == self._saver_filename:
@@ -163,3 +176,59 @@ class Resolver:
             return Value("unknown", detail=source)
         caller, tensor, caller_parent = source
         return self.resolve(caller, tensor, caller_parent, depth + 1)
+
+    def is_saver_path(self, fn: Function, tensor: str, parent: CallEdge | None, depth: int = 0) -> bool:
+        """Is ``tensor`` the saver's filename in exactly a shape TensorFlow's savers emit?
+
+        The filename itself (through identities and function arguments), ``StringJoin`` of it
+        with constant suffixes (TF1's ``_temp_<uuid>/part``; TF2's suffix chosen by
+        ``Select(StaticRegexFullMatch(filename, '^s3://.*'), '.part', '_temp/part')``),
+        ``ShardedFilename``/``ShardedFilespec`` of those, and ``Pack`` of them (the input of
+        ``MergeV2Checkpoints``).  Anything else that transforms the path is not machinery.
+        """
+        if depth > MAX_DEPTH:
+            return False
+        key = (fn.name, tensor, id(parent), "saver")
+        hit = self._memo.get(key)
+        if hit is None:
+            self._memo[key] = False  # a cycle back here is not a saver path
+            hit = self._memo[key] = self._is_saver_path(fn, tensor, parent, depth)
+        return bool(hit)
+
+    def _is_saver_path(self, fn: Function, tensor: str, parent: CallEdge | None, depth: int) -> bool:
+        arg = self.arg_index(fn, tensor)
+        if arg is not None:
+            if self.capture(fn, arg) is not None:
+                return False
+            source = self.caller_input(fn, arg, parent)
+            return not isinstance(source, str) and self.is_saver_path(source[0], source[1], source[2], depth + 1)
+        node = self.nodes(fn).get(tensor_node(tensor))
+        if node is None:
+            return False
+        data = node.data_inputs
+        if node.op in PLACEHOLDERS or node.op in ("Const", "PlaceholderWithDefault"):
+            return fn is self.graph.main and node.name == self._saver_filename
+        if node.op in ("Identity", "Snapshot") and data:
+            return self.is_saver_path(fn, data[0], parent, depth + 1)
+        if node.op == "StringJoin" and data and not node.attrs.get("separator"):
+            return self.is_saver_path(fn, data[0], parent, depth + 1) and all(
+                self._saver_suffix(fn, t, parent, depth + 1) for t in data[1:])
+        if node.op in ("ShardedFilename", "ShardedFilespec") and data:
+            return self.is_saver_path(fn, data[0], parent, depth + 1) and all(
+                self.resolve(fn, t, parent, depth + 1).kind == "const" for t in data[1:])
+        if node.op == "Pack" and data:
+            return all(self.is_saver_path(fn, t, parent, depth + 1) for t in data)
+        return False
+
+    def _saver_suffix(self, fn: Function, tensor: str, parent: CallEdge | None, depth: int) -> bool:
+        """A constant suffix without '..' (or TF2's s3-or-local choice between two such)."""
+        value = self.resolve(fn, tensor, parent, depth)
+        if value.kind == "const":
+            return all(".." not in v and "://" not in v for v in value.values)
+        node = self.nodes(fn).get(tensor_node(tensor))
+        if node is None or node.op not in ("Select", "SelectV2") or len(node.data_inputs) != 3:
+            return False
+        cond = self.nodes(fn).get(tensor_node(node.data_inputs[0]))
+        return (cond is not None and cond.op in ("StaticRegexFullMatch", "RegexFullMatch") and bool(cond.data_inputs)
+                and self.is_saver_path(fn, cond.data_inputs[0], parent, depth + 1)
+                and all(self._saver_suffix(fn, t, parent, depth + 1) for t in node.data_inputs[1:]))

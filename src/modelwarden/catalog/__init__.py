@@ -35,6 +35,7 @@ class OpSpec:
     capabilities: tuple[str, ...]
     paths: tuple[int, ...] = ()
     path_attrs: tuple[str, ...] = ()
+    graph_inputs: tuple[int, ...] = ()  # inputs carrying a serialized GraphDef the op runs
     when_attr: Mapping[str, str] = field(default_factory=dict)
     when_nonempty: tuple[str, ...] = ()
     empty_path_ok: bool = False
@@ -106,6 +107,7 @@ def _parse(data: dict, stock: frozenset[str]) -> Catalog:
             capabilities=caps,
             paths=tuple(v.get("paths", ())),
             path_attrs=tuple(v.get("path_attrs", ())),
+            graph_inputs=tuple(v.get("graph_inputs", ())),
             when_attr=dict(v.get("when_attr", {})),
             when_nonempty=tuple(v.get("when_nonempty", ())),
             empty_path_ok=bool(v.get("empty_path_ok", False)),

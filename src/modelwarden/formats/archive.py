@@ -82,7 +82,14 @@ def is_pickle_head(head: bytes, size: int) -> bool:
         return False
     if not prog.error:
         return prog.opcodes >= 2
-    return prog.error.startswith("truncated") and len(head) < size and prog.opcodes >= 8
+    if not prog.error.startswith("truncated") or len(head) >= size:
+        return False
+    if prog.error.startswith("truncated: line") and 0 < prog.end < len(head):
+        # a protocol 0 value line (Python 2 wrote whole arrays as one STRING) may run past the head
+        op, arg = head[prog.end - 1: prog.end], head[prog.end: prog.end + 1]
+        if (op == b"S" and arg in (b"'", b'"')) or op == b"V":
+            return prog.opcodes >= 2
+    return prog.opcodes >= 8
 
 
 @dataclass
@@ -221,13 +228,37 @@ class _Walker:
         if gz:
             stream = gzip.GzipFile(fileobj=fh, mode="rb")
             cap = min(MAX_TAR_BYTES, max(1 << 20, size * self.limits.max_zip_ratio))
-        bounded = _Bounded(stream, cap, self.path)
-        with tarfile.open(fileobj=bounded, mode="r|") as tf:
-            for ti in tf:
-                insp.total += 1
-                if insp.total > self.limits.max_zip_members:
-                    raise LimitExceeded(self.path, f"archive has more than {self.limits.max_zip_members} members")
-                insp.members.append(self.tar_member(tf, ti, container, depth, insp))
+        source = _Bounded(stream, cap, self.path)
+        base = 0
+        where = f"{container}: " if container else ""
+        for _ in range(MAX_TAR_RESYNCS + 1):
+            with tarfile.open(fileobj=source, mode="r|") as tf:
+                for ti in tf:
+                    insp.total += 1
+                    if insp.total > self.limits.max_zip_members:
+                        raise LimitExceeded(self.path, f"archive has more than {self.limits.max_zip_members} members")
+                    insp.members.append(self.tar_member(tf, ti, container, depth, insp))
+                stop = tf.offset  # where tarfile stopped: an end-of-archive block, or a header it rejected
+                pending = bytes(getattr(tf.fileobj, "buf", b""))
+            # tarfile ends the walk at the first header that fails its checksum; GNU tar skips it and
+            # extracts what follows.  So a rejected header that is not zeros is reported and walked past.
+            block = source.block_at(stop)
+            if block is not None and not block.strip(b"\x00"):
+                return  # the end-of-archive marker: GNU tar stops here too
+            found = _next_header(_Prefixed(pending, source))
+            if found is None:
+                if block is not None:
+                    insp.skipped.append(f"{where}tar header at byte {base + stop} fails its checksum and nothing "
+                                        "after it is a valid header (tarfile stops there; GNU tar skips it)")
+                return
+            skipped, header, rest = found
+            bad_at = base + stop
+            base = bad_at + BLOCK + skipped
+            insp.skipped.append(f"{where}tar header at byte {bad_at} fails its checksum: Python's tarfile ends the "
+                                f"archive there, GNU tar skips it and extracts the members from byte {base} on "
+                                "(inspected)")
+            source = _Bounded(_Prefixed(header + rest, source), cap, self.path)
+        insp.skipped.append(f"{where}more than {MAX_TAR_RESYNCS} damaged tar headers")
 
     def tar_member(self, tf: "tarfile.TarFile", ti: "tarfile.TarInfo", container: str, depth: int,
                    insp: Inspection) -> ArchiveMember:
@@ -256,6 +287,66 @@ class _Walker:
         return ArchiveMember(kind=FileKind.FILE, content=content, **base)
 
 
+BLOCK = 512
+MAX_TAR_RESYNCS = 16
+
+
+def _next_header(stream: "_Prefixed") -> "tuple[int, bytes, bytes] | None":
+    """Read 512-byte blocks until one is a valid tar header (its checksum matches): (bytes skipped
+    before it, the header block, what was read after it), or None at the end of the stream.
+    Zero blocks are skipped too (a damaged header is often followed by padding)."""
+    import tarfile
+
+    skipped = 0
+    while True:
+        block = stream.read_exact(BLOCK)
+        if len(block) < BLOCK:
+            return None
+        if block.strip(b"\x00"):
+            try:
+                tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+                return skipped, block, stream.take_prefix()
+            except tarfile.HeaderError:
+                pass
+        skipped += BLOCK
+
+
+class _Prefixed(io.RawIOBase):
+    """``prefix`` (bytes already read) followed by the rest of ``inner``."""
+
+    def __init__(self, prefix: bytes, inner) -> None:
+        self.prefix = prefix
+        self.inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.prefix:
+            n = len(self.prefix) if n is None or n < 0 else n
+            data, self.prefix = self.prefix[:n], self.prefix[n:]
+            return data
+        return self.inner.read(n)
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def read_exact(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            data = self.read(n - len(out))
+            if not data:
+                break
+            out += data
+        return out
+
+    def take_prefix(self) -> bytes:
+        data, self.prefix = self.prefix, b""
+        return data
+
+
 def _head_kind(head: bytes, size: int) -> str:
     kind = sniff_bytes(head, size)
     if kind == "" and head[:1] in (b"(", b"c", b"]", b"}") and size > len(head):
@@ -272,11 +363,21 @@ def _relabel(progs: list[PickleProgram], role: str) -> list[PickleProgram]:
 class _Bounded(io.RawIOBase):
     """A read-only stream that refuses to yield more than ``cap`` bytes (tar/gzip bombs)."""
 
+    WINDOW = 1 << 16
+
     def __init__(self, inner, cap: int, path: str) -> None:
         self.inner = inner
         self.cap = cap
         self.path = path
         self.count = 0
+        self.window = b""  # the last WINDOW bytes read (tar headers tarfile rejected)
+
+    def block_at(self, offset: int) -> bytes | None:
+        """The 512 bytes at ``offset`` of the stream, if they are still in the window."""
+        start = offset - (self.count - len(self.window))
+        if start < 0 or start + BLOCK > len(self.window):
+            return None
+        return self.window[start: start + BLOCK]
 
     def readable(self) -> bool:
         return True
@@ -286,6 +387,7 @@ class _Bounded(io.RawIOBase):
             n = 1 << 20
         data = self.inner.read(n)
         self.count += len(data)
+        self.window = (self.window + data)[-self.WINDOW:]
         if self.count > self.cap:
             raise LimitExceeded(self.path, f"archive decompresses past {self.cap} bytes (more than "
                                 "the compression-ratio limit allows: a bomb?)")
@@ -320,12 +422,34 @@ def npy_header(data: bytes, path: str) -> tuple[dict, int]:
     if text.count("(") + text.count("[") + text.count("{") > 200:
         raise InputError(path, ".npy header is nested too deeply")
     try:
-        header = ast.literal_eval(text.strip())
+        header = ast.literal_eval(text.strip() if major != 1 else _without_long_suffix(text))
     except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
         raise InputError(path, f".npy header is not a Python literal ({type(exc).__name__})") from None
     if not isinstance(header, dict) or "descr" not in header:
         raise InputError(path, ".npy header has no 'descr'")
     return header, start + hlen
+
+
+def _without_long_suffix(text: str) -> str:
+    """A version 1.0 header written by Python 2 may spell ints ``2L``; numpy.load drops the ``L``
+    (``numpy.lib.format._filter_header``) outside string literals, and so do we."""
+    import io
+    import tokenize
+
+    if "L" not in text and "l" not in text:
+        return text.strip()
+    out: list[tuple[int, str]] = []
+    last = None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text.strip()).readline):
+            if last is not None and last.type == tokenize.NUMBER and tok.type == tokenize.NAME \
+                    and tok.string in ("L", "l") and tok.start == last.end:
+                continue
+            out.append((tok.type, tok.string))
+            last = tok
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return text.strip()
+    return tokenize.untokenize(out).strip()
 
 
 def descr_has_object(descr: object, depth: int = 0) -> bool:
@@ -368,6 +492,15 @@ def open_regular(path: str) -> int:
         os.close(fd)
         raise InputError(path, "not a regular file")
     return fd
+
+
+def inspect_zip(zf: zipfile.ZipFile, path: str, limits: Limits = DEFAULT_LIMITS,
+                role_hook: RoleHook = _default_role) -> Inspection:
+    """Inspect an already open zip (a model container such as ``.keras``): every member's
+    content, pickles, nested archives, links and names, exactly as for a plain archive."""
+    insp = Inspection("zip")
+    _Walker(path, limits, role_hook).zip(zf, "", 0, insp)
+    return insp
 
 
 def inspect_file(path: str, limits: Limits = DEFAULT_LIMITS, role_hook: RoleHook = _default_role) -> Inspection:

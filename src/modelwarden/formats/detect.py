@@ -25,58 +25,22 @@ UNRECOGNISED = (
     "PyTorch, NumPy, ONNX, safetensors, zip/tar)"
 )
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
-_GRAPHDEF_TEXT_KEYS = (b"node", b"library", b"versions")
-_SAVEDMODEL_TEXT_KEYS = (b"saved_model_schema_version", b"meta_graphs")
-
-
-def _text_key(head: bytes) -> bytes:
-    """First identifier of a protobuf text file, skipping blank lines and comments."""
-    for line in head.splitlines():
-        line = line.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        word = b""
-        for ch in line:
-            if chr(ch).isalnum() or ch == ord("_"):
-                word += bytes([ch])
-            else:
-                break
-        return word
-    return b""
-
-
-def _looks_like_nodedef(buf: bytes, pos: int, end: int) -> bool:
-    """Does ``buf[pos:end]`` start like a NodeDef (name=1 string, op=2 identifier)?"""
-    if pos >= end or buf[pos] != 0x0A:
-        return False
-    n, pos = read_varint(buf, pos + 1)
-    if n < 0 or pos + n > end:
-        return False
-    pos += n
-    if pos >= end or buf[pos] != 0x12:
-        return False
-    m, pos = read_varint(buf, pos + 1)
-    op = buf[pos : pos + m]
-    return 0 < m <= 256 and len(op) == m and all(chr(c).isalnum() or c in b"_>." for c in op)
 
 
 def sniff_protobuf(path: str, head: bytes, size: int) -> ArtifactFormat | None:
     """Binary or text SavedModel/GraphDef, or None."""
     if not head:
         return None
-    key = _text_key(head) if b"\x00" not in head[:256] else b""
-    if key in _GRAPHDEF_TEXT_KEYS and (b"{" in head):
+    from modelwarden.formats.graphdef import graphdef_encoding, is_function_name, text_key
+    from modelwarden.formats.savedmodel import SAVEDMODEL_TEXT_KEYS
+
+    if graphdef_encoding(head, size):
         return ArtifactFormat.GRAPHDEF
-    if key in _SAVEDMODEL_TEXT_KEYS:
+    if b"\x00" not in head[:256] and text_key(head) in SAVEDMODEL_TEXT_KEYS:
         return ArtifactFormat.SAVEDMODEL
     tag = head[0]
     if tag == 0x08 and len(head) > 2 and head[2] == 0x12:  # saved_model_schema_version, meta_graphs
         return ArtifactFormat.SAVEDMODEL
-    if tag == 0x0A:  # GraphDef.node
-        n, pos = read_varint(head, 1)
-        if n > 0 and pos + n <= size and _looks_like_nodedef(head, pos, min(len(head), pos + n)):
-            return ArtifactFormat.GRAPHDEF
-        return None
     if tag == 0x12:  # SavedModel.meta_graphs or GraphDef.library: decide by parsing
         n, _ = read_varint(head, 1)
         if n <= 0 or n > size:
@@ -92,7 +56,7 @@ def sniff_protobuf(path: str, head: bytes, size: int) -> ArtifactFormat | None:
             pass
         try:
             gd = tfproto.parse("GraphDef", data, path)
-            if gd.library.function and all(f.signature.name for f in gd.library.function):
+            if gd.library.function and all(is_function_name(f.signature.name) for f in gd.library.function):
                 return ArtifactFormat.GRAPHDEF
         except InputError:
             pass
@@ -169,17 +133,19 @@ def sniff_other(path: str, head: bytes, size: int) -> ArtifactFormat | None:
 
 
 def _decompressed_head(data: bytes, kind: str) -> bytes:
-    import bz2
+    """The first 4096 decompressed bytes of a compressed (joblib) stream, or b"" when it is not one."""
     import lzma
     import zlib
 
+    from modelwarden.formats.pickle_file import _decompressor
+
     try:
-        if kind in ("gzip", "zlib"):
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS if kind == "gzip" else zlib.MAX_WBITS)
-            return d.decompress(data, 4096)
-        d2 = bz2.BZ2Decompressor() if kind == "bz2" else lzma.LZMADecompressor()
-        return d2.decompress(data, 4096)
-    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError):
+        d = _decompressor(kind, "")
+    except InputError:
+        return b"\x80\x02}."  # lz4 without the lz4 package: the reader says what is missing
+    try:
+        return d.decompress(data, 4096)
+    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError, RuntimeError):
         return b""
 
 

@@ -9,6 +9,8 @@ pickle); a crash, a hang or a runaway allocation becomes an
 The reader keeps the root attributes Keras writes: ``model_config`` (JSON),
 ``training_config`` (JSON), ``keras_version``, ``backend``; a weights-only file
 (``layer_names`` and no ``model_config``) yields a KerasModel with no objects.
+Any other HDF5 file (a dataset written with h5py, a MATLAB 7.3 ``.mat``) is
+scanned as data: an artifact with no model and a ``content`` note, never an error.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ATTRS = ("model_config", "training_config", "keras_version", "backend", "layer_names")
 MAX_LAYER_NAMES = 100_000
 KERAS3_WEIGHT_GROUPS = frozenset({"layers", "vars", "optimizer"})  # a Keras 3 .weights.h5
+DATA_ONLY = ("HDF5 data, not a Keras model: no model_config, layer_names or Keras weight groups; "
+             "Keras refuses to load it and its datasets hold no code")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,13 +210,15 @@ class KerasH5Reader(Reader):
         groups = data.get("groups") if isinstance(data.get("groups"), list) else []
         keras = self._model(path, attrs, groups, limits)
         meta = {k: attrs[k][:200] for k in ("keras_version", "backend") if isinstance(attrs.get(k), str)}
+        if keras is None:
+            meta["content"] = DATA_ONLY
         return Artifact(
             path=path, display=candidate.display, format=ArtifactFormat.KERAS_H5,
             keras=keras, files=(FileEntry(os.path.basename(path), FileKind.FILE, size),), metadata=meta,
         )
 
     @staticmethod
-    def _model(path: str, attrs: dict, groups: list, limits: Limits) -> KerasModel:
+    def _model(path: str, attrs: dict, groups: list, limits: Limits) -> KerasModel | None:
         trees: list[tuple[str, object]] = []
         for key, prefix in (("model_config", ""), ("training_config", "training_config")):
             text = attrs.get(key)
@@ -229,8 +235,7 @@ class KerasH5Reader(Reader):
                 raise InputError(path, "model_config is not a JSON object")
             trees.append((prefix, tree))
         if not trees and "layer_names" not in attrs and not KERAS3_WEIGHT_GROUPS & set(groups):
-            raise InputError(path, "HDF5 file is not a Keras model or weights file: no model_config, "
-                                   "no layer_names attribute, no Keras weight groups")
+            return None  # a dataset: scanned as data
         version = attrs.get("keras_version") if isinstance(attrs.get("keras_version"), str) else ""
         backend = attrs.get("backend") if isinstance(attrs.get("backend"), str) else ""
         return model_from_config(trees, os.path.basename(path), limits, keras_version=version, backend=backend)

@@ -1,10 +1,13 @@
 """Keras 3 ``.keras`` archives: a zip of config.json, metadata.json, weights and assets.
 
-The archive is read in place with :mod:`zipfile`, never extracted.  Only
+The archive is read in place with :mod:`zipfile`, never extracted.
 ``config.json`` and ``metadata.json`` are decompressed, in chunks, stopping at
 the size limit and at the compression-ratio limit whatever the headers claim,
 so a zip bomb posing as ``.keras`` ends in :class:`LimitExceeded` quickly and
-in little memory.  Weights are not read.
+in little memory.  Every other member is inspected like a plain archive's
+(:func:`~modelwarden.formats.archive.inspect_zip`): pickles, NumPy object
+arrays, nested archives, links and ``../`` names are reported.  The HDF5
+weights file is not read.
 """
 
 from __future__ import annotations
@@ -129,7 +132,15 @@ class KerasV3Reader(Reader):
             info["date_saved"] = meta["date_saved"][:100]
         if duplicates:
             info["duplicate_members"] = ", ".join(duplicates[:20])
+        from modelwarden.formats.archive import inspect_zip
+
+        insp = inspect_zip(zf, path, limits, _member_role)
         return Artifact(
             path=path, display=candidate.display, format=ArtifactFormat.KERAS_V3,
-            keras=keras, files=files, metadata=info,
+            keras=keras, files=files, metadata=info, pickles=tuple(insp.pickles), archive=insp.facts(),
         )
+
+
+def _member_role(name: str) -> str | None:
+    """The weights file is raw tensor storage (never read); other members are inspected."""
+    return "skip-unless-clean" if name == "model.weights.h5" else None

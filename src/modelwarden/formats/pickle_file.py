@@ -3,7 +3,7 @@
 The file is memory-mapped and its opcode stream walked by
 :mod:`~modelwarden.formats.pickle_ops`; consecutive pickles (several ``dump``
 calls in one file) are all reported.  joblib's compressed files (gzip, bz2,
-xz/lzma, zlib) are decompressed in memory, bounded by ``Limits.max_member_bytes``
+xz, LZMA-alone, zlib, and LZ4 frames when the optional ``lz4`` package is installed) are decompressed in memory, bounded by ``Limits.max_member_bytes``
 and the compression-ratio limit.
 """
 
@@ -35,16 +35,35 @@ def compression_of(head: bytes) -> str:
         return "xz"
     if head[:1] == b"\x78" and len(head) > 1 and (head[0] << 8 | head[1]) % 31 == 0:
         return "zlib"
+    if head.startswith(LZ4_FRAME_MAGIC):
+        return "lz4"
+    if len(head) >= 5 and head[:1] == b"\x5d" and head[1:5] in _LZMA_ALONE_DICTS:
+        return "lzma"  # joblib compress='lzma': LZMA-alone (lc=3 lp=0 pb=2), as xz/lzma write it
     return ""
 
 
-def _decompressor(kind: str):
+LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
+# LZMA-alone dictionary sizes (2^n or 2^n + 2^(n-1)) that encoders write, little-endian
+_LZMA_ALONE_DICTS = frozenset((1 << n).to_bytes(4, "little") for n in range(12, 31)) | frozenset(
+    ((1 << n) + (1 << (n - 1))).to_bytes(4, "little") for n in range(12, 31))
+
+
+def _decompressor(kind: str, path: str = ""):
     if kind == "gzip":
         return zlib.decompressobj(16 + zlib.MAX_WBITS)
     if kind == "zlib":
         return zlib.decompressobj()
     if kind == "bz2":
         return bz2.BZ2Decompressor()
+    if kind == "lzma":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
+    if kind == "lz4":
+        try:
+            import lz4.frame
+        except ImportError:
+            raise InputError(path, "joblib file compressed with lz4: install the lz4 package "
+                                   "(pip install 'modelwarden[lz4]') to inspect it") from None
+        return lz4.frame.LZ4FrameDecompressor()
     return lzma.LZMADecompressor()
 
 
@@ -52,7 +71,7 @@ def decompress(data: "bytes | mmap.mmap", kind: str, path: str, limits: Limits, 
     """Decompress a whole stream, stopping at the size and ratio limits as actually produced."""
     cap = limits.max_member_bytes if max_bytes is None else max_bytes
     ratio_cap = max(RATIO_FLOOR, len(data) * limits.max_zip_ratio)
-    d = _decompressor(kind)
+    d = _decompressor(kind, path)
     out: list[bytes] = []
     total = 0
     try:
@@ -67,7 +86,7 @@ def decompress(data: "bytes | mmap.mmap", kind: str, path: str, limits: Limits, 
                 out.append(piece)
             if d.eof:
                 break
-    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError, RuntimeError) as exc:
         raise InputError(path, f"{kind} stream is corrupt ({exc})") from None
     return b"".join(out)
 

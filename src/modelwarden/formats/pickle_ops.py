@@ -18,6 +18,7 @@ joblib's own unpickler does.
 
 from __future__ import annotations
 
+import _compat_pickle
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -267,6 +268,7 @@ class _Parser:
         return p
 
     def line(self) -> bytes:
+        """A newline-terminated argument (module and class names, memo indices): at most MAX_KEEP_STR."""
         p = self.pos
         nl = self.buf.find(b"\n", p, min(self.end, p + MAX_KEEP_STR + 1))
         if nl < 0:
@@ -275,6 +277,16 @@ class _Parser:
             raise Broken(f"line argument longer than {MAX_KEEP_STR} bytes", p)
         self.pos = nl + 1
         return bytes(self.buf[p:nl])
+
+    def long_line(self) -> bytes | None:
+        """A newline-terminated value of any length (protocol 0 STRING/UNICODE/LONG: Python 2 wrote
+        whole arrays so); None, after skipping it, when it is longer than MAX_KEEP_STR."""
+        p = self.pos
+        nl = self.buf.find(b"\n", p, self.end)
+        if nl < 0:
+            raise Broken("truncated: line argument without newline", p)
+        self.pos = nl + 1
+        return bytes(self.buf[p:nl]) if nl - p <= MAX_KEEP_STR else None
 
     def text(self, n: int, encoding: str) -> object:
         """A string argument of ``n`` bytes: kept when short, described otherwise."""
@@ -404,7 +416,7 @@ class _Parser:
             elif op == 0x63:  # GLOBAL
                 module = self.line().decode("utf-8", "replace")
                 name = self.line().decode("utf-8", "replace")
-                g = Global(module, name, at)
+                g = self._global(module, name, at)
                 self.add_import(g, "GLOBAL")
                 self.push(g)
             elif op == 0x93:  # STACK_GLOBAL
@@ -414,7 +426,7 @@ class _Parser:
             elif op == 0x69:  # INST
                 module = self.line().decode("utf-8", "replace")
                 name = self.line().decode("utf-8", "replace")
-                g = Global(module, name, at)
+                g = self._global(module, name, at)
                 self.add_import(g, "INST")
                 self._call(g, tuple(self.pop_mark()), at, "INST")
             elif op == 0x6F:  # OBJ
@@ -518,7 +530,10 @@ class _Parser:
             elif op == 0x55:  # SHORT_BINSTRING
                 self.push(self.text(self.take(1)[0], "latin-1"))
             elif op == 0x53:  # STRING
-                raw = self.line()
+                raw = self.long_line()
+                if raw is None:
+                    self.push(Opaque("long str"))
+                    continue
                 if len(raw) >= 2 and raw[0] == raw[-1] and raw[:1] in (b"'", b'"'):
                     raw = raw[1:-1]
                 else:
@@ -528,7 +543,10 @@ class _Parser:
                 except UnicodeDecodeError:
                     self.push(Opaque("undecodable str"))
             elif op == 0x56:  # UNICODE
-                raw = self.line()
+                raw = self.long_line()
+                if raw is None:
+                    self.push(Opaque("long str"))
+                    continue
                 try:
                     self.push(raw.decode("raw-unicode-escape"))
                 except UnicodeDecodeError:
@@ -540,7 +558,10 @@ class _Parser:
                 else:
                     self.push(self._int_text(raw, at))
             elif op == 0x4C:  # LONG
-                raw = self.line()
+                raw = self.long_line()
+                if raw is None:
+                    self.push(Opaque("long int"))
+                    continue
                 self.push(self._int_text(raw[:-1] if raw.endswith(b"L") else raw, at))
             elif op == 0x46:  # FLOAT
                 raw = self.line()
@@ -604,9 +625,22 @@ class _Parser:
         except (KeyError, TypeError):
             raise Broken(f"memo value not found at index {idx}", at) from None
 
+    def _global(self, module: str, name: str, at: int) -> Global:
+        """What ``find_class(module, name)`` imports: below protocol 3 the unpickler first maps
+        Python 2 names to Python 3 ones (``_compat_pickle``, ``fix_imports=True``, the default
+        of pickle.load, numpy.load and joblib.load); the written name is kept in ``detail``."""
+        if self.r.protocol >= 3:
+            return Global(module, name, at)
+        mapped = _compat_pickle.NAME_MAPPING.get((module, name))
+        if mapped is None and module in _compat_pickle.IMPORT_MAPPING:
+            mapped = (_compat_pickle.IMPORT_MAPPING[module], name)
+        if mapped is None or mapped == (module, name):
+            return Global(module, name, at)
+        return Global(mapped[0], mapped[1], at, detail=f"written as {module}.{name} (Python 2 name)")
+
     def _stack_global(self, module: object, name: object, at: int) -> Global:
         if isinstance(module, str) and isinstance(name, str):
-            g = Global(module, name, at)
+            g = self._global(module, name, at)
         else:
             detail = f"STACK_GLOBAL with module {describe(module)} and name {describe(name)}"
             shown_mod = module if isinstance(module, str) else f"<{describe(module)}>"

@@ -15,7 +15,7 @@ from typing import Any
 from modelwarden.errors import InputError
 from modelwarden.formats import safeio, tfproto
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
-from modelwarden.formats.tfgraph import graph_body, shape_dims
+from modelwarden.formats.tfgraph import embedded_graphs, graph_body, shape_dims
 from modelwarden.ir import (
     Artifact,
     ArtifactFormat,
@@ -38,6 +38,8 @@ LOAD_TIME_COLLECTIONS = ("saved_model_main_op", "legacy_init_op", "main_op", "ta
 # SavedObject children that the TF2 loader calls while loading a resource.
 RESOURCE_LOAD_FUNCTIONS = ("_create_resource", "_initialize")
 
+MAX_ASSETS = 100_000
+
 
 def find_model_files(directory: str) -> list[str]:
     """The graph files TensorFlow would consider in a SavedModel directory (.pb first)."""
@@ -48,9 +50,23 @@ def find_model_files(directory: str) -> list[str]:
     ]
 
 
+SAVEDMODEL_TEXT_KEYS = (b"saved_model_schema_version", b"meta_graphs")
+
+
+def is_text_saved_model(path: str, head: bytes) -> bool:
+    """Text or binary, decided once for detection and reading: by name where TensorFlow's loader
+    decides by name (``saved_model.pbtxt``/``saved_model.pb``), by content for any other file."""
+    from modelwarden.formats.graphdef import text_key
+
+    base = os.path.basename(path)
+    if base in ("saved_model.pb", "saved_model.pbtxt"):
+        return base.endswith(".pbtxt")
+    return b"\x00" not in head[:256] and text_key(head) in SAVEDMODEL_TEXT_KEYS
+
+
 def load_saved_model_proto(path: str, limits: Limits) -> Any:
     data = safeio.read_file(path, limits.max_proto_bytes, what="SavedModel graph")
-    if path.endswith(".pbtxt"):
+    if is_text_saved_model(path, data[:4096]):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -167,6 +183,21 @@ def _object_graph_entries(
     return entries, captures, variables
 
 
+def _asset_file_defs(mg, path: str) -> list:
+    """The loader's assets: ``asset_file_def``, or else (TF1 builders) the ``saved_model_assets``
+    collection of ``Any``-packed AssetFileDefs, exactly as ``loader_impl.get_asset_tensors`` reads them."""
+    if mg.asset_file_def:
+        return list(mg.asset_file_def)
+    coll = mg.collection_def.get("saved_model_assets") if "saved_model_assets" in mg.collection_def else None
+    if coll is None or coll.WhichOneof("kind") != "any_list":
+        return []
+    out = []
+    for item in coll.any_list.value[:MAX_ASSETS]:
+        if item.type_url.rsplit("/", 1)[-1] == "tensorflow.AssetFileDef":
+            out.append(tfproto.parse("AssetFileDef", item.value, path))
+    return out
+
+
 def _tf1_variables(nodes: Any) -> list[VariableSpec]:
     out = []
     for n in nodes:
@@ -209,7 +240,7 @@ def meta_graph_to_ir(mg: Any, index: int, source_file: str, path: str, limits: L
     entries.extend(og_entries)
     if not mg.object_graph_def.nodes:  # TF1: variables are nodes named by their checkpoint key
         variables = _tf1_variables(main.nodes)
-    assets = tuple(AssetRef(a.filename, a.tensor_info.name) for a in mg.asset_file_def)
+    assets = tuple(AssetRef(a.filename, a.tensor_info.name) for a in _asset_file_defs(mg, path))
     producer = mg.graph_def.versions.producer if mg.graph_def.HasField("versions") else None
     return Graph(
         name=name,
@@ -249,6 +280,7 @@ class SavedModelReader(Reader):
             for i, mg in enumerate(sm.meta_graphs):
                 g = meta_graph_to_ir(mg, i, rel, gf, limits)
                 graphs.append(g)
+                graphs.extend(embedded_graphs(mg.graph_def, g.name, gf, limits))
                 if g.tf_version:
                     metadata.setdefault("tensorflow_version", g.tf_version)
                 if g.producer is not None:
@@ -291,6 +323,14 @@ class SavedModelReader(Reader):
         prefix = os.path.join(root, "variables", "variables")
         if not os.path.lexists(prefix + ".index"):
             return ()
+        if os.path.islink(prefix + ".index") or os.path.islink(os.path.dirname(prefix)):
+            # a link is the model's files' fact (MW201 when it leaves the model), not an unreadable
+            # input: follow it only when it stays inside the model
+            real = os.path.realpath(prefix + ".index")
+            inside = real.startswith(os.path.realpath(root) + os.sep) and os.path.isfile(real)
+            if not inside:
+                return ()
+            prefix = real.removesuffix(".index")
         from modelwarden.formats.checkpoint import read_checkpoint
 
         return (read_checkpoint(prefix, f"{display}/variables/variables", limits),)

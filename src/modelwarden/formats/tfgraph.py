@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from modelwarden.errors import LimitExceeded
+from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.formats.interface import DEFAULT_LIMITS, Limits
 from modelwarden.formats.tfproto import DTYPE_SIZES, dtype_name
 from modelwarden.ir import (
@@ -211,3 +211,57 @@ def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LI
         fn = function_from_proto(fd, limits)
         functions.setdefault(fn.name, fn)  # TF rejects duplicates; the first wins here
     return main, functions
+
+
+# --------------------------------------------------------------------------
+# graphs carried as strings
+
+# Ops whose input carries a serialized GraphDef that the op runs (TensorFlow's op definitions:
+# DatasetFromGraph "graph_def: string").  The catalog says what running it means.
+GRAPH_DEF_INPUTS = {"DatasetFromGraph": 0}
+MAX_EMBEDDED_DEPTH = 4
+MAX_EMBEDDED = 64
+
+
+def embedded_graphs(graph_def: Any, owner: str, path: str, limits: Limits = DEFAULT_LIMITS,
+                    depth: int = 0, budget: list[int] | None = None) -> list[Any]:
+    """The serialized GraphDefs that graph-running ops of ``graph_def`` are given as constants,
+    parsed and converted (recursively, bounded): one :class:`~modelwarden.ir.Graph` each, named
+    ``owner/<function>/<node>``, with every node an entry point (the op runs the whole graph)."""
+    from modelwarden.formats import tfproto
+    from modelwarden.ir import EntryKind, EntryPoint, Graph
+
+    out: list[Any] = []
+    budget = [MAX_EMBEDDED] if budget is None else budget  # shared by the whole recursion
+    bodies = [("", graph_def.node)] + [(f.signature.name, f.node_def) for f in graph_def.library.function]
+    for fname, nodes in bodies:
+        consts = None
+        for nd in nodes:
+            idx = GRAPH_DEF_INPUTS.get(nd.op)
+            if idx is None:
+                continue
+            data = [i for i in nd.input if not i.startswith("^")]
+            if idx >= len(data):
+                continue
+            if consts is None:
+                consts = {n.name: n for n in nodes if n.op == "Const"}
+            src = consts.get(data[idx].split(":", 1)[0])
+            if src is None or "value" not in src.attr or len(src.attr["value"].tensor.string_val) != 1:
+                continue
+            if depth >= MAX_EMBEDDED_DEPTH or budget[0] <= 0:
+                raise LimitExceeded(path, f"serialized graphs nested deeper than {MAX_EMBEDDED_DEPTH} "
+                                          f"or more than {MAX_EMBEDDED} in all (node {nd.name!r})")
+            budget[0] -= 1
+            name = "/".join(p for p in (owner, fname, nd.name) if p)
+            try:
+                inner = tfproto.parse("GraphDef", bytes(src.attr["value"].tensor.string_val[0]),
+                                      f"{path} (graph_def of node {nd.name!r})")
+            except LimitExceeded:
+                raise
+            except InputError:
+                continue  # TensorFlow cannot parse it either: the op fails, nothing runs
+            main, functions = graph_body(inner, f"<{name}>", path, limits)
+            out.append(Graph(name=name, main=main, functions=functions,
+                             entry_points=(EntryPoint(EntryKind.GRAPH, name),), source_file=name))
+            out.extend(embedded_graphs(inner, name, path, limits, depth + 1, budget))
+    return out

@@ -129,9 +129,12 @@ MESSAGES: dict[str, list[tuple]] = {
     "CollectionDef": [
         ("node_list", 1, "CollectionDef.NodeList", "kind"),
         ("bytes_list", 2, "CollectionDef.BytesList", "kind"),
+        ("any_list", 5, "CollectionDef.AnyList", "kind"),
     ],
     "CollectionDef.NodeList": [("value", 1, "string*")],
     "CollectionDef.BytesList": [("value", 1, "bytes*")],
+    "CollectionDef.AnyList": [("value", 1, "Any*")],  # TF1 builders keep saved_model_assets here
+    "Any": [("type_url", 1, "string"), ("value", 2, "bytes")],
     "MetaGraphDef.MetaInfoDef": [
         ("meta_graph_version", 1, "string"),
         ("stripped_op_list", 2, "OpList"),

@@ -16,7 +16,7 @@ from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleM
 from modelwarden.analysis.registry import register
 from modelwarden.ir import ArchiveMember, FileKind
 
-FORMATS = ("archive", "pytorch", "numpy")
+FORMATS = ("archive", "pytorch", "numpy", "keras-v3")
 RATIO = 200  # declared uncompressed/compressed beyond which a member is a bomb
 RATIO_FLOOR = 1 << 20
 _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:|\\\\|//)")
@@ -32,7 +32,8 @@ META = {m.id: m for m in (
           "configuration or keys.", "Never extract this archive; rebuild it with relative member paths."),
     _meta("MW871", "archive-link-member", Severity.MEDIUM, "Archive holds a symbolic or hard link",
           "Links in an archive make later members (or the loader) write or read through them; one that "
-          "points outside the archive (high) exposes arbitrary files.", "Remove links from model archives."),
+          "points outside the archive (high) exposes arbitrary files; a hard link to a regular member extracted "
+          "before it is a deduplicated copy (info).", "Remove links from model archives."),
     _meta("MW872", "archive-encrypted-member", Severity.MEDIUM, "Archive member is encrypted",
           "Encrypted members cannot be inspected; their content is unknown.", "Ship model archives unencrypted."),
     _meta("MW873", "archive-bomb", Severity.HIGH, "Archive member expands far beyond its compressed size",
@@ -86,6 +87,7 @@ class ArchiveRules(Rule):
         facts = ctx.artifact.archive
         if facts is None:
             return
+        earlier: set[tuple[str, str]] = set()  # regular members already extracted
         for m in facts.members:
             loc = ctx.location(file=m.display, node=m.name[:200], op=m.kind.value)
             shown = m.display[:300]
@@ -94,9 +96,15 @@ class ArchiveRules(Rule):
             if m.kind is FileKind.SYMLINK:
                 out = link_escapes(m)
                 kind = "hard link" if m.hardlink else "symbolic link"
+                # a hard link to a regular member extracted before it is a deduplicated copy (tar
+                # writes repeated files so, e.g. the time-zone database): it reaches nothing new
+                copy = m.hardlink and not out and (m.container, m.link_target) in earlier
                 yield ctx.finding(META["MW871"], f"Member {shown!r} is a {kind} to {m.link_target[:300]!r}"
-                                  + (" (outside the archive)" if out else ""), loc,
-                                  severity=Severity.HIGH if out else None)
+                                  + (" (outside the archive)" if out else " (an earlier member: a copy)" if copy
+                                     else ""), loc,
+                                  severity=Severity.HIGH if out else Severity.INFO if copy else None)
+            elif m.kind is FileKind.FILE:
+                earlier.add((m.container, m.name))
             elif m.kind is FileKind.OTHER:
                 yield ctx.finding(META["MW876"], f"Member {shown!r} is a special file", loc)
             if m.encrypted:

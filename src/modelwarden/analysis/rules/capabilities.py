@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from modelwarden.analysis.callgraph import tensor_node
 from modelwarden.analysis.graphs import GraphView, graph_views, node_location
 from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleMeta, Severity
 from modelwarden.analysis.registry import register
@@ -58,6 +59,13 @@ CAPABILITY_META = {
         "ImmutableConst memory-maps a host file named by an attribute.",
         "Reject the model unless the mapped file is the model's own and you trust it.",
     ),
+    "graph-execution": _meta(
+        "MW108", "embedded-graph-op", Severity.HIGH,
+        "An op runs a serialized GraphDef given as a string (DatasetFromGraph) that is not a constant: "
+        "the graph it runs is chosen at run time and cannot be scanned. Constant ones are parsed and "
+        "their nodes analysed like the model's own.",
+        "Reject the model, or run it only in the sandbox.",
+    ),
 }
 REMOTE_META = _meta(
     "MW107", "remote-url-path", Severity.CRITICAL,
@@ -75,6 +83,54 @@ def _path_values(view: GraphView, fn: Function, node: Node, spec: OpSpec) -> lis
         elif raw not in (None, ""):
             values.append(Value("const", (str(raw),)))
     return values
+
+
+def _saver_paths(view: GraphView, fn: Function, node: Node, spec: OpSpec) -> bool:
+    """Every path input of a save/restore op is the saver's filename in a shape TensorFlow emits."""
+    data = node.data_inputs
+    parent = view.cg.reach(fn, node).parent
+    return bool(spec.paths) and all(
+        i < len(data) and view.values.is_saver_path(fn, data[i], parent) for i in spec.paths)
+
+
+def _in_restore_path(ctx: AnalysisContext, view: GraphView, fn: Function, node: Node) -> bool:
+    """Does the saver's restore op (run by every load) reach this node?  TensorFlow's restore
+    path only reads; a write there runs at load time."""
+    key = f"restore-region:{id(view)}"
+    region = ctx.cache.get(key)
+    if region is None:
+        region = ctx.cache[key] = _restore_region(view)
+    main_nodes, functions = region
+    return node.name in main_nodes if fn is view.graph.main else fn.name in functions
+
+
+def _restore_region(view: GraphView) -> tuple[frozenset[str], frozenset[str]]:
+    """Top-level nodes and functions the saver's restore op depends on or calls."""
+    saver = view.graph.saver
+    index = {n.name: n for n in view.graph.main.nodes}
+    if saver is None or not saver.restore_op or tensor_node(saver.restore_op) not in index:
+        return frozenset(), frozenset()
+    seen = {tensor_node(saver.restore_op)}
+    queue = list(seen)
+    called: list[str] = []
+    while queue:
+        node = index[queue.pop()]
+        for inp in node.inputs:
+            name = tensor_node(inp)
+            if name in index and name not in seen:
+                seen.add(name)
+                queue.append(name)
+        called.extend(ref.name for _, ref in node.func_refs())
+        if node.op in view.graph.functions:
+            called.append(node.op)
+    functions: set[str] = set()
+    while called:
+        name = called.pop()
+        if name in functions or name not in view.graph.functions:
+            continue
+        functions.add(name)
+        called.extend(edge.callee for edge in view.cg.edges.get(name, ()))
+    return frozenset(seen), frozenset(functions)
 
 
 def _scheme(path: str) -> str:
@@ -103,13 +159,18 @@ class CapabilityRule(Rule):
         assert spec is not None
         reach = view.cg.reach(fn, node)
         kinds = view.cg.kinds(fn, node)
+        if spec.graph_inputs and all(view.values.input_of(fn, node, i).kind == "const" for i in spec.graph_inputs):
+            caps = [c for c in caps if c != "graph-execution"]  # the reader parsed it: analysed as a graph
+            if not caps:
+                return
         values = _path_values(view, fn, node, spec)
         consts = [v for val in values if val.kind == "const" for v in val.values]
         if spec.empty_path_ok and values and all(val.kind == "const" for val in values) and not any(consts):
             return
         saver_only = bool(kinds) and kinds <= {EntryKind.SAVER}
-        if saver_only and node.op in SAVER_MACHINERY and all(v.kind != "const" for v in values):
-            return  # the model's own checkpoint save/restore
+        at_load = "file-write" in caps and _in_restore_path(ctx, view, fn, node)
+        if saver_only and node.op in SAVER_MACHINERY and _saver_paths(view, fn, node, spec) and not at_load:
+            return  # the model's own checkpoint save/restore, on exactly the paths TensorFlow derives
         asset_fed = bool(values) and all(v.kind == "asset" for v in values)
         location = node_location(ctx, view, fn, node, reach)
         evidence = {"op": node.op}
@@ -125,6 +186,8 @@ class CapabilityRule(Rule):
             elif reach.kind is None:
                 severity = severity.lowered(1, floor=Severity.LOW)
             where = "not reachable from any signature" if reach.kind is None else f"reached via {reach.label}"
+            if at_load:
+                where += " (in the saver's restore path: it runs when the model is loaded)"
             what = f" {evidence['path']}" if "path" in evidence else ""
             note = f" ({spec.note})" if spec.note else ""
             msg = f"{node.op}{what}: {ctx.catalog.kinds[cap].summary}{note}; {where}"

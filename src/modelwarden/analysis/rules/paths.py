@@ -63,6 +63,8 @@ class FileEntryRule(Rule):
 
     def check(self, ctx: AnalysisContext) -> Iterable[Finding]:
         symlink, hardlink, special = self.metas
+        if ctx.artifact.archive is not None:
+            return  # members of a zip model (.keras) are the archive rules' (MW870-MW877): one finding each
         for entry in ctx.artifact.files:
             loc = ctx.location(file=entry.relpath)
             if entry.kind is FileKind.SYMLINK and not entry.resolves_inside:

@@ -26,13 +26,14 @@ torch storage/tensor rebuilding) pass silently.  Everything else is a finding:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleMeta, Severity
 from modelwarden.analysis.registry import register
 from modelwarden.ir import PickleCall, PickleImport, PickleProgram
 
-FORMATS = ("pickle", "pytorch", "numpy", "archive")
+FORMATS = ("pickle", "pytorch", "numpy", "archive", "keras-v3")
 
 _TORCH_STORAGES = (
     "FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "IntStorage",
@@ -53,7 +54,11 @@ _NUMPY_SCALARS = (
     "uintc", "intp", "uintp", "longlong", "ulonglong", "half", "single", "double", "datetime64", "timedelta64",
 )
 _PLAIN_BUILTINS = ("set", "frozenset", "bytearray", "bytes", "complex", "slice", "range", "list", "dict",
-                   "tuple", "int", "float", "bool", "str", "object")
+                   "tuple", "int", "float", "bool", "str", "object",
+                   # pure functions of their (already reconstructed) arguments, and constants
+                   "hash", "len", "abs", "min", "max", "sum", "round", "divmod", "ord", "chr", "hex", "oct", "bin",
+                   "isinstance", "Ellipsis", "NotImplemented")
+_RANDOM_STATE = frozenset({"RandomState", "Generator", "MT19937", "PCG64", "PCG64DXSM", "Philox", "SFC64"})
 
 # module -> names that are plain-data reconstructors.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -67,9 +72,38 @@ ALLOWED: dict[str, frozenset[str]] = {
     "numpy.core.multiarray": frozenset({"_reconstruct", "scalar"}),
     "numpy._core.multiarray": frozenset({"_reconstruct", "scalar"}),
     "numpy.core.numeric": frozenset({"_frombuffer"}),
+    "numpy.core._internal": frozenset({"_reconstruct"}),  # ndarray pickles of NumPy < 1.0
+    "numpy._core._internal": frozenset({"_reconstruct"}),
     "numpy._core.numeric": frozenset({"_frombuffer"}),
     "numpy.ma.core": frozenset({"_mareconstruct", "MaskedArray"}),
     "numpy.random._pickle": frozenset({"__randomstate_ctor", "__bit_generator_ctor", "__generator_ctor"}),
+    "numpy.random": frozenset({"__RandomState_ctor", *_RANDOM_STATE}),  # how NumPy < 1.17 spelled the ctor
+    "numpy.random.mtrand": frozenset({"RandomState", "__RandomState_ctor"}),
+    "numpy.random._mt19937": frozenset({"MT19937"}),
+    "numpy.random._pcg64": frozenset({"PCG64", "PCG64DXSM"}),
+    "numpy.random._philox": frozenset({"Philox"}),
+    "numpy.random._sfc64": frozenset({"SFC64"}),
+    "numpy.random._generator": frozenset({"Generator"}),
+    "numpy.matrixlib.defmatrix": frozenset({"matrix"}),  # an ndarray subclass
+    "numpy.matrixlib": frozenset({"matrix"}),
+    # scikit-learn's Bunch is a dict subclass with attribute access (its datasets module is not loaded
+    # for it: the class lives in sklearn.utils, the old names are aliases)
+    "sklearn.utils": frozenset({"Bunch"}),
+    "sklearn.utils._bunch": frozenset({"Bunch"}),
+    "sklearn.datasets.base": frozenset({"Bunch"}),
+    "sklearn.datasets._base": frozenset({"Bunch"}),
+    # plain value classes: constructing one runs no code beyond storing its arguments (a Path
+    # touches no file); they appear in saved hyper-parameters and metadata
+    "datetime": frozenset({"date", "datetime", "time", "timedelta", "timezone"}),
+    "decimal": frozenset({"Decimal"}),
+    "fractions": frozenset({"Fraction"}),
+    "uuid": frozenset({"UUID"}),
+    "pathlib": frozenset({"Path", "PurePath", "PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"}),
+    "argparse": frozenset({"Namespace"}),
+    "types": frozenset({"SimpleNamespace"}),
+    # TorchScript's own list/tensor builders in data.pkl/constants.pkl: they return their argument
+    "torch.jit._pickle": frozenset({"build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
+                                    "build_tensor_from_id", "restore_type_tag"}),
     "numpy.dtypes": frozenset({f"{t.capitalize()}DType" for t in ("float16", "float32", "float64", "int8", "int16",
                                                                    "int32", "int64", "uint8", "uint16", "uint32",
                                                                    "uint64", "bool", "complex64", "complex128")}),
@@ -141,13 +175,38 @@ def normalise(module: str) -> str:
     return {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
 
 
-def classify_import(imp: PickleImport) -> tuple[str, Severity, str] | None:
-    """(rule id, severity, reason) for one import, or None when it is an allowed reconstructor."""
+# Classes that do one narrow thing, with the severity of that thing (not "runs arbitrary code").
+NARROW: dict[str, tuple[Severity, str]] = {
+    "joblib.numpy_pickle_compat.NDArrayWrapper": (
+        Severity.LOW, "loads its array with numpy.load from a file its state names, beside the pickle "
+        "(joblib < 0.10 layout; scan those files too)"),
+    "joblib.numpy_pickle_compat.ZNDArrayWrapper": (
+        Severity.LOW, "reads its array's bytes from a file its state names, beside the pickle (joblib < 0.10)"),
+}
+NARROW["joblib.numpy_pickle.NDArrayWrapper"] = NARROW["joblib.numpy_pickle_compat.NDArrayWrapper"]
+NARROW["joblib.numpy_pickle.ZNDArrayWrapper"] = NARROW["joblib.numpy_pickle_compat.ZNDArrayWrapper"]
+# TorchScript's data.pkl names classes compiled from the archive's code/ members; torch.jit.load
+# resolves them in TorchScript, and a Python unpickler cannot import them (no module __torch__).
+TORCHSCRIPT_CLASSES = "__torch__"
+_PARTIAL = frozenset({"functools.partial", "_functools.partial"})
+
+
+def classify_import(imp: PickleImport, calls: Iterable[PickleCall] = ()) -> tuple[str, Severity, str] | None:
+    """(rule id, severity, reason) for one import, or None when it is an allowed reconstructor.
+
+    ``calls`` are the calls made to this import; they matter for ``functools.partial``, which
+    is allowed when every partial wraps a plain import (judged on its own).
+    """
     if not imp.resolved:
         return "MW801", Severity.CRITICAL, f"cannot be resolved statically ({imp.detail})"
     module, name = imp.module, imp.name
     if name in ALLOWED.get(module, ()):
         return None
+    if f"{module}.{name}" in _PARTIAL and all(_wraps_plain_import(c.args) for c in calls):
+        return None
+    narrow = NARROW.get(f"{module}.{name}")
+    if narrow is not None:
+        return "MW802", narrow[0], narrow[1]
     mod = normalise(module)
     mparts = [p for p in mod.split(".") if p]
     nparts = [p for p in name.split(".") if p]
@@ -169,6 +228,8 @@ def classify_import(imp: PickleImport) -> tuple[str, Severity, str] | None:
             return "MW803", Severity.CRITICAL, f"walks attributes through {', '.join(walked)} (dotted name)"
     if name.startswith("__") and name.endswith("__"):
         return "MW803", Severity.CRITICAL, "names a dunder attribute"
+    if top == TORCHSCRIPT_CLASSES:
+        return None  # a TorchScript class (its code members are MW808), not a Python import
     if top in ML_PACKAGES:
         return "MW802", Severity.MEDIUM, f"is not a known-safe reconstructor: loading runs {top} code for it"
     return "MW802", Severity.HIGH, "is not a known-safe reconstructor: loading imports and runs it"
@@ -176,6 +237,14 @@ def classify_import(imp: PickleImport) -> tuple[str, Severity, str] | None:
 
 def _identifier(part: str) -> bool:
     return part.isidentifier()
+
+
+_PLAIN_GLOBAL = re.compile(r"\(([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)[,)]")
+
+
+def _wraps_plain_import(args: str) -> bool:
+    """Is a partial's first argument a plain import (rendered unquoted, as globals are)?"""
+    return _PLAIN_GLOBAL.match(args) is not None
 
 
 META = {
@@ -290,11 +359,11 @@ class PickleRules(Rule):
             seen.setdefault((imp.dotted, imp.detail), []).append(imp)
         for (dotted, _), imps in seen.items():
             imp = imps[0]
-            verdict = classify_import(imp)
+            calls = _calls_to(prog, dotted) if imp.resolved else []
+            verdict = classify_import(imp, calls)
             if verdict is None:
                 continue
             rule_id, severity, reason = verdict
-            calls = _calls_to(prog, dotted) if imp.resolved else []
             msg = f"{where}: {imp.opcode} at byte {imp.pos} imports {dotted}, which {reason}"
             if len(imps) > 1:
                 msg += f" (imported {len(imps)} times)"
@@ -323,7 +392,7 @@ class PickleRules(Rule):
             yield ctx.finding(META["MW804"], f"{where}: pickle stream starting at byte {prog.offset} is broken: "
                               f"{prog.error}{found}", _loc(ctx, prog, prog.end, "stream"),
                               evidence={"error": prog.error, "offset": str(prog.offset)})
-        if prog.role.startswith("unexpected"):
+        if prog.role.startswith("unexpected") and not _torchscript_member(ctx, prog):
             yield ctx.finding(META["MW806"], f"{where}: {prog.role.removeprefix('unexpected: ')} "
                               f"(pickle at byte {prog.offset}, {len(prog.imports)} import(s))",
                               _loc(ctx, prog, prog.offset, "stream"), evidence={"role": prog.role})
@@ -331,6 +400,18 @@ class PickleRules(Rule):
             yield ctx.finding(META["MW807"], f"{where}: object array stored as a pickle "
                               f"(needs allow_pickle=True; {len(prog.imports)} import(s))",
                               _loc(ctx, prog, prog.offset, "stream"))
+
+
+# Pickles torch.jit.load / the lite interpreter read besides data.pkl (their imports are still judged).
+TORCHSCRIPT_PICKLES = ("constants.pkl", "bytecode.pkl")
+
+
+def _torchscript_member(ctx: AnalysisContext, prog: PickleProgram) -> bool:
+    """Is this pickle one a TorchScript archive (it has code/ members) is expected to carry?"""
+    if not ctx.artifact.metadata.get("torchscript_code") or "!" in prog.source:
+        return False
+    base = prog.source.rsplit("/", 1)[-1]
+    return base in TORCHSCRIPT_PICKLES or (base.endswith(".debug_pkl") and "/code/" in f"/{prog.source}")
 
 
 def _args(args: str) -> str:

@@ -7,10 +7,16 @@ from collections.abc import Iterable
 from modelwarden.analysis.graphs import graph_views, node_location
 from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleMeta, Severity
 from modelwarden.analysis.registry import register
-from modelwarden.analysis.rules.capabilities import GRAPH_FORMATS
+from modelwarden.analysis.rules.capabilities import GRAPH_FORMATS, SAVER_MACHINERY
 from modelwarden.ir import EntryKind
 
 TFLITE_PREFIXES = ("tfl:", "tfl-custom:")
+# Ops TensorFlow's savers (TF1 Saver, TF2 functional saver) put in the save/restore region that
+# the strict allowlist does not already hold; under --policy strict nothing else is exempt there.
+SAVER_REGION_OPS = SAVER_MACHINERY | frozenset({
+    "ShardedFilename", "ShardedFilespec", "StringJoin", "StaticRegexFullMatch", "RegexFullMatch", "Select",
+    "SelectV2", "AssignVariableOp", "Assign", "DisableCopyOnRead", "RestoreV2", "ReadVariableOp",
+})
 
 
 @register
@@ -105,8 +111,8 @@ class StrictAllowlistRule(Rule):
                     if op in allow or op in functions:
                         continue
                     kinds = view.cg.kinds(fn, node)
-                    if kinds and kinds <= {EntryKind.SAVER}:
-                        continue
+                    if kinds and kinds <= {EntryKind.SAVER} and op in SAVER_REGION_OPS:
+                        continue  # what TensorFlow's savers emit; any other op added there is a finding
                     counts[op] = counts.get(op, 0) + 1
                     first.setdefault(op, (fn, node))
             for op in sorted(first):
