@@ -595,3 +595,28 @@ stub.Predict(req, timeout=1.5, metadata=auth(token))
     assert records and records[-1]["status"] == "DEADLINE_EXCEEDED"
     x = [[1, 2, 3, 4]]
     assert close(predict(env, "dense", {"x": x}, {"x": "float32"})["outputs"]["y"], dense(x, 2))
+
+
+def test_reload_config_is_unimplemented_and_metadata_is_capped(env):
+    code, _ = env.client.error('''
+from tensorflow_serving.apis import model_management_pb2
+models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=10, metadata=auth(token))
+''', token=env.tokens["admin"])
+    assert code == "UNIMPLEMENTED"  # no endpoint changes the model set
+    code, _ = env.client.error(STATUS, header="Bearer " + env.tokens["admin"] + " " + "x" * 20_000, model="dense")
+    assert code in ("RESOURCE_EXHAUSTED", "INTERNAL", "UNAVAILABLE")
+    assert env.client.ok(STATUS, header="Bearer " + env.tokens["admin"], model="dense") == "ok"
+
+
+def test_port_cannot_be_shared_and_server_never_loads_tensorflow(env):
+    import socket
+
+    port = int((env.server.workdir / "grpc_port.txt").read_text())
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    with pytest.raises(OSError):
+        s.bind(("127.0.0.1", port))  # grpc's default SO_REUSEPORT would let a second process share the port
+    s.close()
+    maps = Path(f"/proc/{env.server.proc.pid}/maps").read_text()
+    assert "cygrpc" in maps  # the check sees the server's shared libraries...
+    assert "tensorflow" not in maps  # ...and TensorFlow's are not among them (they load in the workers only)

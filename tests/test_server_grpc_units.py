@@ -113,3 +113,28 @@ def test_grpc_port_in_config(tmp_path):
         with pytest.raises(InputError, match="grpc_port"):
             load_toml(str(f))
     assert with_overrides(ServerConfig(), grpc_port=0).grpc_port == 0
+
+
+def test_status_mapping_and_client_messages():
+    import grpc
+
+    from modelwarden.sandbox import errors as sberr
+    from modelwarden.server.auth import AuthError
+    from modelwarden.server.grpc_service import client_message, status_for
+
+    S = grpc.StatusCode
+    cases = [(AuthError(401, "x"), S.UNAUTHENTICATED), (AuthError(403, "x"), S.PERMISSION_DENIED),
+             (RequestError(404, "x"), S.NOT_FOUND), (RequestError(400, "x"), S.INVALID_ARGUMENT),
+             (RequestError(429, "x"), S.RESOURCE_EXHAUSTED), (RequestError(503, "x"), S.UNAVAILABLE),
+             (RequestError(504, "x"), S.DEADLINE_EXCEEDED), (sberr.MemoryLimitExceeded("x"), S.RESOURCE_EXHAUSTED),
+             (sberr.DeadlineExceeded("x"), S.DEADLINE_EXCEEDED), (sberr.ExecutionFailed("x"), S.INVALID_ARGUMENT),
+             (sberr.WorkerCrashed("x"), S.INTERNAL), (ValueError("x"), S.INTERNAL)]
+    for exc, code in cases:
+        assert status_for(exc) == code, exc
+    leak = sberr.ExecutionFailed('ReadFile /srv/models/m/1/assets/x.txt failed\nTraceback (most recent call last):\n'
+                                 '  File "/usr/lib/python3/tf.py", line 3')
+    assert client_message(leak, S.INVALID_ARGUMENT) == "ReadFile <path> failed"
+    crash = sberr.WorkerCrashed("worker 4242 killed by SIGSEGV at /home/u/.venv/lib/x.so")
+    assert client_message(crash, S.INTERNAL) == "internal error in the sandboxed worker (worker_crashed)"
+    assert client_message(bad_method := sberr.ExecutionFailed("method_name tensorflow/serving/classify"),
+                          S.INVALID_ARGUMENT) == str(bad_method)

@@ -145,7 +145,7 @@ class GrpcApi:
             raise bad("Missing ModelSpec" if rpc.method != "MultiInference" else "Inference request contains no tasks")
         authorize(ident, SCOPES[rpc.api], info.model)
         app.rate.check(ident.token_id)
-        if not app.registry.ready:
+        if not app.registry.ready and rpc.method != "GetModelStatus":  # status answers LOADING while starting
             raise RequestError(503, "the server is starting (models are being scanned and loaded)", kind="starting")
         return await self.methods[rpc.method](request, info, context)
 
