@@ -429,6 +429,8 @@ result = out
     [refused] = r["refused"]
     assert refused[1] == "END" and refused[2] == 9 and "scan gate" in refused[3]  # FAILED_PRECONDITION
     assert r["stable"] == [1]
+    code, _ = predict(env, "refused", {"x": [[1, 2, 3, 4]]}, {"x": "float32"}, expect_error=True)
+    assert code == "NOT_FOUND"  # the scan gate refused it: nothing runs it, over gRPC either
     code, _ = env.client.error('''
 models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name="zzz")),
                       timeout=30, metadata=auth(token))
@@ -503,18 +505,10 @@ def _tensor_request(model: str, name: str, tensor: bytes) -> bytes:
     return req.SerializeToString()
 
 
-def _tensor(**fields) -> bytes:
-    from modelwarden.server.grpc_schema import message_class
+def _tensor(dtype: int, dims: list[int] = (), **fields) -> bytes:
+    from tests.test_server_grpc_units import proto
 
-    t = message_class(".tensorflow.TensorProto")()
-    for d in fields.pop("dims", []):
-        t.tensor_shape.dim.add(size=d)
-    for k, v in fields.items():
-        if isinstance(v, list):
-            getattr(t, k).extend(v)
-        else:
-            setattr(t, k, v)
-    return t.SerializeToString()
+    return proto(dtype, list(dims), **fields).SerializeToString()
 
 
 def test_hostile_tensors_are_invalid_argument(env):
