@@ -1,5 +1,5 @@
-"""gRPC transport security: TLS and mutual TLS with the REST flags and throwaway certificates, the
-public-bind refusal, and gRPC being off unless asked for.  No models: what is tested happens before
+"""gRPC transport security and limits: TLS and mutual TLS with the REST flags and throwaway certificates,
+the public-bind refusal, gRPC being off unless asked for, the per-token rate limit.  No models: what is tested happens before
 a model is touched (an authenticated call for an unknown model is NOT_FOUND)."""
 
 from __future__ import annotations
@@ -79,3 +79,18 @@ def test_grpc_is_off_by_default_and_public_plaintext_is_refused(tmp_path):
     p = subprocess.run([sys.executable, "-c", RUNNER, "--host", "0.0.0.0", "--port", "0", "--grpc-port", "0",
                         "--token-db", str(tmp_path / "t.json")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "refusing to listen on 0.0.0.0 without TLS" in p.stderr
+
+
+def test_per_token_rate_limit_is_resource_exhausted(servers, tmp_path):
+    _, client = servers
+    db = tmp_path / "tokens.json"
+    token, _ = make_token(db, ["*"], "admin")
+    other, _ = make_token(db, ["*"], "admin")
+    (tmp_path / "s.toml").write_text(f'[server]\ntoken_db = "{db}"\n[limits]\nrate_per_token = 0.2\nrate_burst = 2\n')
+    s, port = grpc_server(tmp_path, ["--config", str(tmp_path / "s.toml"), "--port", "0"])
+    try:
+        codes = [_status(client, port, token) for _ in range(3)]
+        assert codes == ["NOT_FOUND", "NOT_FOUND", "RESOURCE_EXHAUSTED"]
+        assert _status(client, port, other) == "NOT_FOUND"  # per token: another token is not throttled
+    finally:
+        s.stop()

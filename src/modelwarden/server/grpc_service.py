@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError, Message
 from modelwarden.sandbox import errors as sberr
 from modelwarden.sandbox import protocol
 from modelwarden.server import codec, grpc_tensor
+from modelwarden.server.app import LIMIT_KINDS, SANDBOX_STATUS
 from modelwarden.server.auth import AuthError, authorize
 from modelwarden.server.example import decode_b64
 from modelwarden.server.grpc_schema import (
@@ -47,6 +48,7 @@ SCOPES = {"predict": "predict", "classify": "predict", "regress": "predict", "mu
 _PATH_RE = re.compile(r"(?<![\w.~-])(?:/[^\s'\"/:,()]+){2,}/?")  # absolute paths of two or more parts
 _GENERIC = {S.INTERNAL: "internal error in the sandboxed worker", S.UNAVAILABLE: "the model is temporarily unavailable"}
 MAX_MESSAGE_CHARS = 1000
+OFFLOAD_BYTES = 64 * 1024
 
 
 def client_message(exc: BaseException, code: grpc.StatusCode) -> str:
@@ -60,8 +62,6 @@ def client_message(exc: BaseException, code: grpc.StatusCode) -> str:
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
-    from modelwarden.server.app import SANDBOX_STATUS
-
     if isinstance(exc, (AuthError, RequestError)):
         return HTTP_TO_GRPC.get(exc.status, S.UNKNOWN)
     if isinstance(exc, sberr.SandboxError):
@@ -83,6 +83,7 @@ class CallInfo:
     token_id: str | None = None
     model: str = ""
     version: int | None = None
+    size: int = 0  # bytes of the request (then of the reply): large ones are parsed and built in a thread
 
 
 class GrpcApi:
@@ -138,7 +139,8 @@ class GrpcApi:
             raise AuthError(401, "more than one authorization header")
         ident = app.tokens.authenticate(headers[0] if headers else None)
         info.token_id = ident.token_id
-        request = self._parse(rpc.request, raw)
+        info.size = len(raw)
+        request = await self._offload(info, self._parse, rpc.request, raw)
         specs = list(request.tasks) if rpc.method == "MultiInference" else [request]
         info.model = specs[0].model_spec.name if specs else ""
         if not info.model:
@@ -168,8 +170,7 @@ class GrpcApi:
             self.app.log.write("auth_failure", token_id=exc.token_id, status=code.name, reason=str(exc)[:200],
                                path=info.rpc.path, remote=context.peer(), protocol="grpc")
         elif isinstance(exc, sberr.SandboxError):
-            limit = {"memory_limit": "memory", "deadline": "deadline", "output_too_large": "output"}.get(
-                getattr(exc, "code", ""))
+            limit = LIMIT_KINDS.get(getattr(exc, "code", ""))
             if limit:
                 self.app.metrics.limit_hits.inc(m, limit)
         elif not isinstance(exc, RequestError):
@@ -211,6 +212,13 @@ class GrpcApi:
             raise bad(f"Serving signature name: \"{name[:128]}\" not found in signature def")
         return name, sigs[name]
 
+    @staticmethod
+    async def _offload(info: CallInfo, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, in a thread when the message is large (keeps the event loop, and REST, responsive)."""
+        if info.size <= OFFLOAD_BYTES:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
     def _deadline(self, info: CallInfo, context: Any) -> float:
         remaining = context.time_remaining()
         budget = self.cfg.request_timeout_s if remaining is None else min(remaining, self.cfg.request_timeout_s)
@@ -246,9 +254,10 @@ class GrpcApi:
         vs = self._resolve(req.model_spec, info)
         sig_name, sig = self._signature(vs, req.model_spec.signature_name)
         given, expected = set(req.inputs), set(sig.inputs)
-        for name in sorted(given - expected):
-            raise bad(f"input tensor alias not found in signature: {name[:128]}. Inputs expected to be in the set "
-                      f"{{{','.join(sorted(expected))}}}.")
+        unknown = sorted(given - expected)
+        if unknown:
+            raise bad(f"input tensor alias not found in signature: {unknown[0][:128]}. Inputs expected to be in the "
+                      f"set {{{','.join(sorted(expected))}}}.")
         if expected - given:
             raise bad(f"input size does not match signature: {len(given)}!={len(expected)} len({{"
                       f"{','.join(sorted(given))}}}) != len({{{','.join(sorted(expected))}}}). Missing: "
@@ -260,12 +269,17 @@ class GrpcApi:
                           f"set {{{','.join(sorted(sig.outputs))}}}.")
         if len(set(wanted)) != len(wanted):
             raise bad("duplicate output tensor alias in output_filter")
-        inputs = self._decode_inputs(req.inputs, sig.inputs)
+        inputs = await self._offload(info, self._decode_inputs, req.inputs, sig.inputs)
         outputs = await self._run(vs, inputs, sig_name, info, context)
+        outputs = {k: np.asarray(v) for k, v in outputs.items() if not wanted or k in wanted}
         resp = message_class("PredictResponse")(model_spec=self._spec_out(vs, sig_name))
-        for name, arr in outputs.items():
-            if not wanted or name in wanted:
-                grpc_tensor.encode(np.asarray(arr), resp.outputs[name])
+        info.size = max(info.size, sum(a.nbytes if a.dtype != object else a.size * 64 for a in outputs.values()))
+
+        def encode() -> None:
+            for name, arr in outputs.items():
+                grpc_tensor.encode(arr, resp.outputs[name])
+
+        await self._offload(info, encode)
         return resp
 
     def _decode_inputs(self, given: Any, specs: dict) -> dict[str, np.ndarray]:
