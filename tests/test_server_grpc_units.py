@@ -138,3 +138,40 @@ def test_status_mapping_and_client_messages():
     assert client_message(crash, S.INTERNAL) == "internal error in the sandboxed worker (worker_crashed)"
     assert client_message(bad_method := sberr.ExecutionFailed("method_name tensorflow/serving/classify"),
                           S.INVALID_ARGUMENT) == str(bad_method)
+
+
+def test_build_server_binds_loopback_v4_v6_and_reports_a_busy_port():
+    import asyncio
+    import socket
+    import types
+
+    from modelwarden.errors import UsageError
+    from modelwarden.server.config import ServerConfig
+    from modelwarden.server.grpc_service import build_server
+
+    app = types.SimpleNamespace(cfg=ServerConfig())  # build_server reads only the configuration
+
+    async def bind(host: str, port: int) -> int:
+        server, bound = build_server(app, host, port)
+        await server.start()
+        await server.stop(None)
+        return bound
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(bind("127.0.0.1", 0)) > 0
+        if socket.has_ipv6:
+            try:
+                socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+            except OSError:
+                pass
+            else:
+                assert loop.run_until_complete(bind("::1", 0)) > 0
+        busy = socket.create_server(("127.0.0.1", 0))
+        try:
+            with pytest.raises(UsageError, match="cannot listen for gRPC on 127.0.0.1"):
+                loop.run_until_complete(bind("127.0.0.1", busy.getsockname()[1]))
+        finally:
+            busy.close()
+    finally:
+        loop.close()

@@ -440,6 +440,8 @@ def build_server(app: Any, host: str, port: int) -> tuple[Any, int]:
             ("grpc.max_receive_message_length", cfg.max_body_bytes),
             ("grpc.max_metadata_size", 16 * 1024),
             ("grpc.so_reuseport", 0),  # another process must not be able to bind the same port and share traffic
+            ("grpc.max_concurrent_streams", 100),  # per connection
+            ("grpc.server_handshake_timeout_ms", 10_000),  # a connection that never finishes TLS/HTTP2 set-up
             ("grpc.max_connection_idle_ms", 300_000),
             ("grpc.http2.max_pings_without_data", 2),
         ],
