@@ -15,6 +15,8 @@ raw bytes and parsed here with the private ``tensorflow.serving`` schema
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -227,18 +229,26 @@ class GrpcApi:
     async def _run(self, vs: Any, inputs: dict[str, np.ndarray], signature: str, info: CallInfo,
                    context: Any) -> dict[str, np.ndarray]:
         # shielded: a cancelled call (client gone, deadline) must not hand back a worker still computing
-        return await asyncio.shield(self._guarded(vs, inputs, signature, self._deadline(info, context)))
+        return await asyncio.shield(self._guarded(vs, inputs, signature, self._deadline(info, context),
+                                                  info.token_id or ""))
 
-    async def _guarded(self, vs: Any, inputs: dict[str, np.ndarray], signature: str,
-                       deadline: float) -> dict[str, np.ndarray]:
+    async def _guarded(self, vs: Any, inputs: dict[str, np.ndarray], signature: str, deadline: float,
+                       token_id: str) -> dict[str, np.ndarray]:
         conc = self.app.concurrency
-        conc.enter()
-        self.app.metrics.inflight.set(conc.inflight)
-        try:
-            return await vs.pool.predict(inputs, signature, deadline)
-        finally:
-            conc.leave()
+        with contextlib.ExitStack() as holds:
+            # the REST path's holds, where the server has them: a version being retired waits for its
+            # users (``use``), and a token's share of in-flight requests is capped (``per_token``)
+            if hasattr(vs, "use"):
+                holds.enter_context(vs.use())
+            if getattr(self.app, "per_token", None) is not None:
+                holds.enter_context(self.app.per_token.hold(token_id))
+            conc.enter()
             self.app.metrics.inflight.set(conc.inflight)
+            try:
+                return await vs.pool.predict(inputs, signature, deadline)
+            finally:
+                conc.leave()
+                self.app.metrics.inflight.set(conc.inflight)
 
     @staticmethod
     def _spec_out(vs: Any, signature: str | None) -> Message:
@@ -405,8 +415,10 @@ def _batch(inp: Message) -> int:
     return len(getattr(inp, kind).examples) if kind else 0
 
 
-def _rows(doc: dict) -> list:
-    """The one list a REST classify/regress reply holds, whatever its key (``result``/``results``)."""
+def _rows(doc: dict | bytes) -> list:
+    """The one list a REST classify/regress reply holds (a dict or its JSON; key ``result`` or ``results``)."""
+    if isinstance(doc, (bytes, str)):
+        doc = json.loads(doc)
     return next(iter(doc.values()))
 
 
