@@ -1,8 +1,11 @@
-"""gRPC transport security and limits: TLS and mutual TLS with the REST flags and throwaway certificates,
-the public-bind refusal, gRPC being off unless asked for, the per-token rate limit.  No models: what is tested happens before
-a model is touched (an authenticated call for an unknown model is NOT_FOUND)."""
+"""gRPC transport security and limits: TLS and mutual TLS with the REST flags and throwaway
+certificates, the public-bind refusal, gRPC being off unless asked for, the per-token rate limit.
+No models: what is tested happens before a model is touched (an authenticated call for an
+unknown model is NOT_FOUND)."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -72,7 +75,12 @@ def test_grpc_is_off_by_default_and_public_plaintext_is_refused(tmp_path):
     s = ServerProc(tmp_path, ["--port", "0", "--token-db", str(tmp_path / "tokens.json")])
     try:
         s.wait_listening()
-        listening = [r for r in s.log_records() if r.get("event") == "listening"]
+        end = time.monotonic() + 20
+        while time.monotonic() < end:  # the port file is written just before the "listening" record
+            listening = [r for r in s.log_records() if r.get("event") == "listening"]
+            if listening:
+                break
+            time.sleep(0.1)
         assert listening and not any(r.get("api") == "grpc" for r in listening)
     finally:
         s.stop()
