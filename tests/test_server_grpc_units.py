@@ -175,3 +175,58 @@ def test_build_server_binds_loopback_v4_v6_and_reports_a_busy_port():
             busy.close()
     finally:
         loop.close()
+
+
+def test_decoder_never_fails_other_than_invalid_argument():
+    """Arbitrary dtypes, shapes, typed values and tensor_content: an array of the declared shape, or a 400."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    names = sorted(grpc_tensor.FIELDS)
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.sampled_from(names), st.integers(0, 40), st.lists(st.integers(-3, 1 << 41), max_size=5),
+           st.sampled_from(["none", "field", "content"]), st.binary(max_size=64), st.integers(0, 9))
+    def check(dtype, proto_dtype, dims, source, content, count):
+        t = proto(proto_dtype, dims)
+        field = grpc_tensor.FIELDS[dtype][0]
+        if source == "content":
+            t.tensor_content = content
+        elif source == "field":
+            if field == "string_val":
+                t.string_val.extend([content] * count)
+            elif field in ("float_val", "double_val", "scomplex_val", "dcomplex_val"):
+                getattr(t, field).extend([float(b) - 100 for b in content[:count]])
+            elif field == "bool_val":
+                t.bool_val.extend([bool(b & 1) for b in content[:count]])
+            elif field in ("uint32_val", "uint64_val"):
+                getattr(t, field).extend(list(content[:count]))
+            else:
+                getattr(t, field).extend([b * 997 - 60_000 for b in content[:count]])
+        try:
+            arr = decode(TensorProto.FromString(t.SerializeToString()), dtype, max_elements=4096, max_bytes=1 << 16)
+        except RequestError as exc:
+            assert exc.status == 400 and "'x'" in str(exc)
+            return
+        assert list(arr.shape) == dims and proto_dtype == grpc_tensor.DT[dtype]
+        assert (arr.dtype == object) == (dtype == "string")
+
+    check()
+
+
+def test_message_parser_turns_garbage_into_invalid_argument():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from modelwarden.server.grpc_schema import RPCS
+    from modelwarden.server.grpc_service import GrpcApi
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from([r.request for r in RPCS]), st.binary(max_size=200))
+    def check(name, raw):
+        try:
+            GrpcApi._parse(name, raw)
+        except RequestError as exc:
+            assert exc.status == 400
+
+    check()
