@@ -147,7 +147,7 @@ def test_build_server_binds_loopback_v4_v6_and_reports_a_busy_port():
 
     from modelwarden.errors import UsageError
     from modelwarden.server.config import ServerConfig
-    from modelwarden.server.grpc_service import build_server
+    from modelwarden.server.grpc_server import build_server
 
     app = types.SimpleNamespace(cfg=ServerConfig())  # build_server reads only the configuration
 

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     app = App(cfg, tokens, log)
     grpc_server = loop = None
     if cfg.grpc_port is not None:  # bound now, before any privilege drop, on the loop that will run it
-        from modelwarden.server.grpc_service import build_server
+        from modelwarden.server.grpc_server import build_server
 
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
