@@ -279,7 +279,7 @@ class GrpcApi:
                           f"set {{{','.join(sorted(sig.outputs))}}}.")
         if len(set(wanted)) != len(wanted):
             raise bad("duplicate output tensor alias in output_filter")
-        inputs = await self._offload(info, self._decode_inputs, req.inputs, sig.inputs)
+        inputs = await self._offload(info, self._decode_inputs, req.inputs, sig.inputs, sig_name)
         outputs = await self._run(vs, inputs, sig_name, info, context)
         outputs = {k: np.asarray(v) for k, v in outputs.items() if not wanted or k in wanted}
         resp = message_class("PredictResponse")(model_spec=self._spec_out(vs, sig_name))
@@ -292,11 +292,11 @@ class GrpcApi:
         await self._offload(info, encode)
         return resp
 
-    def _decode_inputs(self, given: Any, specs: dict) -> dict[str, np.ndarray]:
+    def _decode_inputs(self, given: Any, specs: dict, signature: str) -> dict[str, np.ndarray]:
         cfg = self.cfg
         inputs = {name: grpc_tensor.decode(given[name], name, spec.dtype, cfg.max_json_elements, cfg.max_body_bytes)
                   for name, spec in specs.items()}
-        problems = protocol.check_inputs(inputs, specs, "")
+        problems = protocol.check_inputs(inputs, specs, signature)
         if problems:
             raise bad("; ".join(problems)[:MAX_MESSAGE_CHARS])
         return inputs
