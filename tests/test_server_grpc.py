@@ -150,6 +150,8 @@ def env(tmp_path_factory, fixture_dir):
     escape = fixture_dir("build_escape")
     work = tmp_path_factory.mktemp("grpc")
     copy_version(escape / "memory_bomb", work / "models" / "refused")
+    copy_version(escape / "memory_bomb", work / "models" / "bomb")
+    copy_version(escape / "endless", work / "models" / "endless")
     db = work / "tokens.json"
     e = Env()
     e.models = work / "models"
@@ -175,6 +177,15 @@ labels = {{ stable = 1, canary = 2 }}
 [[models]]
 name = "refused"
 base_path = "{work / 'models' / 'refused'}"
+[[models]]
+name = "bomb"
+base_path = "{work / 'models' / 'bomb'}"
+fail_on = "high"
+memory = "768MiB"
+[[models]]
+name = "endless"
+base_path = "{work / 'models' / 'endless'}"
+timeout = "2s"
 {models}""")
     server, grpc_port = grpc_server(work, ["--config", str(work / "serve.toml")])
     client = None
@@ -614,3 +625,26 @@ def test_port_cannot_be_shared_and_server_never_loads_tensorflow(env):
     maps = Path(f"/proc/{env.server.proc.pid}/maps").read_text()
     assert "cygrpc" in maps  # the check sees the server's shared libraries...
     assert "tensorflow" not in maps  # ...and TensorFlow's are not among them (they load in the workers only)
+
+
+SCALAR = '''
+req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model))
+req.inputs[name].CopyFrom(tf.make_tensor_proto(np.int64(value) if dtype == "int64" else np.int32(value)))
+stub.Predict(req, timeout=60, metadata=auth(token))
+'''
+
+
+def test_sandbox_limits_map_to_grpc_status(env):
+    """The memory limit and the model's own deadline, hit inside the sandbox, as TF Serving's codes."""
+    code, msg = env.client.error(SCALAR, model="bomb", name="n", value=1000, dtype="int32", token=env.tokens["all"])
+    assert code == "RESOURCE_EXHAUSTED", msg  # tf.tile of 4 GiB against a 768 MiB limit
+    t0 = time.monotonic()
+    code, msg = env.client.error(SCALAR, model="endless", name="x", value=0, dtype="int64", token=env.tokens["all"])
+    assert code == "DEADLINE_EXCEEDED" and time.monotonic() - t0 < 30, msg  # the model's 2 s, not the client's 60 s
+    for needle in (str(env.models), "/work/", "/tmp/", "Traceback", 'File "'):
+        assert needle not in msg, msg
+    x = [[1, 2, 3, 4]]
+    assert close(predict(env, "dense", {"x": x}, {"x": "float32"})["outputs"]["y"], dense(x, 2))
+    time.sleep(0.3)
+    limits = [r for r in env.server.log_records() if r.get("event") == "access" and r.get("model") in ("bomb", "endless")]
+    assert {r["status"] for r in limits} >= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
