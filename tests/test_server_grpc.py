@@ -63,10 +63,20 @@ for line in sys.stdin:
 '''
 
 
+def require_client() -> None:
+    """Skip unless grpcio and tensorflow-serving-api are installed (looked up without importing TensorFlow)."""
+    import importlib.util
+
+    pytest.importorskip("grpc")
+    if importlib.util.find_spec("tensorflow_serving") is None:
+        pytest.skip("tensorflow-serving-api not installed (pip install --no-deps tensorflow-serving-api)")
+
+
 class GrpcClient:
     """A TF Serving client process; ``call(code, **vars)`` runs ``code`` there (it sets ``result``)."""
 
     def __init__(self, target: str, workdir: Path) -> None:
+        require_client()
         script = workdir / "tfs_client.py"
         script.write_text(CLIENT)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -145,7 +155,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, fixture_dir):
-    pytest.importorskip("grpc")
+    require_client()
     serve = fixture_dir("build_serve_models")
     escape = fixture_dir("build_escape")
     work = tmp_path_factory.mktemp("grpc")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.test_server_e2e import RUNNER, ServerProc, make_token
-from tests.test_server_grpc import GrpcClient, grpc_server
+from tests.test_server_grpc import GrpcClient, grpc_server, require_client
 from tests.test_server_tls import pki  # noqa: F401 - the module's throwaway CA and certificates
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -29,7 +29,7 @@ finally:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, pki):  # noqa: F811
-    pytest.importorskip("grpc")
+    require_client()
     out = {}
     for name, extra in (("tls", []), ("mtls", ["--tls-client-ca", pki["ca"]])):
         tmp = tmp_path_factory.mktemp(name)
