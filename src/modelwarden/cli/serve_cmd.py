@@ -28,6 +28,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", "--rest-api-port", dest="port", type=int, help="port (default 8501; 0 = any free port)")
     p.add_argument("--port-file", help="write the bound port to this file once listening")
+    p.add_argument("--grpc-port", type=int, help="also serve TensorFlow Serving's gRPC API on this port (TF Serving "
+                   "uses 8500; 0 = any free port; default: off), same host, TLS and tokens as REST")
+    p.add_argument("--grpc-port-file", help="write the bound gRPC port to this file once listening")
     p.add_argument("--tls-cert", help="PEM certificate (chain) for HTTPS")
     p.add_argument("--tls-key", help="PEM private key for HTTPS")
     p.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
@@ -76,9 +79,9 @@ def build_config(args: argparse.Namespace) -> Any:
         from modelwarden.server.auth import default_store_path
 
         token_db = default_store_path()
-    return C.with_overrides(cfg, models=tuple(models), host=args.host, port=args.port, tls_cert=args.tls_cert,
-                            tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, token_db=token_db,
-                            policy=args.policy, fail_on=args.fail_on, backend=args.backend,
+    return C.with_overrides(cfg, models=tuple(models), host=args.host, port=args.port, grpc_port=args.grpc_port,
+                            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                            token_db=token_db, policy=args.policy, fail_on=args.fail_on, backend=args.backend,
                             access_log=args.access_log)
 
 
@@ -187,7 +190,16 @@ def _preimport() -> None:
             pass
 
 
+def _write_port(path: str, port: int) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(port))
+    os.replace(tmp, path)
+
+
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from modelwarden.cli import deps
     from modelwarden.errors import ModelwardenError, UsageError
     from modelwarden.server.auth import TokenStore
@@ -208,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
 
         if args.user:
             raise UsageError("--user is not available with --ray (run the Ray cluster itself unprivileged)")
+        if cfg.grpc_port is not None:
+            raise UsageError("the gRPC API is not available with --ray (Ray Serve proxies REST); drop --grpc-port")
         ray_opts = ray_serve.options_from_toml(args.config, args.ray)
         if not args.check_config:
             return ray_serve.run(cfg, ray_opts, port_file=args.port_file)
@@ -227,18 +241,25 @@ def run(args: argparse.Namespace) -> int:
     sock = bind(cfg.host, cfg.port)
     port = sock.getsockname()[1]
     _preimport()
+    app = App(cfg, tokens, log)
+    grpc_server = loop = None
+    if cfg.grpc_port is not None:  # bound now, before any privilege drop, on the loop that will run it
+        from modelwarden.server.grpc_server import build_server
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        grpc_server, grpc_port = build_server(app, cfg.host, cfg.grpc_port)
     uv_cfg = uvicorn.Config(
-        App(cfg, tokens, log), log_level="warning", access_log=False, lifespan="on", server_header=False,
+        app, log_level="warning", access_log=False, lifespan="on", server_header=False,
         proxy_headers=False, timeout_keep_alive=30, h11_max_incomplete_event_size=64 * 1024,
         ssl_certfile=cfg.tls_cert if ssl_ctx else None, ssl_keyfile=cfg.tls_key if ssl_ctx else None,
         ssl_context_factory=(lambda _c, _d: ssl_ctx) if ssl_ctx else None,
     )
     uv_cfg.load()  # builds the TLS context now, while the key is readable
+    if grpc_server is not None and args.grpc_port_file:  # first: the REST port file means "listening"
+        _write_port(args.grpc_port_file, grpc_port)
     if args.port_file:  # like a pid file: written before the privilege drop
-        tmp = args.port_file + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(str(port))
-        os.replace(tmp, args.port_file)
+        _write_port(args.port_file, port)
     if args.user:
         uid, gid = drop_privileges(args.user)
         log.write("privileges_dropped", user=args.user, uid=uid, gid=gid)
@@ -252,7 +273,21 @@ def run(args: argparse.Namespace) -> int:
     log.write("listening", address=f"{scheme}://{cfg.host}:{port}", mtls=bool(cfg.tls_client_ca),
               models=[m.name for m in cfg.models])
     try:
-        uvicorn.Server(uv_cfg).run(sockets=[sock])
+        if grpc_server is None:
+            uvicorn.Server(uv_cfg).run(sockets=[sock])
+        else:
+            log.write("listening", address=f"grpc{'s' if ssl_ctx else ''}://{cfg.host}:{grpc_port}",
+                      mtls=bool(cfg.tls_client_ca), api="grpc")
+            loop.run_until_complete(_serve_both(uvicorn.Server(uv_cfg), sock, grpc_server))
     except ModelwardenError:
         raise
     return 0
+
+
+async def _serve_both(rest: Any, sock: socket.socket, grpc_server: Any) -> None:
+    """REST (uvicorn) and gRPC on one event loop: they share the registry and its worker pools."""
+    await grpc_server.start()
+    try:
+        await rest.serve(sockets=[sock])
+    finally:
+        await grpc_server.stop(grace=2)

@@ -2,16 +2,19 @@
 
 A schema is a dict of messages, each a list of ``(name, number, type[, oneof])``:
 ``"X*"`` is repeated, ``"map<K,V>"`` a map, ``"enum:E"`` an enum declared in
-``enums``; other names are messages of the same schema (nested with dots).
+``enums``; other names are messages of the same schema (nested with dots), or, with a
+leading dot (``".tensorflow.TensorProto"``), fully qualified messages of a schema or
+protobuf file named in ``deps``.
 Field numbers are wire-format facts; each schema's tests check them against
 the owning library's own descriptors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message_factory, text_format
 from google.protobuf.message import DecodeError, Message
 
 from modelwarden.errors import InputError
@@ -54,17 +57,34 @@ class ProtoSchema:
         messages: dict[str, list[tuple]],
         enums: dict[str, dict[int, str]] | None = None,
         label: str = "",
+        deps: Sequence["ProtoSchema | descriptor.FileDescriptor"] = (),
     ) -> None:
         self.package = package
         self.filename = filename
         self.messages = messages
         self.enums = enums or {}
         self.label = label  # "ONNX " -> "not a valid ONNX ModelProto protobuf"
+        self.deps = tuple(deps)
         self._classes: dict[str, type[Message]] = {}
 
+    def file_protos(self) -> list[descriptor_pb2.FileDescriptorProto]:
+        """This schema's file and those of its dependencies, dependencies first (no repeats)."""
+        out: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+        for dep in self.deps:
+            if isinstance(dep, ProtoSchema):
+                protos = dep.file_protos()
+            else:
+                protos = [descriptor_pb2.FileDescriptorProto()]
+                dep.CopyToProto(protos[0])
+            for fdp in protos:
+                out.setdefault(fdp.name, fdp)
+        out[self.filename] = self.file_proto
+        return list(out.values())
+
     @cached_property
-    def pool(self) -> descriptor_pool.DescriptorPool:
+    def file_proto(self) -> descriptor_pb2.FileDescriptorProto:
         fdp = descriptor_pb2.FileDescriptorProto(name=self.filename, package=self.package, syntax="proto3")
+        fdp.dependency.extend(d.filename if isinstance(d, ProtoSchema) else d.name for d in self.deps)
         for enum_name, values in self.enums.items():
             e = fdp.enum_type.add(name=enum_name)
             for number, vname in sorted(values.items()):
@@ -78,8 +98,13 @@ class ProtoSchema:
             oneofs: dict[str, int] = {}
             for spec in fields:
                 self._field(built[full], full, spec, oneofs)
+        return fdp
+
+    @cached_property
+    def pool(self) -> descriptor_pool.DescriptorPool:
         pool = descriptor_pool.DescriptorPool()
-        pool.Add(fdp)
+        for fdp in self.file_protos():
+            pool.Add(fdp)
         return pool
 
     def _field(self, msg: descriptor_pb2.DescriptorProto, owner: str, spec: tuple, oneofs: dict[str, int]) -> None:
@@ -105,7 +130,7 @@ class ProtoSchema:
             f.type_name = f".{self.package}.{typ[5:]}"
         else:
             f.type = _T.TYPE_MESSAGE
-            f.type_name = f".{self.package}.{typ}"
+            f.type_name = typ if typ.startswith(".") else f".{self.package}.{typ}"
         if len(spec) > 3:
             oneof = spec[3]
             if oneof not in oneofs:
@@ -114,9 +139,10 @@ class ProtoSchema:
             f.oneof_index = oneofs[oneof]
 
     def message_class(self, name: str) -> type[Message]:
+        """The class of message ``name`` of this schema, or of a dependency given as ``".pkg.Name"``."""
         cls = self._classes.get(name)
         if cls is None:
-            desc = self.pool.FindMessageTypeByName(f"{self.package}.{name}")
+            desc = self.pool.FindMessageTypeByName(name[1:] if name.startswith(".") else f"{self.package}.{name}")
             cls = self._classes[name] = message_factory.GetMessageClass(desc)
         return cls
 

@@ -45,6 +45,7 @@ class ModelConfig:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8501
+    grpc_port: int | None = None  # TF Serving's gRPC API on this port (0: any free port); None: off
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
@@ -71,7 +72,7 @@ class ServerConfig:
 
 # -- TOML ------------------------------------------------------------------------------------------
 
-_SERVER_KEYS = {"host", "port", "token_db", "policy", "fail_on", "backend", "access_log", "tls",
+_SERVER_KEYS = {"host", "port", "grpc_port", "token_db", "policy", "fail_on", "backend", "access_log", "tls",
                 "model_config_file"}
 _TLS_KEYS = {"cert", "key", "client_ca"}
 _LIMIT_KEYS = {"max_body", "max_json_depth", "max_json_elements", "gzip_max_ratio", "request_timeout",
@@ -198,8 +199,9 @@ def load_toml(path: str) -> ServerConfig:
     for key in ("host", "policy", "fail_on", "backend"):
         if key in srv:
             kw[key] = _typed(path, f"server.{key}", srv[key], str)
-    if "port" in srv:
-        kw["port"] = _typed(path, "server.port", srv["port"], int)
+    for key in ("port", "grpc_port"):
+        if key in srv:
+            kw[key] = _typed(path, f"server.{key}", srv[key], int)
     for key in ("token_db", "access_log"):
         if key in srv:
             kw[key] = _rel(base, _typed(path, f"server.{key}", srv[key], str))
@@ -233,6 +235,10 @@ def validate(path: str, cfg: ServerConfig) -> ServerConfig:
         raise _err(path, f"model name(s) configured twice: {', '.join(dup)}")
     if not 0 <= cfg.port <= 65535:
         raise _err(path, "server.port must be between 0 and 65535")
+    if cfg.grpc_port is not None and not 0 <= cfg.grpc_port <= 65535:
+        raise _err(path, "server.grpc_port must be between 0 and 65535")
+    if cfg.grpc_port and cfg.grpc_port == cfg.port:
+        raise _err(path, "server.grpc_port and server.port must differ")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise _err(path, "TLS needs both a certificate and a key")
     if cfg.tls_client_ca and not cfg.tls_cert:
