@@ -79,7 +79,8 @@ def _paths(args: argparse.Namespace) -> list[str]:
             raise UsageError(f"cannot read --from-file {args.from_file}: {exc.strerror or exc}") from None
         paths += [line.rstrip("\r") for line in text.split("\n") if line.strip() and not line.startswith("#")]
     if not paths:
-        raise UsageError("nothing to scan: give at least one PATH or --from-file LIST")
+        raise UsageError("nothing to scan: give at least one PATH or --from-file LIST "
+                         "(usage: modelwarden scan PATH... [--from-file LIST] [options])")
     return paths
 
 
