@@ -83,3 +83,19 @@ def test_doctor_probe_shows_the_active_layers_formatted():
     assert rows["seccomp mode (2 = filter)"] == "2" and rows["network interfaces"] == "lo"
     assert rows["pid / uid inside"] == "1 / 0"
     assert "AF_INET denied" in rows["sockets"] and "AF_UNIX allowed" in rows["sockets"]
+
+
+def test_a_package_only_on_pythonpath_does_not_count(tmp_path, monkeypatch):
+    """The worker gets the Python prefixes and site-packages, never PYTHONPATH: a package the host
+    process can import from elsewhere is not available to run/serve, and doctor must not say it is."""
+    import importlib.util
+
+    from modelwarden.cli import deps
+
+    (tmp_path / "mw_only_here").mkdir()
+    (tmp_path / "mw_only_here" / "__init__.py").write_text("raise SystemExit('never imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert importlib.util.find_spec("mw_only_here") is not None
+    assert str(tmp_path) not in deps.worker_path()
+    assert not deps.installed("mw_only_here")
+    assert deps.installed("numpy")

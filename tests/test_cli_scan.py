@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -12,6 +13,7 @@ import pytest
 from modelwarden.analysis import registry
 
 from .conftest import run_cli
+from .test_cli_robustness import run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_SCHEMA = json.loads((ROOT / "src/modelwarden/report/scan-report.schema.json").read_text())
@@ -113,12 +115,18 @@ def _tree_without_models(root: Path) -> Path:
     return d
 
 
+def _in_process(capsys, *argv: str) -> subprocess.CompletedProcess:
+    """The CLI in this process (no TensorFlow, no start-up cost), shaped like ``run_cli``'s result."""
+    code, out, err = run_in_process(list(argv), capsys)
+    return subprocess.CompletedProcess(argv, code, out, err)
+
+
 @pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
-def test_empty_scan_exits_4_in_every_format(tmp_path: Path, fmt: str) -> None:
+def test_empty_scan_exits_4_in_every_format(tmp_path: Path, fmt: str, capsys) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     for target in (empty, _tree_without_models(tmp_path)):
-        proc = run_cli("scan", "--format", fmt, str(target))
+        proc = _in_process(capsys, "scan", "--format", fmt, str(target))
         assert proc.returncode == 4, proc.stdout + proc.stderr
         out = proc.stdout
         if fmt == "json":
@@ -135,19 +143,19 @@ def test_empty_scan_exits_4_in_every_format(tmp_path: Path, fmt: str) -> None:
             assert "no model artifacts found" in out and ("exit 4" in out)
         if fmt != "text":
             assert "no model artifacts found" in proc.stderr
-        allowed = run_cli("scan", "--format", fmt, "--allow-empty", str(target))
+        allowed = _in_process(capsys, "scan", "--format", fmt, "--allow-empty", str(target))
         assert allowed.returncode == 0, allowed.stdout + allowed.stderr
         if fmt == "json":
             assert json.loads(allowed.stdout)["verdict"] == "pass"
 
 
 @pytest.mark.parametrize("fmt", ["text", "json", "sarif", "html"])
-def test_files_not_scanned_are_counted_and_listed_with_verbose(tmp_path: Path, fmt: str) -> None:
+def test_files_not_scanned_are_counted_and_listed_with_verbose(tmp_path: Path, fmt: str, capsys) -> None:
     d = _tree_without_models(tmp_path)
     names = {"no_models/README.txt": "unrecognised format", "no_models/sub/payload.weird": "unrecognised format",
              "no_models/link": "symbolic link (never followed)", "no_models/fifo": "not a regular file"}
-    quiet = run_cli("scan", "--format", fmt, "--allow-empty", str(d))
-    loud = run_cli("scan", "--format", fmt, "--allow-empty", "--verbose", str(d))
+    quiet = _in_process(capsys, "scan", "--format", fmt, "--allow-empty", str(d))
+    loud = _in_process(capsys, "scan", "--format", fmt, "--allow-empty", "--verbose", str(d))
     assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
     if fmt == "json":
         q, v = json.loads(quiet.stdout)["skipped"], json.loads(loud.stdout)["skipped"]

@@ -1,14 +1,17 @@
 """Runtime dependencies of ``run`` and ``serve``: present or not, and the exact command that installs them.
 
-Checked without importing them (``importlib.util.find_spec`` only locates a top-level
-package; TensorFlow takes seconds to import and must never load in the host process).
-The sandboxed worker runs this same interpreter with this interpreter's site directories,
-so what is findable here is what the worker can import.
+Checked without importing them: TensorFlow takes seconds to import and must never load in
+the host process.  The sandboxed worker runs this same interpreter with only the path entries
+``sandbox.interface.plan_filesystem`` binds (the Python prefixes and site-packages
+directories, never PYTHONPATH or a checkout), so a package is looked up on exactly those
+entries too, with ``PathFinder`` (which locates a top-level package without executing it).
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
+import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -46,10 +49,25 @@ def install_command(extras: str) -> str:
     return f"{pip} {shlex.quote(f'modelwarden[{extras}]')}"
 
 
+def worker_path() -> list[str]:
+    """The import path a sandboxed worker gets: sys.path entries inside the Python prefixes or
+    named site-packages/dist-packages (the rule ``plan_filesystem`` applies)."""
+    roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix)}
+    out = []
+    for entry in sys.path:
+        real = os.path.realpath(entry) if entry else ""
+        if real and (real.endswith(("site-packages", "dist-packages"))
+                     or any(real == r or real.startswith(r + "/") for r in roots)):
+            out.append(entry)
+    return out
+
+
 def installed(module: str) -> bool:
-    """Whether ``module`` can be imported by this interpreter (located, not imported)."""
+    """Whether a sandboxed worker could import ``module``: importable by this interpreter, and
+    found on the worker's path (located, never imported)."""
     try:
-        return importlib.util.find_spec(module) is not None
+        return (importlib.util.find_spec(module) is not None
+                and importlib.machinery.PathFinder.find_spec(module, worker_path()) is not None)
     except (ImportError, ValueError):
         return False
 
