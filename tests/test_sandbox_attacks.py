@@ -311,6 +311,22 @@ def test_model_swapped_after_the_checks_is_not_what_tensorflow_loads(backend, fi
     np.testing.assert_allclose(y, expected["y"], rtol=1e-5)  # TensorFlow ran the model that was checked
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_model_copy_counts_against_the_memory_limit(backend, tmp_path):
+    from modelwarden.sandbox import MemoryLimitExceeded
+    from modelwarden.sandbox.cgroups import create
+
+    probe = create(256 << 20, 64, None)
+    has_memory_cgroup = "memory" in probe.dirs
+    probe.remove()
+    if not has_memory_cgroup:
+        pytest.skip("no memory cgroup: the copy is bounded by the model's own size only")
+    (tmp_path / "saved_model.pb").write_bytes(b"\0" * (400 << 20))  # bigger than the whole limit
+    with Sandbox(SandboxLimits(memory_bytes=256 << 20), backend=backend) as sb:
+        with pytest.raises(MemoryLimitExceeded):
+            sb.load(tmp_path, scan=False)
+
+
 def test_symlinks_in_the_model_are_never_followed(tmp_path, fixture_dir):
     from modelwarden.sandbox import snapshot
 

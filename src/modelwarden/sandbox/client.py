@@ -270,9 +270,8 @@ class _Worker:
         except snapshot.SnapshotError as exc:
             self.kill()
             raise UsageError(f"cannot hand the model to the sandbox: {exc}") from None
-        except OSError as exc:
-            self.kill()
-            raise SandboxUnavailable(f"sandbox boot failed: {exc}") from None
+        except OSError:
+            self._boot_failed()
 
     def _config(self, plan: FsPlan, limits: SandboxLimits, runtime: dict, backend: Backend) -> dict:
         sandboxed = backend.name != "unsafe-none"
@@ -356,6 +355,16 @@ class _Worker:
             self.kill()
             raise ERRORS_BY_CODE[code](str(header.get("message", code))[:8000])
         self.ready_info = header
+
+    def _boot_failed(self) -> None:
+        """The boot process went away while we talked to it: report its own reason if it sent one
+        (e.g. the model copy failed), else how it died (memory limit, signal...)."""
+        try:
+            header, _ = self.reader.recv(max_body=0, deadline=time.monotonic() + 2, max_header=REPLY_HEADER_MAX)
+        except protocol.FrameError:
+            header = {}
+        self._check_fatal(header)
+        self._died("sandbox boot (copying the model in)")
 
     def _check_fatal(self, header: dict) -> None:
         if header.get("op") == "fatal":
