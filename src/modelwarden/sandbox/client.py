@@ -158,6 +158,7 @@ class _Worker:
 
     def __init__(self, backend: Backend, plan: FsPlan, limits: SandboxLimits, runtime: dict, debug: bool,
                  use_cgroups: bool = True) -> None:
+        self.seccomp_allow = self._seccomp_allow()  # before anything starts: a bad setting is a usage error
         self.limits = limits
         self.backend = backend
         self.dead = False
@@ -223,12 +224,22 @@ class _Worker:
             "pkg_inside": f"{SANDBOX_PKG_DIR}/modelwarden" if sandboxed and SANDBOX_PKG_DIR in plan.sys_path else pkg_host,
             "map_to": list(self.map_to) if self.map_to else None,
             "drop_caps": sandboxed,
-            "seccomp": sandboxed,
+            "seccomp": {"allow": list(self.seccomp_allow)} if sandboxed else False,
             "runtime": runtime,
             "layers": {"backend": backend.name, "cgroups": ",".join(self.cg.controllers) or "none",
                        "host_uid": (self.map_to or (os.geteuid(), 0))[0],
                        "cgroup_note": self.cg.reason},
         }
+
+    @staticmethod
+    def _seccomp_allow() -> tuple[str, ...]:
+        """Extra syscalls for the worker's allowlist (``MODELWARDEN_SECCOMP_ALLOW``; docs/sandbox.md)."""
+        from modelwarden.sandbox import seccomp
+
+        try:
+            return seccomp.extra_allow_from_env()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     # -- receiving -----------------------------------------------------------------------------------
 
