@@ -435,3 +435,10 @@ def test_send_times_out_when_the_peer_stops_reading():
         assert time.monotonic() - t0 < 2
     finally:
         a.close(), b.close()
+
+
+def test_worker_names_in_messages_are_printable():
+    specs = specs_from_json([{"name": "x\x1b[2J", "dtype": "float32", "shape": [1]}], "inputs")
+    problems = " ".join(check_inputs({"z\x1b]52;c;x\x07": np.zeros(1, np.float32)}, specs, "s"))
+    assert "\x1b" not in problems and "\x07" not in problems and "\\x1b[2J" in problems
+    assert specs["x\x1b[2J"].describe() == "x\\x1b[2J: float32[1]"

@@ -77,6 +77,10 @@ while True:
               struct.pack("<Q", (1 << 64) - 1) + b"abc")
     elif mode == "string_for_float":
         frame({"ok": True, "tensors": [{"name": "y", "dtype": "string", "shape": [1]}]}, struct.pack("<Q", 1) + b"a")
+    elif mode == "escape_message":
+        frame({"ok": False, "error": "execution_failed", "message": "\x1b[2J\x1b]52;c;eA==\x07\r\u202e" * 1000})
+    elif mode == "nonstring_message":
+        frame({"ok": False, "error": "execution_failed", "message": {"\x1b[2J": [1] * 10000}})
     elif mode == "zero_size_huge":
         frame({"ok": True, "tensors": [{"name": "y", "dtype": "float32", "shape": [1 << 24, 0]}]})
     elif mode == "zero_size_overflow":
@@ -206,3 +210,17 @@ def test_the_fake_worker_loads_when_honest(tmp_path, monkeypatch):
     with Sandbox(SandboxLimits(timeout_s=2.0), use_cgroups=False) as sb:
         model = sb.load(tmp_path / "m", scan=False)
         assert model.predict(X)["y"].tolist() == [1.0]
+
+
+@pytest.mark.parametrize("mode", ["escape_message", "nonstring_message"])
+def test_worker_error_messages_are_sanitised_and_bounded(tmp_path, mode):
+    from modelwarden.sandbox import ExecutionFailed
+
+    model, worker = _model(tmp_path, mode, SandboxLimits(timeout_s=2.0))
+    with pytest.raises(ExecutionFailed) as info:
+        model.predict(X)
+    message = str(info.value)
+    assert "\\x1b[2J" in message  # the payload arrived, made visible
+    assert not any(c in message for c in "\x1b\x07\r\u202e")
+    assert len(message) < 8100
+    worker.kill()

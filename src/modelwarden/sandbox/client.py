@@ -25,6 +25,7 @@ import numpy as np
 
 from modelwarden.errors import UsageError
 from modelwarden.sandbox import cgroups, protocol, snapshot
+from modelwarden.sanitize import printable
 from modelwarden.sandbox.errors import (
     ERRORS_BY_CODE, WORKER_REPORTABLE, DeadlineExceeded, InvalidInput, MemoryLimitExceeded, OutputTooLarge,
     ProtocolViolation, SandboxError, SandboxUnavailable, ScanRefused, WorkerCrashed,
@@ -90,6 +91,24 @@ class Signature:
     name: str
     inputs: dict[str, protocol.TensorSpec]
     outputs: dict[str, protocol.TensorSpec]
+
+
+def worker_text(value: object, limit: int) -> str:
+    """A string the worker sent, safe to print or log (controls and escape sequences made visible)."""
+    return printable(value if isinstance(value, str) else "" if value is None else str(value)[: limit + 1], limit)
+
+
+def _printable_tree(value: Any, depth: int = 0) -> Any:
+    """A JSON value from the worker with every string (keys too) passed through :func:`printable`."""
+    if depth > 20:
+        return None
+    if isinstance(value, str):
+        return printable(value, 4000)
+    if isinstance(value, dict):
+        return {printable(str(k), 200): _printable_tree(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable_tree(v, depth + 1) for v in value]
+    return value
 
 
 def _signal_name(num: int) -> str:
@@ -221,6 +240,7 @@ class _Worker:
 
     def __init__(self, backend: Backend, plan: FsPlan, limits: SandboxLimits, runtime: dict, debug: bool,
                  use_cgroups: bool = True) -> None:
+        self.seccomp_allow = self._seccomp_allow()  # before anything starts: a bad setting is a usage error
         self.limits = limits
         self.backend = backend
         self.dead = False
@@ -306,12 +326,22 @@ class _Worker:
             "pkg_inside": f"{SANDBOX_PKG_DIR}/modelwarden" if sandboxed and SANDBOX_PKG_DIR in plan.sys_path else pkg_host,
             "map_to": list(self.map_to) if self.map_to else None,
             "drop_caps": sandboxed,
-            "seccomp": sandboxed,
+            "seccomp": {"allow": list(self.seccomp_allow)} if sandboxed else False,
             "runtime": runtime,
             "layers": {"backend": backend.name, "cgroups": ",".join(self.cg.controllers) or "none",
                        "host_uid": worker_host_uid() if sandboxed else os.geteuid(),
                        "cgroup_note": self.cg.reason},
         }
+
+    @staticmethod
+    def _seccomp_allow() -> tuple[str, ...]:
+        """Extra syscalls for the worker's allowlist (``MODELWARDEN_SECCOMP_ALLOW``; docs/sandbox.md)."""
+        from modelwarden.sandbox import seccomp
+
+        try:
+            return seccomp.extra_allow_from_env()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     # -- receiving -----------------------------------------------------------------------------------
 
@@ -353,7 +383,7 @@ class _Worker:
             if not isinstance(code, str) or code not in WORKER_REPORTABLE:
                 self._violation("unknown error code")
             self.kill()
-            raise ERRORS_BY_CODE[code](str(header.get("message", code))[:8000])
+            raise ERRORS_BY_CODE[code](worker_text(header.get("message"), 8000) or code)
         self.ready_info = header
 
     def _boot_failed(self) -> None:
@@ -368,7 +398,7 @@ class _Worker:
 
     def _check_fatal(self, header: dict) -> None:
         if header.get("op") == "fatal":
-            msg = str(header.get("message", ""))[:2000]
+            msg = worker_text(header.get("message"), 2000)
             self.kill()
             raise SandboxUnavailable(f"{msg} (run `modelwarden doctor`)")
 
@@ -392,7 +422,7 @@ class _Worker:
             self.kill()
             if "body of" in str(exc) and max_body:
                 raise OutputTooLarge(f"the model's output exceeds the limit of {max_body} bytes; the worker was killed") from None
-            raise ProtocolViolation(f"the worker sent a malformed frame ({exc}); it was killed") from None
+            raise ProtocolViolation(f"the worker sent a malformed frame ({printable(str(exc), 300)}); it was killed") from None
         except protocol.DECODE_ERRORS as exc:
             self._violation(f"undecodable frame: {type(exc).__name__}")
         raise AssertionError("unreachable")
@@ -440,7 +470,7 @@ class _Worker:
         if reply.get("ok") is True:
             return reply, body
         code = reply.get("error")
-        msg = str(reply.get("message", ""))[:8000]
+        msg = worker_text(reply.get("message"), 8000)
         if not isinstance(code, str) or code not in WORKER_REPORTABLE:
             self._violation("unknown error code")
         if body:
@@ -559,10 +589,13 @@ class SandboxedModel:
             elif len(self.signatures) == 1:
                 name = next(iter(self.signatures))
             else:
-                raise InvalidInput(f"choose a signature: {', '.join(sorted(self.signatures)) or 'none'}")
+                raise InvalidInput(f"choose a signature: {self._names()}")
         if name not in self.signatures:
-            raise InvalidInput(f"no signature {name!r} (available: {', '.join(sorted(self.signatures)) or 'none'})")
+            raise InvalidInput(f"no signature {name!r} (available: {self._names()})")
         return self.signatures[name]
+
+    def _names(self) -> str:
+        return printable(", ".join(sorted(self.signatures)), 2000) or "none"
 
     def predict(self, inputs: Mapping[str, Any], signature: str | None = None, timeout: float | None = None) -> dict[str, np.ndarray]:
         sig = self.signature(signature)
@@ -585,7 +618,7 @@ class SandboxedModel:
             problem = protocol.check_outputs(out, sig.outputs)
         except (protocol.FrameError, *protocol.DECODE_ERRORS) as exc:
             worker.kill()
-            raise ProtocolViolation(f"the worker sent invalid outputs ({str(exc)[:300]}); it was killed") from None
+            raise ProtocolViolation(f"the worker sent invalid outputs ({printable(str(exc), 300)}); it was killed") from None
         if problem:
             worker.kill()
             raise ProtocolViolation(f"the worker {problem}; it was killed")
@@ -693,7 +726,7 @@ class Sandbox:
                 signatures[name] = Signature(name, protocol.specs_from_json(sig.get("inputs"), "inputs"),
                                              protocol.specs_from_json(sig.get("outputs"), "outputs"))
         except (protocol.FrameError, *protocol.DECODE_ERRORS) as exc:
-            worker._violation(str(exc)[:300])
+            worker._violation(printable(str(exc), 300))
         self._model = SandboxedModel(self, kind, signatures)
         return self._model
 
@@ -723,4 +756,4 @@ class Sandbox:
         worker = self._require_worker()
         reply, _ = worker.request({"op": "introspect"}, [], self.limits.timeout_s, "introspect", 0)
         info = reply.get("info")
-        return info if isinstance(info, dict) else {}
+        return _printable_tree(info) if isinstance(info, dict) else {}

@@ -67,13 +67,15 @@ def diagnose(probe: bool = False) -> Diagnosis:
     try:
         from modelwarden.sandbox import seccomp
 
-        f = seccomp.Filter().build()
+        f = seccomp.Filter(seccomp.extra_allow_from_env()).build()
         summary = f.summary
         f.close()
         seccomp_ok = "Seccomp" in (_read("/proc/self/status") or "")
-        add(Check("seccomp-bpf", seccomp_ok, f"libseccomp loaded; filter denies {len(summary.denied)} syscalls "
-                  f"+ non-AF_UNIX sockets + namespace clone flags" if seccomp_ok else "kernel without seccomp"))
-    except OSError as exc:
+        extra = f" (+ {seccomp.ENV_ALLOW}: {', '.join(f.extra_allow)})" if f.extra_allow else ""
+        add(Check("seccomp-bpf", seccomp_ok, f"libseccomp loaded; allowlist of {len(summary.allowed)} syscalls{extra} "
+                  f"+ AF_UNIX sockets, clone without namespaces, {len(seccomp.IOCTL_ALLOWED)} ioctls; "
+                  f"{len(summary.denied)} denied with EPERM, the rest ENOSYS" if seccomp_ok else "kernel without seccomp"))
+    except (OSError, ValueError) as exc:
         add(Check("seccomp-bpf", False, str(exc)))
     add(Check("no_new_privs", True, "prctl(PR_SET_NO_NEW_PRIVS) (Linux >= 3.5)"))
     host_uid = worker_host_uid()

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modelwarden.sanitize import printable
+
 MAGIC = 0x4D574631  # "MWF1"
 PREFIX = struct.Struct(">IIQ")
 ALIGN = 64
@@ -88,7 +90,7 @@ class TensorSpec:
 
     def describe(self) -> str:
         dims = "?" if self.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
-        return f"{self.name}: {self.dtype}{dims}"
+        return f"{printable(self.name)}: {self.dtype}{dims}"  # names come from the worker
 
     def to_json(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
@@ -514,7 +516,7 @@ def check_inputs(inputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpe
     problems: list[str] = []
     for name in inputs:
         if name not in specs:
-            problems.append(f"unknown input {name!r} (expected: {', '.join(sorted(specs)) or 'none'})")
+            problems.append(f"unknown input {name!r} (expected: {printable(', '.join(sorted(specs)), 2000) or 'none'})")
     for name, spec in specs.items():
         if name not in inputs:
             problems.append(f"missing input {spec.describe()}")
