@@ -344,12 +344,13 @@ def harden_and_run(fd: int, cfg: dict) -> None:
                   gvisor=cfg.get("layers", {}).get("backend") == "gvisor")
     linux.close_fds_except({0, 1, 2, fd})
     if cfg.get("drop_caps", True):
-        linux.assert_not_host_root()
+        if cfg.get("layers", {}).get("backend") != "gvisor":  # under gVisor uid 0 is the Sentry's, not the host's
+            linux.assert_not_host_root()
         linux.drop_all_capabilities()
     linux.set_no_new_privs()
     seccomp_summary = None
     if cfg.get("seccomp", True):
-        seccomp_summary = seccomp.install()
+        seccomp_summary = seccomp.install(cfg.get("seccomp"))
     os.environ.clear()
     os.environ.update(cfg["env"])
     os.umask(0o077)
