@@ -21,6 +21,7 @@ READERS: dict[ArtifactFormat, str] = {
     ArtifactFormat.ONNX: "modelwarden.formats.onnx:OnnxReader",
     ArtifactFormat.SAFETENSORS: "modelwarden.formats.safetensors:SafetensorsReader",
     ArtifactFormat.ARCHIVE: "modelwarden.formats.archive:ArchiveReader",
+    ArtifactFormat.GGUF: "modelwarden.formats.hub.gguf:GgufReader",
 }
 
 

@@ -21,7 +21,7 @@ TABLE_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")  # LevelDB table footer
 ZIP_MAGIC = b"PK\x03\x04"
 UNRECOGNISED = (
     "not a recognised model format (SavedModel, GraphDef, Keras, TFLite, checkpoint, pickle, "
-    "PyTorch, NumPy, ONNX, safetensors, zip/tar)"
+    "PyTorch, NumPy, ONNX, safetensors, GGUF, zip/tar)"
 )
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
 _GRAPHDEF_TEXT_KEYS = (b"node", b"library", b"versions")
@@ -193,6 +193,8 @@ def sniff(path: str) -> ArtifactFormat | None:
         from modelwarden.formats.archive import is_pickle_head
 
         return ArtifactFormat.PICKLE if len(head) >= 4 and is_pickle_head(head, size) else None
+    if head.startswith(b"GGUF"):
+        return ArtifactFormat.GGUF
     if head[4:8] == b"TFL3":
         return ArtifactFormat.TFLITE
     if head.startswith(HDF5_MAGIC) or _hdf5_at_userblock(path, size):
