@@ -256,6 +256,18 @@ def _add(found: dict[str, Candidate], cand: Candidate) -> None:
     found.setdefault(key, cand)
 
 
+def _hub_directory(d: str, names: set[str], limits: Limits) -> ArtifactFormat | None:
+    """An MLflow or Hugging Face model directory, by its marker files."""
+    if "MLmodel" in names:
+        return ArtifactFormat.MLFLOW
+    if "config.json" in names or "tokenizer_config.json" in names:
+        from modelwarden.formats.hub.hf_directory import is_hf_directory
+
+        if is_hf_directory(d, names, limits):
+            return ArtifactFormat.HF_MODEL
+    return None
+
+
 def _discover_one(top: str, found: dict[str, Candidate], limits: Limits) -> None:
     if not os.path.lexists(top):
         raise InputError(top, "no such file or directory")
@@ -287,6 +299,9 @@ def _discover_one(top: str, found: dict[str, Candidate], limits: Limits) -> None
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             raise InputError(d, f"cannot list directory: {exc.strerror}") from None
+        hub = _hub_directory(d, {e.name for e in entries if e.is_file(follow_symlinks=False)}, limits)
+        if hub is not None:  # the directory is an artifact; its files are still scanned one by one
+            _add(found, Candidate(d, hub, _display(d, top, top)))
         for e in entries:
             count += 1
             if count > limits.max_dir_entries:

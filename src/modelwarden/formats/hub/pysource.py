@@ -68,8 +68,13 @@ class _Visitor(ast.NodeVisitor):
         args = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)][:2]
         args += [f"{k.arg}={k.value.value}" for k in node.keywords
                  if k.arg and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)][:2]
-        self.calls.append(PyRef(self.dotted(node.func), node.lineno, self.depth == 0,
-                                ", ".join(repr(a)[:80] for a in args)))
+        name = self.dotted(node.func)
+        detail = ", ".join(repr(a)[:80] for a in args)
+        if name.rsplit(".", 1)[-1] == "open":  # the mode decides read or write
+            mode = [k.value for k in node.keywords if k.arg == "mode"] or node.args[1:2]
+            if mode and isinstance(mode[0], ast.Constant) and isinstance(mode[0].value, str):
+                detail = f"{detail}; mode={mode[0].value}" if detail else f"mode={mode[0].value}"
+        self.calls.append(PyRef(name, node.lineno, self.depth == 0, detail))
         self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
