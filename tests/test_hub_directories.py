@@ -98,3 +98,39 @@ def test_benign_remote_code_is_high_not_critical(hub):
     r = scan(str(hub / "hf" / "remote_code_benign"))
     assert max(f.severity for f in r.findings) == Severity.HIGH
     assert {f.rule_id for f in r.findings} == {"MW930"}
+
+
+def test_every_mlflow_fixture_matches_the_manifest(hub):
+    _check(hub, "mlflow", 8)
+
+
+def test_mlflow_plan_is_what_load_model_executes(hub):
+    from modelwarden.scanner import read_artifact
+
+    def plan(name):
+        cands, _ = discover([str(hub / "mlflow" / name)])
+        a = read_artifact(next(c for c in cands if c.format.value == "mlflow-model"))
+        return [(s.action, s.target) for s in a.load_plan], a
+
+    steps, a = plan("custom_loader")
+    assert steps[0] == ("sys.path", "code") and steps[1] == ("import", "evil_loader")
+    assert [p.role for p in a.python] == ["mlflow loader module"]
+    steps, a = plan("models_from_code")
+    # the MLmodel names the build machine's absolute path; the loader runs the basename inside the model
+    assert ("run-code", "model_code.py") in steps and a.python[0].source == "model_code.py"
+    steps, _ = plan("python_model_cloudpickle")
+    assert ("unpickle", "python_model.pkl") in steps
+    steps, _ = plan("sklearn_pickle")
+    assert ("import", "mlflow.sklearn") in steps and ("unpickle", "model.pkl") in steps
+
+
+def test_mlmodel_yaml_is_bounded(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "MLmodel").write_text("a: " + "[" * 100_000 + "]" * 100_000)
+    r = scan(str(d))
+    assert r.errors and "MLmodel" in r.errors[0].message and r.exit_code == 2
+    (d / "MLmodel").write_text("a: &a [" + ",".join(["*a"] * 0) + "x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+                               "c: [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nflavors: {python_function: {loader_module: x}}\n")
+    r = scan(str(d))
+    assert not r.errors and {f.rule_id for f in r.findings} == {"MW940"}
