@@ -134,3 +134,22 @@ def test_mlmodel_yaml_is_bounded(tmp_path):
                                "c: [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nflavors: {python_function: {loader_module: x}}\n")
     r = scan(str(d))
     assert not r.errors and {f.rule_id for f in r.findings} == {"MW940"}
+
+
+def test_every_torchscript_fixture_matches_the_manifest(hub):
+    _check(hub, "torchscript", 7)
+
+
+def test_torchscript_code_is_parsed_and_load_time_setstate_is_named(hub):
+    from modelwarden.scanner import read_artifact
+    from modelwarden.formats.interface import Candidate
+    from modelwarden.ir import ArtifactFormat
+
+    p = hub / "torchscript" / "save_on_load.pt"
+    a = read_artifact(Candidate(str(p), ArtifactFormat.PYTORCH, p.name))
+    assert a.python and all(s.role == "torchscript code" for s in a.python)
+    assert any(c.name == "torch.save" for s in a.python for c in s.calls)
+    f = [f for f in scan(str(p)).findings if f.rule_id == "MW951"]
+    assert f and "torch.save" in f[0].message and f[0].location.file.endswith("code/__torch__.py")
+    custom = [f for f in scan(str(hub / "torchscript" / "custom_op.pt")).findings if f.rule_id == "MW950"]
+    assert custom and "mwevil::payload" in custom[0].message

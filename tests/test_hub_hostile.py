@@ -49,14 +49,24 @@ def test_crafted_gguf(tmp_path, name, data):
 
 
 def test_mutated_hub_files_in_one_process(hub, tmp_path):
-    """Seeded mutations of every hub fixture file, scanned as one directory by one bounded process."""
+    """Seeded mutations of the hub fixtures, scanned by one bounded process: loose files, and whole
+    Hugging Face / MLflow directories with one or two of their files (configs, code, templates) mutated."""
+    import shutil
+
     rng = random.Random(20261130)
-    seeds = [p for p in sorted(hub.rglob("*")) if p.is_file() and p.name != "manifest.json"
-             and p.stat().st_size < 1 << 20]
-    assert len(seeds) >= 20
-    for i in range(120):
+    seeds = [p for p in sorted(hub.rglob("*")) if p.is_file() and not p.name.startswith(".")
+             and p.name != "manifest.json" and 0 < p.stat().st_size < 1 << 20]
+    assert len(seeds) >= 40
+    for i in range(80):
         src = rng.choice(seeds)
         (tmp_path / f"m{i:03d}_{src.name}").write_bytes(_mutate(bytearray(src.read_bytes()), rng))
-    o = scan_bounded(tmp_path, wall_s=120)
+    dirs = sorted(p for kind in ("hf", "mlflow") for p in (hub / kind).iterdir() if p.is_dir())
+    for i in range(24):
+        d = shutil.copytree(rng.choice(dirs), tmp_path / f"dir{i:02d}")
+        small = [p for p in sorted(d.rglob("*")) if p.is_file() and 0 < p.stat().st_size < 1 << 16]
+        for p in rng.sample(small, min(2, len(small))):
+            p.write_bytes(_mutate(bytearray(p.read_bytes()), rng))
+    o = scan_bounded(tmp_path, wall_s=180)
     assert o.returncode >= 0 and "Traceback" not in o.stderr, o.stderr[-3000:]
     assert "internal error" not in o.stdout + o.stderr, (o.stdout + o.stderr)[-3000:]
+    assert o.maxrss_mib < 512
