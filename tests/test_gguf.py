@@ -19,7 +19,7 @@ from modelwarden.errors import InputError
 from modelwarden.ir import ArtifactFormat, GgufArray
 from modelwarden.scanner import scan
 from tests.fixtures.build_hub_formats import CHATML, LLAMA3, MISTRAL_TOOLS
-from tests.test_pickle import check_entry, manifest_entries
+from tests.test_hub_directories import check_manifest
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,7 @@ def hub(fixture_dir) -> Path:
 
 
 def test_every_gguf_fixture_matches_the_manifest(hub):
-    entries = manifest_entries(hub, ("gguf",))
-    assert len(entries) >= 20
-    for e in entries:
-        check_entry(hub, e)
+    check_manifest(hub, "gguf", 20)
 
 
 def test_reader_agrees_with_gguf_py(hub):

@@ -23,7 +23,8 @@ def hub(fixture_dir) -> Path:
     return fixture_dir("build_hub_formats")
 
 
-def _check(hub: Path, kind: str, minimum: int) -> None:
+def check_manifest(hub: Path, kind: str, minimum: int) -> None:
+    """Every manifest entry of ``kind``: its rules present, clean or an input error, and no ``absent`` rule."""
     entries = manifest_entries(hub, (kind,))
     assert len(entries) >= minimum
     for e in entries:
@@ -34,7 +35,7 @@ def _check(hub: Path, kind: str, minimum: int) -> None:
 
 
 def test_every_hf_fixture_matches_the_manifest(hub):
-    _check(hub, "hf", 8)
+    check_manifest(hub, "hf", 8)
 
 
 def test_load_plan_says_which_weights_a_loader_picks(hub):
@@ -101,7 +102,7 @@ def test_benign_remote_code_is_high_not_critical(hub):
 
 
 def test_every_mlflow_fixture_matches_the_manifest(hub):
-    _check(hub, "mlflow", 8)
+    check_manifest(hub, "mlflow", 8)
 
 
 def test_mlflow_plan_is_what_load_model_executes(hub):
@@ -137,7 +138,7 @@ def test_mlmodel_yaml_is_bounded(tmp_path):
 
 
 def test_every_torchscript_fixture_matches_the_manifest(hub):
-    _check(hub, "torchscript", 7)
+    check_manifest(hub, "torchscript", 7)
 
 
 def test_torchscript_code_is_parsed_and_load_time_setstate_is_named(hub):
