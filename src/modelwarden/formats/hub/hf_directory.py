@@ -109,7 +109,8 @@ class HfDirectoryReader(Reader):
         if isinstance(model_type, str):
             meta["model_type"] = model_type[:100]
         return Artifact(path=root, display=candidate.display, format=ArtifactFormat.HF_MODEL, python=tuple(python),
-                        templates=tuple(templates), load_plan=tuple(plan), metadata=meta)
+                        templates=tuple(templates), load_plan=tuple(plan), metadata=meta,
+                        files=safeio.walk_tree(root, limits.max_dir_entries))  # links leaving it: MW201-MW203
 
     def _remote_code(self, root: str, names: set[str], configs: dict[str, dict], plan: list[LoadStep],
                      python: list[PythonSource]) -> None:

@@ -73,7 +73,8 @@ class MlflowReader(Reader):
         if isinstance(pyfunc, dict):
             meta["loader_module"] = _str(pyfunc, "loader_module")[:200]
         return Artifact(path=root, display=candidate.display, format=ArtifactFormat.MLFLOW, python=tuple(python),
-                        load_plan=tuple(plan), metadata=meta)
+                        load_plan=tuple(plan), metadata=meta,
+                        files=safeio.walk_tree(root, limits.max_dir_entries))  # links leaving it: MW201-MW203
 
     def _pyfunc(self, root: str, conf: dict, flavors: dict, plan: list[LoadStep], python: list[PythonSource]) -> None:
         code = _str(conf, "code")

@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Side-by-side: modelwarden, modelscan, picklescan, fickling and modelaudit on the same corpus.
+
+    python bench/bench_compare.py                       # full corpus, table to stdout
+    python bench/bench_compare.py --kinds gguf,hf       # a subset of manifest kinds
+    python bench/bench_compare.py --markdown out.md     # also write the tables as Markdown
+
+The corpus is the test fixtures with their manifests (what a correct scanner must do):
+``build_other_formats`` (pickle, PyTorch, NumPy, ONNX, safetensors, archives, HF directory),
+``build_hub_formats`` (GGUF, chat templates, Hugging Face and MLflow directories,
+TorchScript) and ``build_hub_keras`` (Keras 3 loader attacks).  An entry is *malicious*
+when the manifest expects findings at medium or above, *benign* when it must be clean,
+*malformed* when a correct reader refuses it (exit 2).
+
+Every tool runs as its own process per artifact (the way a user or CI runs it), its
+wall-clock time measured in this run.  A tool *flags* an artifact when its exit code or
+report says it found an issue; an *error* is a crash, a timeout or the tool saying it
+could not scan.  Baselines are installed by this script into a separate virtualenv
+(default ``/tmp/modelwarden-bench-venv``, versions pinned in
+``bench/requirements-compare.txt``), never into the project's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+REQUIREMENTS = ROOT / "bench" / "requirements-compare.txt"
+BUILDERS = ("build_other_formats", "build_hub_formats", "build_hub_keras")
+TIMEOUT_S = 120.0
+# kinds whose manifest "rules" include low-only rules on clean fixtures
+SKIP_KINDS = frozenset({"mixed"})
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+    kind: str
+    expected: str  # "malicious", "benign", "malformed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: str  # "flag", "pass", "error"
+    seconds: float
+
+
+def corpus(kinds: set[str] | None) -> list[Entry]:
+    from tests.conftest import build_fixtures
+
+    out: list[Entry] = []
+    for builder in BUILDERS:
+        base = build_fixtures(builder)
+        for e in json.loads((base / "manifest.json").read_text())["fixtures"]:
+            if e["kind"] in SKIP_KINDS or (kinds and e["kind"] not in kinds):
+                continue
+            expected = "malformed" if e["error"] else "benign" if e["clean"] else "malicious"
+            out.append(Entry(base / e["file"], e["kind"], expected))
+    return out
+
+
+def ensure_venv(venv: Path) -> Path:
+    if not (venv / "bin" / "modelaudit").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(REQUIREMENTS)], check=True)
+    return venv / "bin"
+
+
+# No telemetry from the baselines (modelaudit reports usage to PostHog unless told not to).
+QUIET_ENV = {"PROMPTFOO_DISABLE_TELEMETRY": "1", "NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
+
+
+def _run(cmd: list[str], env: dict | None = None) -> tuple[int, str, float]:
+    env = dict(env or os.environ, **QUIET_ENV)
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tempfile.gettempdir(),
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return -1, "timeout", time.perf_counter() - t0
+    return p.returncode, p.stdout + p.stderr, time.perf_counter() - t0
+
+
+def modelwarden(bindir: Path, path: Path) -> Outcome:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    rc, _, s = _run([sys.executable, "-m", "modelwarden", "scan", str(path), "--no-progress", "--format", "json"], env)
+    return Outcome({0: "pass", 1: "flag"}.get(rc, "error"), s)
+
+
+def modelscan(bindir: Path, path: Path) -> Outcome:
+    # exit 0 no issues, 1 issues, 2 scan errors, 3 no supported files, 4 usage
+    rc, out, s = _run([str(bindir / "modelscan"), "-p", str(path)])
+    return Outcome({0: "pass", 1: "flag", 3: "pass"}.get(rc, "error"), s)
+
+
+def picklescan(bindir: Path, path: Path) -> Outcome:
+    # exit 0 clean, 1 dangerous globals found, 2 scan error
+    rc, out, s = _run([str(bindir / "picklescan"), "-p", str(path)])
+    return Outcome({0: "pass", 1: "flag"}.get(rc, "error"), s)
+
+
+def fickling(bindir: Path, path: Path) -> Outcome:
+    # --check-safety: exit 0 when likely safe, 1 when it found something; one file at a time
+    if path.is_dir():
+        verdicts = [fickling(bindir, p) for p in sorted(path.rglob("*")) if p.is_file()][:200]
+        seconds = sum(v.seconds for v in verdicts)
+        worst = "flag" if any(v.verdict == "flag" for v in verdicts) else "pass"
+        return Outcome(worst, seconds)
+    rc, out, s = _run([str(bindir / "fickling"), "--check-safety", str(path)])
+    if rc not in (0, 1) or "Traceback" in out:
+        return Outcome("error" if rc not in (0, 1) else "pass", s)
+    return Outcome("flag" if rc == 1 else "pass", s)
+
+
+def modelaudit(bindir: Path, path: Path) -> Outcome:
+    # exit 0 no issues, 1 issues found, 2 scan errors
+    rc, out, s = _run([str(bindir / "modelaudit"), "scan", str(path), "--format", "json", "--no-cache"])
+    return Outcome({0: "pass", 1: "flag"}.get(rc, "error"), s)
+
+
+TOOLS = {"modelwarden": modelwarden, "modelscan": modelscan, "picklescan": picklescan, "fickling": fickling,
+         "modelaudit": modelaudit}
+
+
+def versions(bindir: Path) -> dict[str, str]:
+    out = {}
+    for name, dist in (("modelscan", "modelscan"), ("picklescan", "picklescan"), ("fickling", "fickling"),
+                       ("modelaudit", "modelaudit")):
+        rc, text, _ = _run([str(bindir / "python"), "-c", f"import importlib.metadata as m; print(m.version('{dist}'))"])
+        out[name] = text.strip() if rc == 0 else "?"
+    from modelwarden import __version__
+
+    out["modelwarden"] = __version__
+    return out
+
+
+def summarise(entries: list[Entry], results: dict[str, list[Outcome]]) -> list[dict]:
+    rows = []
+    for tool, outs in results.items():
+        pairs = list(zip(entries, outs))
+        mal = [o for e, o in pairs if e.expected == "malicious"]
+        ben = [o for e, o in pairs if e.expected == "benign"]
+        bad = [o for e, o in pairs if e.expected == "malformed"]
+        rows.append({
+            "tool": tool,
+            "detected": f"{sum(o.verdict == 'flag' for o in mal)}/{len(mal)}",
+            "false_positives": f"{sum(o.verdict == 'flag' for o in ben)}/{len(ben)}",
+            "errors": f"{sum(o.verdict == 'error' for o in outs)}/{len(outs)}",
+            "malformed_flagged_or_refused": f"{sum(o.verdict != 'pass' for o in bad)}/{len(bad)}",
+            "median_s": f"{statistics.median(o.seconds for o in outs):.2f}",
+            "total_s": f"{sum(o.seconds for o in outs):.1f}",
+        })
+    return rows
+
+
+def by_kind(entries: list[Entry], results: dict[str, list[Outcome]]) -> list[dict]:
+    rows = []
+    for kind in sorted({e.kind for e in entries}):
+        row = {"kind": kind, "malicious": sum(e.kind == kind and e.expected == "malicious" for e in entries),
+               "benign": sum(e.kind == kind and e.expected == "benign" for e in entries)}
+        for tool, outs in results.items():
+            det = sum(e.kind == kind and e.expected == "malicious" and o.verdict == "flag" for e, o in zip(entries, outs))
+            fp = sum(e.kind == kind and e.expected == "benign" and o.verdict == "flag" for e, o in zip(entries, outs))
+            row[tool] = f"{det} / {fp}"
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def misses(entries: list[Entry], results: dict[str, list[Outcome]], tool: str = "modelwarden") -> list[str]:
+    """Artifacts some other tool flags and ``tool`` does not (the goal: none)."""
+    out = []
+    for i, e in enumerate(entries):
+        others = [t for t in results if t != tool and results[t][i].verdict == "flag"]
+        if others and results[tool][i].verdict != "flag":
+            out.append(f"{e.path.relative_to(e.path.parents[1])} ({e.expected}): flagged by {', '.join(others)}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--venv", default="/tmp/modelwarden-bench-venv", help="virtualenv for the baseline scanners")
+    ap.add_argument("--kinds", default="", help="comma-separated manifest kinds (default: all)")
+    ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated tools")
+    ap.add_argument("--markdown", default="", help="also write the tables to this Markdown file")
+    args = ap.parse_args()
+    bindir = ensure_venv(Path(args.venv))
+    entries = corpus(set(args.kinds.split(",")) if args.kinds else None)
+    tools = [t for t in args.tools.split(",") if t]
+    results: dict[str, list[Outcome]] = {t: [] for t in tools}
+    for i, e in enumerate(entries):
+        for t in tools:  # interleaved, so machine noise hits every tool alike
+            results[t].append(TOOLS[t](bindir, e.path))
+        print(f"\r{i + 1}/{len(entries)} {e.path.name[:40]:40}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    vers = versions(bindir)
+    summary = summarise(entries, results)
+    for r in summary:
+        r["tool"] = f"{r['tool']} {vers.get(r['tool'], '')}"
+    kinds = by_kind(entries, results)
+    text = (f"{len(entries)} artifacts; detected = malicious flagged, false_positives = benign flagged\n\n"
+            + markdown(summary) + "\n\nper kind (malicious detected / benign flagged):\n\n" + markdown(kinds)
+            + "\n\nflagged by another tool, not by modelwarden:\n" + ("\n".join(misses(entries, results)) or "none"))
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
