@@ -204,22 +204,26 @@ def main() -> None:
     entries = corpus(set(args.kinds.split(",")) if args.kinds else None)
     tools = [t for t in args.tools.split(",") if t]
     results: dict[str, list[Outcome]] = {t: [] for t in tools}
+    vers = versions(bindir)
     for i, e in enumerate(entries):
         for t in tools:  # interleaved, so machine noise hits every tool alike
             results[t].append(TOOLS[t](bindir, e.path))
         print(f"\r{i + 1}/{len(entries)} {e.path.name[:40]:40}", end="", file=sys.stderr, flush=True)
+        if args.markdown:  # a partial table survives an interrupted run
+            Path(args.markdown).write_text(report(entries[: i + 1], results, vers, len(entries)) + "\n")
     print(file=sys.stderr)
-    vers = versions(bindir)
+    print(report(entries, results, vers, len(entries)))
+
+
+def report(entries: list[Entry], results: dict[str, list[Outcome]], vers: dict[str, str], total: int) -> str:
     summary = summarise(entries, results)
     for r in summary:
         r["tool"] = f"{r['tool']} {vers.get(r['tool'], '')}"
-    kinds = by_kind(entries, results)
-    text = (f"{len(entries)} artifacts; detected = malicious flagged, false_positives = benign flagged\n\n"
-            + markdown(summary) + "\n\nper kind (malicious detected / benign flagged):\n\n" + markdown(kinds)
+    done = f" (partial: {len(entries)} of {total})" if len(entries) < total else ""
+    return (f"{len(entries)} artifacts{done}; detected = malicious flagged, false_positives = benign flagged\n\n"
+            + markdown(summary) + "\n\nper kind (malicious detected / benign flagged):\n\n"
+            + markdown(by_kind(entries, results))
             + "\n\nflagged by another tool, not by modelwarden:\n" + ("\n".join(misses(entries, results)) or "none"))
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
 
 
 if __name__ == "__main__":

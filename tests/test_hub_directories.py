@@ -154,3 +154,12 @@ def test_torchscript_code_is_parsed_and_load_time_setstate_is_named(hub):
     assert f and "torch.save" in f[0].message and f[0].location.file.endswith("code/__torch__.py")
     custom = [f for f in scan(str(hub / "torchscript" / "custom_op.pt")).findings if f.rule_id == "MW950"]
     assert custom and "mwevil::payload" in custom[0].message
+
+
+def test_source_budget_bounds_what_one_artifact_parses():
+    from modelwarden.formats.hub.pysource import SourceBudget
+
+    budget = SourceBudget(total=100)
+    assert not budget.parse(b"x = 1\n" * 10, "a.py", "r").error
+    spent = budget.parse(b"y = 2\n" * 10, "b.py", "r")
+    assert "budget" in spent.error and not spent.calls

@@ -26,7 +26,7 @@ import posixpath
 
 from modelwarden.errors import InputError
 from modelwarden.formats import safeio
-from modelwarden.formats.hub.pysource import python_source
+from modelwarden.formats.hub.pysource import SourceBudget
 from modelwarden.formats.hub.templates import template_facts, templates_in
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
 from modelwarden.ir import Artifact, ArtifactFormat, LoadStep, PythonSource, TemplateFacts
@@ -115,6 +115,7 @@ class HfDirectoryReader(Reader):
     def _remote_code(self, root: str, names: set[str], configs: dict[str, dict], plan: list[LoadStep],
                      python: list[PythonSource]) -> None:
         analysed: set[str] = set()
+        budget = SourceBudget()
         for cfg_name, cfg in configs.items():
             for entry, ref in _references(cfg, cfg_name):
                 repo, sep, local = ref.rpartition("--")
@@ -127,10 +128,10 @@ class HfDirectoryReader(Reader):
                     and os.path.isfile(os.path.join(root, file))
                 plan.append(LoadStep("run-remote-code", file, f"{entry} -> {local}", present))
                 if present:
-                    self._analyse(root, names, file, f"{entry} -> {local}", analysed, python)
+                    self._analyse(root, names, file, f"{entry} -> {local}", analysed, python, budget)
 
     def _analyse(self, root: str, names: set[str], file: str, entry: str, analysed: set[str],
-                 python: list[PythonSource]) -> None:
+                 python: list[PythonSource], budget: SourceBudget) -> None:
         """Analyse ``file`` and the relative imports transformers copies with it."""
         todo = [file]
         while todo and len(analysed) < MAX_MODULES:
@@ -144,7 +145,7 @@ class HfDirectoryReader(Reader):
             except InputError as exc:
                 python.append(PythonSource(f, "hf remote code", entry=entry, error=exc.reason))
                 continue
-            src = python_source(data, f, "hf remote code", entry if f == file else f"imported by {entry}")
+            src = budget.parse(data, f, "hf remote code", entry if f == file else f"imported by {entry}")
             python.append(src)
             for imp in src.imports:
                 if imp.name.startswith("."):

@@ -25,7 +25,7 @@ import posixpath
 from modelwarden.errors import InputError
 from modelwarden.formats import safeio
 from modelwarden.formats.hub.hf_directory import inside
-from modelwarden.formats.hub.pysource import python_source
+from modelwarden.formats.hub.pysource import SourceBudget
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
 from modelwarden.ir import Artifact, ArtifactFormat, LoadStep, PythonSource
 
@@ -67,7 +67,7 @@ class MlflowReader(Reader):
         plan: list[LoadStep] = []
         python: list[PythonSource] = []
         if isinstance(pyfunc, dict):
-            self._pyfunc(root, pyfunc, flavors, plan, python)
+            self._pyfunc(root, pyfunc, flavors, plan, python, SourceBudget())
         meta = {"flavors": ", ".join(str(k)[:50] for k in list(flavors)[:20]),
                 "mlflow_version": str(doc.get("mlflow_version", ""))[:50]}
         if isinstance(pyfunc, dict):
@@ -76,7 +76,8 @@ class MlflowReader(Reader):
                         load_plan=tuple(plan), metadata=meta,
                         files=safeio.walk_tree(root, limits.max_dir_entries))  # links leaving it: MW201-MW203
 
-    def _pyfunc(self, root: str, conf: dict, flavors: dict, plan: list[LoadStep], python: list[PythonSource]) -> None:
+    def _pyfunc(self, root: str, conf: dict, flavors: dict, plan: list[LoadStep], python: list[PythonSource],
+                budget: SourceBudget) -> None:
         code = _str(conf, "code")
         loader = _str(conf, "loader_module")
         if code:
@@ -86,7 +87,7 @@ class MlflowReader(Reader):
             plan.append(LoadStep("sys.path", code, ", ".join(tops[:50]), present))
             for mod, rel in sorted(importable.items()):
                 role = "mlflow loader module" if loader == mod else "mlflow code"
-                python.append(self._source(root, rel, role, f"importable from {code}/ as {mod}"))
+                python.append(self._source(root, rel, role, f"importable from {code}/ as {mod}", budget))
         data = _str(conf, "data")
         plan.append(LoadStep("import", loader or "(missing loader_module)",
                              f"{loader}._load_pyfunc({data or '.'})", bool(loader)))
@@ -99,7 +100,7 @@ class MlflowReader(Reader):
             plan.append(LoadStep("run-code", rel, f"models from code: executed (MLmodel names {code_path[:200]})",
                                  present))
             if present:
-                python.append(self._source(root, rel, "mlflow code", "model_code_path"))
+                python.append(self._source(root, rel, "mlflow code", "model_code_path", budget))
         if loader.startswith("mlflow.pyfunc."):
             artifacts = conf.get("artifacts")
             if isinstance(artifacts, dict):
@@ -127,12 +128,12 @@ class MlflowReader(Reader):
         return not os.path.islink(p) and (os.path.isdir(p) if directory else os.path.isfile(p))
 
     @staticmethod
-    def _source(root: str, rel: str, role: str, entry: str) -> PythonSource:
+    def _source(root: str, rel: str, role: str, entry: str, budget: SourceBudget) -> PythonSource:
         try:
             data = safeio.read_file(os.path.join(root, rel), MAX_SOURCE + 1, what="Python module")
         except InputError as exc:
             return PythonSource(rel, role, entry=entry, error=exc.reason)
-        return python_source(data, rel, role, entry)
+        return budget.parse(data, rel, role, entry)
 
 
 def _modules(root: str, code: str) -> dict[str, str]:

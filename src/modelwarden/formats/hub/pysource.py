@@ -13,7 +13,23 @@ import ast
 from modelwarden.ir import PyRef, PythonSource
 
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
+MAX_TOTAL_SOURCE_BYTES = 64 * 1024 * 1024  # per artifact, across all its files
 MAX_REFS = 5000
+
+
+class SourceBudget:
+    """How much source one artifact may still have parsed (hostile repositories ship a lot of it)."""
+
+    def __init__(self, total: int = MAX_TOTAL_SOURCE_BYTES) -> None:
+        self.left = total
+
+    def parse(self, data: bytes, source: str, role: str, entry: str = "") -> PythonSource:
+        """:func:`python_source`, or an error saying the artifact's budget is spent."""
+        if len(data) > self.left:
+            return PythonSource(source, role, entry=entry, error="not analysed: the artifact's "
+                                f"{MAX_TOTAL_SOURCE_BYTES}-byte source budget is spent")
+        self.left -= len(data)
+        return python_source(data, source, role, entry)
 
 
 def python_source(data: bytes, source: str, role: str, entry: str = "") -> PythonSource:

@@ -16,7 +16,7 @@ import zipfile
 
 from modelwarden.errors import InputError
 from modelwarden.formats.archive import open_regular
-from modelwarden.formats.hub.pysource import MAX_SOURCE_BYTES, python_source
+from modelwarden.formats.hub.pysource import MAX_SOURCE_BYTES, SourceBudget
 from modelwarden.formats.interface import DEFAULT_LIMITS, Limits
 from modelwarden.ir import PythonSource
 
@@ -27,6 +27,7 @@ MAX_CODE_MEMBERS = 5000
 def torchscript_sources(path: str, names: list[str], limits: Limits = DEFAULT_LIMITS) -> tuple[PythonSource, ...]:
     """Parse the archive's ``code/*.py`` members ``names`` (bounded in count and size)."""
     out: list[PythonSource] = []
+    budget = SourceBudget()
     with os.fdopen(open_regular(path), "rb") as fh:
         try:
             with zipfile.ZipFile(fh) as zf:
@@ -37,7 +38,7 @@ def torchscript_sources(path: str, names: list[str], limits: Limits = DEFAULT_LI
                     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, KeyError) as exc:
                         out.append(PythonSource(name, ROLE, error=f"member cannot be read ({exc})"))
                         continue
-                    out.append(python_source(data, name, ROLE))
+                    out.append(budget.parse(data, name, ROLE))
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
             raise InputError(path, f"not a valid zip archive ({exc})") from None
     return tuple(out)
