@@ -120,7 +120,7 @@ def _value(c: _Cursor, vtype: int, key: str, depth: int = 0) -> object:
     if depth >= MAX_ARRAY_DEPTH:
         raise LimitExceeded(c.path, f"GGUF metadata {key[:200]!r} nests arrays more than {MAX_ARRAY_DEPTH} deep")
     item = c.unpack("<I", f"metadata {key[:200]!r} array type")
-    n = c.unpack("<Q", f"metadata {key[:200]!r} array count")  # uint64 in every version
+    n = c.count(f"metadata {key[:200]!r} array count")  # uint64 (uint32 in version 1)
     item_info = VALUE_TYPES.get(item)
     if item_info is None:
         raise InputError(c.path, f"GGUF metadata array {key[:200]!r} has unknown element type {item}")
