@@ -184,9 +184,11 @@ def markdown(rows: list[dict]) -> str:
 
 
 def misses(entries: list[Entry], results: dict[str, list[Outcome]], tool: str = "modelwarden") -> list[str]:
-    """Artifacts some other tool flags and ``tool`` does not (the goal: none)."""
+    """Malicious or malformed artifacts some other tool flags and ``tool`` does not (the goal: none)."""
     out = []
     for i, e in enumerate(entries):
+        if e.expected == "benign":
+            continue  # another tool flagging a benign file is its false positive, not our miss
         others = [t for t in results if t != tool and results[t][i].verdict == "flag"]
         if others and results[tool][i].verdict != "flag":
             out.append(f"{e.path.relative_to(e.path.parents[1])} ({e.expected}): flagged by {', '.join(others)}")
@@ -223,7 +225,7 @@ def report(entries: list[Entry], results: dict[str, list[Outcome]], vers: dict[s
     return (f"{len(entries)} artifacts{done}; detected = malicious flagged, false_positives = benign flagged\n\n"
             + markdown(summary) + "\n\nper kind (malicious detected / benign flagged):\n\n"
             + markdown(by_kind(entries, results))
-            + "\n\nflagged by another tool, not by modelwarden:\n" + ("\n".join(misses(entries, results)) or "none"))
+            + "\n\nmalicious or malformed, flagged by another tool and not by modelwarden:\n" + ("\n".join(misses(entries, results)) or "none"))
 
 
 if __name__ == "__main__":
