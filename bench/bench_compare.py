@@ -4,6 +4,7 @@
     python bench/bench_compare.py                       # full corpus, table to stdout
     python bench/bench_compare.py --kinds gguf,hf       # a subset of manifest kinds
     python bench/bench_compare.py --markdown out.md     # also write the tables as Markdown
+    python bench/bench_compare.py --json raw.json       # and every verdict and time
 
 The corpus is the test fixtures with their manifests (what a correct scanner must do):
 ``build_other_formats`` (pickle, PyTorch, NumPy, ONNX, safetensors, archives, HF directory),
@@ -15,7 +16,8 @@ when the manifest expects findings at medium or above, *benign* when it must be 
 Every tool runs as its own process per artifact (the way a user or CI runs it), its
 wall-clock time measured in this run.  A tool *flags* an artifact when its exit code or
 report says it found an issue; an *error* is a crash, a timeout or the tool saying it
-could not scan.  Baselines are installed by this script into a separate virtualenv
+could not scan (on malformed inputs a refusal is the right answer and is not counted as an
+error).  Baselines are installed by this script into a separate virtualenv
 (default ``/tmp/modelwarden-bench-venv``, versions pinned in
 ``bench/requirements-compare.txt``), never into the project's environment.
 """
@@ -155,7 +157,8 @@ def summarise(entries: list[Entry], results: dict[str, list[Outcome]]) -> list[d
             "tool": tool,
             "detected": f"{sum(o.verdict == 'flag' for o in mal)}/{len(mal)}",
             "false_positives": f"{sum(o.verdict == 'flag' for o in ben)}/{len(ben)}",
-            "errors": f"{sum(o.verdict == 'error' for o in outs)}/{len(outs)}",
+            "errors": f"{sum(o.verdict == 'error' for e, o in pairs if e.expected != 'malformed')}/"
+                      f"{sum(e.expected != 'malformed' for e in entries)}",
             "malformed_flagged_or_refused": f"{sum(o.verdict != 'pass' for o in bad)}/{len(bad)}",
             "median_s": f"{statistics.median(o.seconds for o in outs):.2f}",
             "total_s": f"{sum(o.seconds for o in outs):.1f}",
@@ -201,6 +204,7 @@ def main() -> None:
     ap.add_argument("--kinds", default="", help="comma-separated manifest kinds (default: all)")
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated tools")
     ap.add_argument("--markdown", default="", help="also write the tables to this Markdown file")
+    ap.add_argument("--json", default="", help="also write every verdict and time to this JSON file")
     args = ap.parse_args()
     bindir = ensure_venv(Path(args.venv))
     entries = corpus(set(args.kinds.split(",")) if args.kinds else None)
@@ -213,6 +217,11 @@ def main() -> None:
         print(f"\r{i + 1}/{len(entries)} {e.path.name[:40]:40}", end="", file=sys.stderr, flush=True)
         if args.markdown:  # a partial table survives an interrupted run
             Path(args.markdown).write_text(report(entries[: i + 1], results, vers, len(entries)) + "\n")
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                [{"artifact": str(x.path), "kind": x.kind, "expected": x.expected,
+                  **{t: [results[t][j].verdict, round(results[t][j].seconds, 3)] for t in tools}}
+                 for j, x in enumerate(entries[: i + 1])], indent=0))
     print(file=sys.stderr)
     print(report(entries, results, vers, len(entries)))
 
