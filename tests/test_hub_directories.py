@@ -163,3 +163,16 @@ def test_source_budget_bounds_what_one_artifact_parses():
     assert not budget.parse(b"x = 1\n" * 10, "a.py", "r").error
     spent = budget.parse(b"y = 2\n" * 10, "b.py", "r")
     assert "budget" in spent.error and not spent.calls
+
+
+def test_scanning_hub_artifacts_imports_no_loader(hub):
+    """Jinja2 (parser only) and PyYAML (safe loader) are the only libraries a hub scan may import."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from modelwarden.scanner import scan; r = scan(sys.argv[1]); assert r.artifacts; "
+            "bad = [m for m in ('tensorflow', 'torch', 'keras', 'transformers', 'mlflow', 'gguf', 'cloudpickle', "
+            "'sklearn', 'llama_cpp') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code, str(hub)], check=True, timeout=300,
+                   env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src")))
