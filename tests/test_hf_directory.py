@@ -12,7 +12,8 @@ from tests.test_pickle import fx  # noqa: F401 - fixture reuse
 
 def test_hf_directory_is_clean_and_weights_are_artifacts_beside_the_directory(fx):  # noqa: F811
     r = scan(str(fx / "hf_model"))
-    assert not r.errors and not r.findings
+    assert not r.errors and [(f.rule_id, f.message) for f in r.findings] == [
+        ("MW936", "from_pretrained reads model.safetensors")]  # the load plan, at info
     assert sorted(a.format for a in r.artifacts) == ["hf-model", "safetensors"]
     hf = next(a for a in r.artifacts if a.format == "hf-model")
     assert hf.metadata["weights"] == "model.safetensors" and hf.metadata["remote_code"] == "0"

@@ -39,6 +39,11 @@ META = {m.id: m for m in (
     _meta("MW934", "hf-weight-path-escape", Severity.HIGH, "Weight index names a file outside the model directory",
           "A shard in the weight index's weight_map is absolute or climbs with '..': the loader reads a host file.",
           "Do not load the model."),
+    _meta("MW936", "hf-load-plan", Severity.INFO, "Which weight files the loader reads, ignores or unpickles later",
+          "from_pretrained prefers safetensors over pytorch_model.bin; pickles beside safetensors are read only "
+          "with use_safetensors=False or by older loaders; training_args.bin, optimizer.pt and rng_state*.pth are "
+          "unpickled when training resumes. Each file's own findings are reported with that file.",
+          "Delete pickles that no loader needs before sharing or serving the model."),
     _meta("MW935", "hf-weight-missing", Severity.MEDIUM, "Weight index names a shard that is not in the directory",
           "The loader downloads it at load time or fails: those weights were not scanned.",
           "Obtain the complete repository and scan it."),
@@ -51,6 +56,7 @@ class HfDirectoryRules(Rule):
 
     def check(self, ctx: AnalysisContext) -> Iterable[Finding]:
         a = ctx.artifact
+        yield from self._plan(ctx)
         for step in a.load_plan:
             loc = ctx.location(file=step.target[:300], op=step.action)
             if step.action == "run-remote-code":
@@ -73,3 +79,19 @@ class HfDirectoryRules(Rule):
                 elif step.action == "unpickle" and step.target.endswith(".bin"):
                     yield ctx.finding(META["MW933"], f"The loader unpickles {step.target} (no safetensors weights)",
                                       loc)
+
+    def _plan(self, ctx: AnalysisContext) -> Iterable[Finding]:
+        groups: dict[str, list[str]] = {}
+        for step in ctx.artifact.load_plan:
+            groups.setdefault(step.action, []).append(step.target)
+        parts = []
+        for action, words in (("read-weights", "reads"), ("unpickle", "unpickles"), ("ignored", "ignores"),
+                              ("other-framework", "leaves to other frameworks"),
+                              ("unpickle-on-resume", "unpickles on resuming training")):
+            if groups.get(action):
+                shown = ", ".join(groups[action][:5]) + (f" (+{len(groups[action]) - 5})" if len(groups[action]) > 5 else "")
+                parts.append(f"{words} {shown}")
+        if parts:
+            yield ctx.finding(META["MW936"], "from_pretrained " + "; ".join(parts), ctx.location(op="load-plan"))
+        elif not any(s.action == "run-remote-code" for s in ctx.artifact.load_plan):
+            yield ctx.finding(META["MW936"], "from_pretrained finds no weight files here", ctx.location(op="load-plan"))
