@@ -66,9 +66,22 @@ def corpus(kinds: set[str] | None) -> list[Entry]:
         for e in json.loads((base / "manifest.json").read_text())["fixtures"]:
             if e["kind"] in SKIP_KINDS or (kinds and e["kind"] not in kinds):
                 continue
-            expected = "malformed" if e["error"] else "benign" if e["clean"] else "malicious"
-            out.append(Entry(base / e["file"], e["kind"], expected))
+            out.append(Entry(base / e["file"], e["kind"], expectation(e)))
     return out
+
+
+def expectation(e: dict) -> str:
+    """malformed (a reader must refuse it), benign (must be clean), malicious (a rule at medium or above
+    must fire) or low (only low/info rules: reported, but not a detection either way)."""
+    from modelwarden.analysis.interface import Severity
+    from modelwarden.analysis.registry import meta
+
+    if e["error"]:
+        return "malformed"
+    if e["clean"] or not e["rules"]:  # no rule expected: a benign twin (even where not yet clean)
+        return "benign"
+    worst = max((m.severity for m in (meta(r) for r in e["rules"]) if m is not None), default=Severity.INFO)
+    return "malicious" if worst >= Severity.MEDIUM else "low"
 
 
 def ensure_venv(venv: Path) -> Path:
@@ -153,6 +166,7 @@ def summarise(entries: list[Entry], results: dict[str, list[Outcome]]) -> list[d
         mal = [o for e, o in pairs if e.expected == "malicious"]
         ben = [o for e, o in pairs if e.expected == "benign"]
         bad = [o for e, o in pairs if e.expected == "malformed"]
+        low = [o for e, o in pairs if e.expected == "low"]
         rows.append({
             "tool": tool,
             "detected": f"{sum(o.verdict == 'flag' for o in mal)}/{len(mal)}",
@@ -160,6 +174,7 @@ def summarise(entries: list[Entry], results: dict[str, list[Outcome]]) -> list[d
             "errors": f"{sum(o.verdict == 'error' for e, o in pairs if e.expected != 'malformed')}/"
                       f"{sum(e.expected != 'malformed' for e in entries)}",
             "malformed_flagged_or_refused": f"{sum(o.verdict != 'pass' for o in bad)}/{len(bad)}",
+            "low_only_flagged": f"{sum(o.verdict == 'flag' for o in low)}/{len(low)}",
             "median_s": f"{statistics.median(o.seconds for o in outs):.2f}",
             "total_s": f"{sum(o.seconds for o in outs):.1f}",
         })
@@ -190,10 +205,11 @@ def misses(entries: list[Entry], results: dict[str, list[Outcome]], tool: str = 
     """Malicious or malformed artifacts some other tool flags and ``tool`` does not (the goal: none)."""
     out = []
     for i, e in enumerate(entries):
-        if e.expected == "benign":
+        if e.expected in ("benign", "low"):
             continue  # another tool flagging a benign file is its false positive, not our miss
         others = [t for t in results if t != tool and results[t][i].verdict == "flag"]
-        if others and results[tool][i].verdict != "flag":
+        handled = results[tool][i].verdict == "flag" or (e.expected == "malformed" and results[tool][i].verdict == "error")
+        if others and not handled:
             out.append(f"{e.path.relative_to(e.path.parents[1])} ({e.expected}): flagged by {', '.join(others)}")
     return out
 
@@ -205,7 +221,11 @@ def main() -> None:
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated tools")
     ap.add_argument("--markdown", default="", help="also write the tables to this Markdown file")
     ap.add_argument("--json", default="", help="also write every verdict and time to this JSON file")
+    ap.add_argument("--from-json", default="", help="re-render the tables from a --json file instead of scanning")
     args = ap.parse_args()
+    if args.from_json:
+        rerender(Path(args.from_json), args.markdown)
+        return
     bindir = ensure_venv(Path(args.venv))
     entries = corpus(set(args.kinds.split(",")) if args.kinds else None)
     tools = [t for t in args.tools.split(",") if t]
@@ -226,10 +246,34 @@ def main() -> None:
     print(report(entries, results, vers, len(entries)))
 
 
+def rerender(raw: Path, md: str) -> None:
+    """The tables of an earlier run (``--json``), with this version's classification of the corpus."""
+    rows = json.loads(raw.read_text())
+    manifests = {}
+    for r in rows:
+        base = Path(r["artifact"])
+        while not (base / "manifest.json").exists():
+            base = base.parent
+        if base not in manifests:
+            manifests[base] = {str(base / e["file"]): e for e in json.loads((base / "manifest.json").read_text())["fixtures"]}
+    entries = [Entry(Path(r["artifact"]), r["kind"], expectation(manifests_of(manifests, r["artifact"])))
+               for r in rows]
+    tools = [t for t in TOOLS if t in rows[0]]
+    results = {t: [Outcome(r[t][0], r[t][1]) for r in rows] for t in tools}
+    text = report(entries, results, {}, len(entries))
+    print(text)
+    if md:
+        Path(md).write_text(text + "\n")
+
+
+def manifests_of(manifests: dict, artifact: str) -> dict:
+    return next(m[artifact] for m in manifests.values() if artifact in m)
+
+
 def report(entries: list[Entry], results: dict[str, list[Outcome]], vers: dict[str, str], total: int) -> str:
     summary = summarise(entries, results)
     for r in summary:
-        r["tool"] = f"{r['tool']} {vers.get(r['tool'], '')}"
+        r["tool"] = f"{r['tool']} {vers.get(r['tool'], '')}".strip()
     done = f" (partial: {len(entries)} of {total})" if len(entries) < total else ""
     return (f"{len(entries)} artifacts{done}; detected = malicious flagged, false_positives = benign flagged\n\n"
             + markdown(summary) + "\n\nper kind (malicious detected / benign flagged):\n\n"
