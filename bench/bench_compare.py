@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))  # this checkout's rule registry, not an installed one
 REQUIREMENTS = ROOT / "bench" / "requirements-compare.txt"
 BUILDERS = ("build_other_formats", "build_hub_formats", "build_hub_keras")
 TIMEOUT_S = 120.0
