@@ -49,7 +49,7 @@ def test_discover_errors_name_the_path(tmp_path):
     assert [e.reason for e in errors] == [
         "no such file or directory",
         "not a recognised model format (SavedModel, GraphDef, Keras, TFLite, checkpoint, pickle, "
-        "PyTorch, NumPy, ONNX, safetensors, zip/tar)",
+        "PyTorch, NumPy, ONNX, safetensors, GGUF, zip/tar)",
     ]
 
 

@@ -10,10 +10,13 @@ from tests.conftest import run_cli
 from tests.test_pickle import fx  # noqa: F401 - fixture reuse
 
 
-def test_hf_directory_is_clean_and_only_weights_are_artifacts(fx):  # noqa: F811
+def test_hf_directory_is_clean_and_weights_are_artifacts_beside_the_directory(fx):  # noqa: F811
     r = scan(str(fx / "hf_model"))
-    assert not r.errors and not r.findings
-    assert [a.format for a in r.artifacts] == ["safetensors"]
+    assert not r.errors and [(f.rule_id, f.message) for f in r.findings] == [
+        ("MW936", "from_pretrained reads model.safetensors")]  # the load plan, at info
+    assert sorted(a.format for a in r.artifacts) == ["hf-model", "safetensors"]
+    hf = next(a for a in r.artifacts if a.format == "hf-model")
+    assert hf.metadata["weights"] == "model.safetensors" and hf.metadata["remote_code"] == "0"
     p = run_cli("scan", str(fx / "hf_model"))
     assert p.returncode == 0, p.stdout + p.stderr
 

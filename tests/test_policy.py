@@ -134,7 +134,7 @@ def test_policy_ops_change_the_effective_catalog(tmp_path: Path) -> None:
         ('[[ignore]]\nrule = "MW101"', "needs a non-empty 'justification'"),
         ('[[ignore]]\nrule = "MW101"\njustification = "   "', "needs a non-empty 'justification'"),
         ('[[ignore]]\njustification = "x"', "missing 'rule'"),
-        ('[[ignore]]\nrule = "MW9*"\njustification = "x"', "unknown rule id 'MW9\\*'"),
+        ('[[ignore]]\nrule = "MW0*"\njustification = "x"', "unknown rule id 'MW0\\*'"),
         ('[[ignore]]\nrule = "MW101"\njustification = "x"\nwhy = "y"', "unknown key 'why'"),
         ("ignore = 3", "expected an array of tables"),
         ("this is not toml", "invalid TOML"),

@@ -378,6 +378,9 @@ class ArtifactFormat(enum.StrEnum):
     ONNX = "onnx"
     SAFETENSORS = "safetensors"
     ARCHIVE = "archive"  # zip / tar (optionally gzip) that is not a known model container
+    GGUF = "gguf"  # llama.cpp model file
+    HF_MODEL = "hf-model"  # a Hugging Face model directory (config.json / tokenizer_config.json)
+    MLFLOW = "mlflow-model"  # an MLflow model directory (MLmodel)
 
 
 # --------------------------------------------------------------------------
@@ -521,6 +524,99 @@ class ArchiveFacts:
     skipped: tuple[str, ...] = ()  # why some content was not inspected (limits), for people
 
 
+# --------------------------------------------------------------------------
+# Model-hub formats: GGUF, chat templates, Python source run on load, loader plans
+
+
+@dataclass(frozen=True, slots=True)
+class GgufArray:
+    """A GGUF metadata array, summarised: its element type and declared count (elements are not kept)."""
+
+    item_type: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class GgufTensor:
+    name: str
+    dims: tuple[int, ...]
+    ggml_type: int
+    offset: int  # relative to the start of the data section
+    nbytes: int | None  # None: unknown type, or element count not a whole number of blocks
+
+
+@dataclass(frozen=True)
+class GgufFile:
+    """A GGUF header: metadata (scalars and strings kept, arrays summarised) and the tensor table.
+
+    ``data_offset`` is where the (aligned) data section starts; ``alignment`` is the value the
+    loader uses (``general.alignment`` if it is a valid uint32, else 32).
+    """
+
+    source: str
+    version: int
+    file_size: int
+    data_offset: int
+    alignment: int
+    tensors: tuple[GgufTensor, ...]
+    metadata: Mapping[str, object]
+    value_types: Mapping[str, str]  # key -> GGUF value type name
+    duplicate_keys: tuple[str, ...] = ()
+    duplicate_tensors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateFacts:
+    """What a Jinja template reads, found by parsing it with Jinja's own parser (never rendering).
+
+    ``attributes`` are attribute names and constant subscripts (``x.__class__``, ``x["__globals__"]``);
+    ``dynamic_attrs`` are ``|attr(...)`` lookups whose name is not a constant.
+    """
+
+    source: str  # file or metadata key the template came from
+    name: str  # "default", or the named template ("tool_use")
+    size: int
+    names: tuple[str, ...] = ()  # global names read (not set by the template itself)
+    attributes: tuple[str, ...] = ()
+    filters: tuple[str, ...] = ()
+    dynamic_attrs: tuple[str, ...] = ()
+    loads: tuple[str, ...] = ()  # include / import / extends targets
+    error: str = ""  # why parsing failed
+
+
+@dataclass(frozen=True, slots=True)
+class PyRef:
+    """A name Python source imports or calls, resolved through its import aliases."""
+
+    name: str  # "os.system", "subprocess", "eval", "<call>.system"
+    line: int
+    toplevel: bool = False  # runs at import time (module body, not inside a def)
+    detail: str = ""  # for calls: first constant string arguments, shortened
+
+
+@dataclass(frozen=True)
+class PythonSource:
+    """Python (or TorchScript) source a loader runs, analysed with :mod:`ast` (never executed)."""
+
+    source: str  # file or archive member
+    role: str  # "hf remote code", "torchscript code", "mlflow code", "mlflow loader module"
+    imports: tuple[PyRef, ...] = ()
+    calls: tuple[PyRef, ...] = ()
+    attributes: tuple[PyRef, ...] = ()  # dunder attribute reads (__globals__, __subclasses__ ...)
+    entry: str = ""  # what makes the loader run it ("AutoModel -> modeling_x.Model")
+    error: str = ""  # why parsing failed
+
+
+@dataclass(frozen=True, slots=True)
+class LoadStep:
+    """One thing a loader does when it loads a hub directory, in order."""
+
+    action: str  # "import", "sys.path", "unpickle", "read-weights", "render-template", "run-remote-code"
+    target: str
+    detail: str = ""
+    present: bool = True  # the file it needs is in the directory
+
+
 @dataclass(frozen=True)
 class Artifact:
     """One model artifact, found once, with everything its reader learned."""
@@ -537,3 +633,7 @@ class Artifact:
     safetensors: tuple[SafetensorsHeader, ...] = ()
     onnx: OnnxModel | None = None
     archive: ArchiveFacts | None = None
+    gguf: GgufFile | None = None
+    templates: tuple[TemplateFacts, ...] = ()
+    python: tuple[PythonSource, ...] = ()
+    load_plan: tuple[LoadStep, ...] = ()

@@ -21,6 +21,9 @@ READERS: dict[ArtifactFormat, str] = {
     ArtifactFormat.ONNX: "modelwarden.formats.onnx:OnnxReader",
     ArtifactFormat.SAFETENSORS: "modelwarden.formats.safetensors:SafetensorsReader",
     ArtifactFormat.ARCHIVE: "modelwarden.formats.archive:ArchiveReader",
+    ArtifactFormat.GGUF: "modelwarden.formats.hub.gguf:GgufReader",
+    ArtifactFormat.HF_MODEL: "modelwarden.formats.hub.hf_directory:HfDirectoryReader",
+    ArtifactFormat.MLFLOW: "modelwarden.formats.hub.mlflow:MlflowReader",
 }
 
 

@@ -22,7 +22,7 @@ TABLE_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")  # LevelDB table footer
 ZIP_MAGIC = b"PK\x03\x04"
 UNRECOGNISED = (
     "not a recognised model format (SavedModel, GraphDef, Keras, TFLite, checkpoint, pickle, "
-    "PyTorch, NumPy, ONNX, safetensors, zip/tar)"
+    "PyTorch, NumPy, ONNX, safetensors, GGUF, zip/tar)"
 )
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
 
@@ -160,6 +160,8 @@ def sniff(path: str) -> ArtifactFormat | None:
         from modelwarden.formats.archive import is_pickle_head
 
         return ArtifactFormat.PICKLE if len(head) >= 4 and is_pickle_head(head, size) else None
+    if head.startswith(b"GGUF"):
+        return ArtifactFormat.GGUF
     if head[4:8] == b"TFL3":
         return ArtifactFormat.TFLITE
     if head.startswith(HDF5_MAGIC) or _hdf5_at_userblock(path, size):
@@ -235,6 +237,18 @@ def _stat_problem(path: str, exc: OSError) -> str:
     return f"cannot access: {exc.strerror or exc}"
 
 
+def _hub_directory(d: str, names: set[str], limits: Limits) -> ArtifactFormat | None:
+    """An MLflow or Hugging Face model directory, by its marker files."""
+    if "MLmodel" in names:
+        return ArtifactFormat.MLFLOW
+    if "config.json" in names or "tokenizer_config.json" in names:
+        from modelwarden.formats.hub.hf_directory import is_hf_directory
+
+        if is_hf_directory(d, names, limits):
+            return ArtifactFormat.HF_MODEL
+    return None
+
+
 SKIP_UNRECOGNISED = "unrecognised format"
 SKIP_SYMLINK = "symbolic link (never followed)"
 SKIP_SPECIAL = "not a regular file"
@@ -275,6 +289,9 @@ def _discover_one(top: str, found: dict[str, Candidate], limits: Limits,
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             raise InputError(d, f"cannot list directory: {exc.strerror}") from None
+        hub = _hub_directory(d, {e.name for e in entries if e.is_file(follow_symlinks=False)}, limits)
+        if hub is not None:  # the directory is an artifact; its files are still scanned one by one
+            _add(found, Candidate(d, hub, _display(d, top, top)))
         for e in entries:
             count += 1
             if count > limits.max_dir_entries:

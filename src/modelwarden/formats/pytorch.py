@@ -59,12 +59,16 @@ class PyTorchReader(Reader):
         insp = archive.inspect_file(candidate.path, limits, member_role)
         code = [m.name for m in insp.members if not m.container and _CODE_MEMBER.match(m.name)]
         meta = {"layout": "zip", "members": str(insp.total)}
+        python = ()
         if code:
+            from modelwarden.formats.hub.torchscript import torchscript_sources
+
             meta["torchscript_code"] = "\n".join(code[:20])
+            python = torchscript_sources(candidate.path, code, limits)
         if not any(p.role == "torch data.pkl" for p in insp.pickles):
             meta["data_pkl"] = "missing"
         return Artifact(path=candidate.path, display=candidate.display, format=ArtifactFormat.PYTORCH,
-                        pickles=tuple(insp.pickles), archive=insp.facts(), metadata=meta)
+                        pickles=tuple(insp.pickles), archive=insp.facts(), metadata=meta, python=python)
 
     def _legacy(self, candidate: Candidate, limits: Limits) -> Artifact:
         import mmap

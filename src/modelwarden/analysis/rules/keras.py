@@ -334,3 +334,66 @@ def _prefixes(path: str) -> Iterator[str]:
             break
         yield path[:cut]
     yield ""
+
+
+# --------------------------------------------------------------------------
+# Loader attacks of the Keras 3 advisories (MW310-MW312): layers whose deserialisation reads
+# host files, loads external graphs or unpickles bytes carried in the config.
+
+LOOKUP_LAYERS = frozenset({"StringLookup", "IntegerLookup", "TextVectorization", "IndexLookup"})
+EXTERNAL_MODEL_LAYERS = frozenset({"TFSMLayer"})
+PICKLING_WRAPPERS = frozenset({"TorchModuleWrapper"})
+_LOADER_TAGS = ("keras", "safe-mode")
+LOOKUP_META = RuleMeta(
+    "MW310", "keras-lookup-file-vocabulary", Severity.HIGH,
+    "Keras lookup layer reads its vocabulary from a file outside the model",
+    "StringLookup, IntegerLookup and TextVectorization treat a string vocabulary as a file path and read it "
+    "with tf.io.gfile when the model loads: any path (relative paths resolve against the loader's working "
+    "directory) or URL (gs://, s3://, http://: network). Keras 3.12+ refuses it in safe mode; older Keras and "
+    "safe_mode=False read it.", "Keep the vocabulary inside the archive (Keras saves it under assets/).",
+    FORMATS, _LOADER_TAGS)
+TFSM_META = RuleMeta(
+    "MW311", "keras-external-savedmodel", Severity.CRITICAL,
+    "Keras TFSMLayer loads a SavedModel from outside the archive",
+    "TFSMLayer.from_config loads the TensorFlow SavedModel at config.filepath: its graph (file, network and "
+    "Python ops) is code this scan of the .keras file did not see. Keras refuses it in safe mode since 3.12.",
+    "Do not load with safe_mode=False; scan the external SavedModel too, or rebuild the model without it.",
+    FORMATS, _LOADER_TAGS)
+TORCH_WRAPPER_META = RuleMeta(
+    "MW312", "keras-config-pickle", Severity.CRITICAL,
+    "Keras config carries a pickled torch module (TorchModuleWrapper)",
+    "TorchModuleWrapper.from_config base64-decodes config.module and torch.load()s it with weights_only=False: "
+    "a pickle inside config.json that runs arbitrary code on load (refused in safe mode since Keras 3.12).",
+    "Do not load with safe_mode=False; rebuild the model with Keras layers.", FORMATS, _LOADER_TAGS)
+
+
+@register
+class KerasLoaderAttackRules(Rule):
+    """MW310-MW312: layers that read files, load graphs or unpickle on deserialisation."""
+
+    metas = (LOOKUP_META, TFSM_META, TORCH_WRAPPER_META)
+
+    def check(self, ctx: AnalysisContext) -> Iterable[Finding]:
+        keras = ctx.artifact.keras
+        if keras is None:
+            return
+        for obj in keras.objects:
+            where = f"{obj.class_name} '{obj.name}'" if obj.name else obj.class_name
+            loc = _location(ctx, keras, obj.path, obj.class_name)
+            if obj.class_name in LOOKUP_LAYERS:
+                vocab = obj.config.get("vocabulary")
+                if isinstance(vocab, str) and vocab:
+                    url = bool(_URL.match(vocab.strip()))
+                    yield ctx.finding(LOOKUP_META, f"{where} reads its vocabulary from {vocab[:200]!r}"
+                                      + (" over the network" if url else ""), loc,
+                                      severity=Severity.CRITICAL if url else None,
+                                      capability="network" if url else "file-read",
+                                      evidence={"path": _where(obj.path), "vocabulary": vocab[:200]})
+            elif obj.class_name in EXTERNAL_MODEL_LAYERS:
+                target = obj.config.get("filepath")
+                yield ctx.finding(TFSM_META, f"{where} loads the SavedModel at {str(target)[:200]!r}", loc,
+                                  capability="code-execution", evidence={"path": _where(obj.path)})
+            elif obj.class_name in PICKLING_WRAPPERS and isinstance(obj.config.get("module"), str):
+                size = len(obj.config["module"]) * 3 // 4
+                yield ctx.finding(TORCH_WRAPPER_META, f"{where} torch.load()s a {size}-byte pickle from its config",
+                                  loc, capability="code-execution", evidence={"path": _where(obj.path)})
