@@ -327,6 +327,27 @@ def test_the_model_copy_counts_against_the_memory_limit(backend, tmp_path):
             sb.load(tmp_path, scan=False)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_model_file_swapped_for_a_link_before_the_copy_is_refused(backend, fixture_dir, tmp_path, monkeypatch):
+    from modelwarden.errors import UsageError
+    from modelwarden.sandbox import SandboxUnavailable, snapshot
+
+    d = tmp_path / "m"
+    shutil.copytree(fixture_dir("build_run_models") / "dense", d)
+    walk = snapshot.manifest
+
+    def walk_then_swap(src, dst):  # the host walk saw a regular file; then it became a link
+        m = walk(src, dst)
+        (d / "saved_model.pb").unlink()
+        (d / "saved_model.pb").symlink_to("/etc/passwd")
+        return m
+
+    monkeypatch.setattr(snapshot, "manifest", walk_then_swap)
+    with Sandbox(SandboxLimits(timeout_s=60), backend=backend) as sb:
+        with pytest.raises((UsageError, SandboxUnavailable), match="without following links"):
+            sb.load(d, scan=False)
+
+
 def test_symlinks_in_the_model_are_never_followed(tmp_path, fixture_dir):
     from modelwarden.sandbox import snapshot
 

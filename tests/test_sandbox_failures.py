@@ -155,8 +155,13 @@ def test_clean_model_passes_both_scans(benign):
 
 
 @needs_scanner
-def test_policy_file_reaches_both_scans(benign, tmp_path):
-    """A user policy file is applied by the host scan and, bound read-only, by the re-check inside."""
+@pytest.mark.parametrize("backend", ["namespaces", "bwrap"])
+def test_policy_file_reaches_both_scans(benign, tmp_path, backend):
+    """A user policy file is applied by the host scan and, copied in read-only, by the re-check inside."""
+    from modelwarden.sandbox.bwrap import BwrapBackend
+
+    if backend == "bwrap" and not BwrapBackend.availability()[0]:
+        pytest.skip("bwrap unavailable")
     with Sandbox() as sb:
         with pytest.raises(ScanRefused, match="MW603"):
             sb.load(benign / "big_output")
@@ -166,9 +171,9 @@ def test_policy_file_reaches_both_scans(benign, tmp_path):
         model = sb.load(benign / "big_output")
         assert model.predict({"n": np.int32(3)})["zeros"].tolist() == [0.0, 0.0, 0.0]
     # the re-check alone (host scan skipped) uses the same file inside the sandbox
-    with Sandbox(policy=str(policy)) as sb:
+    with Sandbox(policy=str(policy), backend=backend) as sb:
         sb.load(benign / "big_output", scan=False, recheck=True)
-    with Sandbox() as sb:
+    with Sandbox(backend=backend) as sb:
         with pytest.raises(OpBlocked, match="MW603"):
             sb.load(benign / "big_output", scan=False, recheck=True)
 

@@ -33,15 +33,19 @@ for path in cfg["cgroup_procs"]:
     with open(path, "w") as f:
         f.write(str(os.getpid()))
 from modelwarden.sandbox import snapshot
+from modelwarden.sandbox.nsinit import _fatal
 data = []  # the model, opened once with the caller's credentials; bwrap copies each into a read-only file
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-for copy in cfg["copies"]:
-    data += ["--dir", copy["root"]] + [a for d in copy["dirs"] for a in ("--dir", copy["root"] + "/" + d)]
-    for rel, _size in copy["files"]:
-        fd = snapshot.open_regular(copy["src"], rel)
-        os.set_inheritable(fd, True)
-        data += ["--perms", "0444", "--ro-bind-data", str(fd), copy["root"] + "/" + rel]
+try:
+    for copy in cfg["copies"]:
+        data += ["--dir", copy["root"]] + [a for d in copy["dirs"] for a in ("--dir", copy["root"] + "/" + d)]
+        for rel, _size in copy["files"]:
+            fd = snapshot.open_regular(copy["src"], rel)
+            os.set_inheritable(fd, True)
+            data += ["--perms", "0444", "--ro-bind-data", str(fd), copy["root"] + "/" + rel]
+except snapshot.SnapshotError as exc:
+    _fatal(cfg["channel"], "the model copy", exc)
 argv = cfg["argv"][:cfg["copies_at"]] + data + cfg["argv"][cfg["copies_at"]:]
 if cfg["drop_to"] is not None:
     from modelwarden.sandbox import linux
@@ -134,7 +138,7 @@ class BwrapBackend(Backend):
         drop_to = identity_for()
         argv, sources, copies_at = self.argv(spec, stage=drop_to is not None)
         stager = {"pkg": package_parent(), "cgroup_procs": list(spec.cgroup_procs), "drop_to": drop_to,
-                  "sources": sources, "stage": STAGE, "argv": argv, "copies_at": copies_at,
+                  "sources": sources, "stage": STAGE, "argv": argv, "copies_at": copies_at, "channel": spec.channel_fd,
                   "copies": list(spec.copies)}
         proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _STAGER, json.dumps(stager)],
                                 pass_fds=(spec.channel_fd,), stdin=subprocess.DEVNULL, **worker_output(spec.debug),
