@@ -45,7 +45,7 @@ import subprocess
 import tempfile
 from typing import Any
 
-from modelwarden.sandbox.interface import Backend, FsPlan, LaunchSpec, WorkerProcess, plan_filesystem
+from modelwarden.sandbox.interface import Backend, FsPlan, LaunchSpec, WorkerProcess, plan_filesystem, worker_output
 from modelwarden.sandbox.namespaces import boot_env
 
 PLATFORM_ENV = "MODELWARDEN_GVISOR_PLATFORM"
@@ -189,8 +189,7 @@ def launch(plan: FsPlan, tmpfs_bytes: int, channel_fd: int, main: str, *, user: 
         env = dict(boot_env(), MW_CGROUP_PROCS=" ".join(cgroup_procs))
         proc = _RunscProcess(
             ["/bin/sh", "-c", 'for p in $MW_CGROUP_PROCS; do echo $$ > "$p" || exit 97; done; exec "$@"', "sh", *argv],
-            stdin=channel_fd, stdout=None if debug else subprocess.DEVNULL,
-            stderr=None if debug else subprocess.DEVNULL,
+            stdin=channel_fd, **worker_output(debug),  # debug: a pipe the parent sanitises, never the terminal
             env=env, close_fds=True, cwd="/", start_new_session=True)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
