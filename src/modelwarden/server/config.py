@@ -61,6 +61,9 @@ class ServerConfig:
     rate_per_token: float = 1000.0  # sustained requests per second per token
     rate_burst: int = 2000
     load_concurrency: int = 2  # workers started at the same time (TF start-up is CPU heavy)
+    header_timeout_s: float = 10.0  # a whole request head must arrive within this (slowloris)
+    max_connections: int = 1024  # open HTTP connections; above: 503 and close
+    max_inflight_per_token: int = 16  # requests of one token being read or served at once (fairness)
     models: tuple[ModelConfig, ...] = ()
 
     @property
@@ -74,7 +77,8 @@ _SERVER_KEYS = {"host", "port", "token_db", "policy", "fail_on", "backend", "acc
                 "model_config_file"}
 _TLS_KEYS = {"cert", "key", "client_ca"}
 _LIMIT_KEYS = {"max_body", "max_json_depth", "max_json_elements", "gzip_max_ratio", "request_timeout",
-               "max_concurrent_requests", "rate_per_token", "rate_burst", "load_concurrency"}
+               "max_concurrent_requests", "rate_per_token", "rate_burst", "load_concurrency", "header_timeout",
+               "max_connections", "max_inflight_per_token"}
 _MODEL_KEYS = {"name", "base_path", "version_policy", "num_versions", "versions", "labels", "workers",
                "memory", "timeout", "fail_on", "max_processes"}
 
@@ -196,8 +200,10 @@ def load_toml(path: str) -> ServerConfig:
         kw["max_body_bytes"] = _size(path, "limits.max_body", lim["max_body"])
     if "request_timeout" in lim:
         kw["request_timeout_s"] = _duration(path, "limits.request_timeout", lim["request_timeout"])
+    if "header_timeout" in lim:
+        kw["header_timeout_s"] = _duration(path, "limits.header_timeout", lim["header_timeout"])
     for key in ("max_json_depth", "max_json_elements", "gzip_max_ratio", "max_concurrent_requests", "rate_burst",
-                "load_concurrency"):
+                "load_concurrency", "max_connections", "max_inflight_per_token"):
         if key in lim:
             kw[key] = _typed(path, f"limits.{key}", lim[key], int)
     if "rate_per_token" in lim:
@@ -222,11 +228,11 @@ def validate(path: str, cfg: ServerConfig) -> ServerConfig:
     if cfg.tls_client_ca and not cfg.tls_cert:
         raise _err(path, "mutual TLS (client_ca) needs a server certificate and key")
     for name in ("max_body_bytes", "max_json_depth", "max_json_elements", "gzip_max_ratio", "max_concurrent_requests",
-                 "rate_burst", "load_concurrency"):
+                 "rate_burst", "load_concurrency", "max_connections", "max_inflight_per_token"):
         if getattr(cfg, name) <= 0:
             raise _err(path, f"{name} must be positive")
-    if not cfg.request_timeout_s > 0 or not cfg.rate_per_token > 0:
-        raise _err(path, "request_timeout and rate_per_token must be positive")
+    if not cfg.request_timeout_s > 0 or not cfg.rate_per_token > 0 or not cfg.header_timeout_s > 0:
+        raise _err(path, "request_timeout, header_timeout and rate_per_token must be positive")
     return cfg
 
 

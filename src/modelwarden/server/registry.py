@@ -16,6 +16,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from modelwarden.server.codec import INIT_SIGNATURE
 from modelwarden.server.config import ModelConfig, ServerConfig
 from modelwarden.server.limits import RequestError
 from modelwarden.server.pool import PoolSpec, WorkerPool, pool_limits
@@ -108,6 +109,9 @@ def signature_methods(path: str) -> dict[str, tuple[str, dict, dict]]:
                 for s in g.signatures:
                     out.setdefault(s.name, (s.method or "", {t.name: t.tensor for t in s.inputs},
                                             {t.name: t.tensor for t in s.outputs}))
+                for ep in g.entry_points:  # TF2's init signature: metadata shows it, nothing calls it
+                    if ep.name == "init-op" and ep.tensors:
+                        out.setdefault(INIT_SIGNATURE, ("", {}, {INIT_SIGNATURE: ep.tensors[0]}))
         return out
     except Exception:  # noqa: BLE001 - metadata extras only; the scan gate already judged the model
         return {}
