@@ -270,7 +270,7 @@ class App:
         ctx["version"] = vs.version
         if api == "metadata":
             return self._metadata(vs)
-        with self.per_token.hold(ident.token_id):
+        with vs.use(), self.per_token.hold(ident.token_id):  # use(): a retiring version waits for us
             # the body is read (within the request deadline) before the request takes any of the
             # server's concurrency budget or a worker: slow senders only hold their own token's share
             body = await read_body_by(request.stream(), request.headers.get("content-length"),

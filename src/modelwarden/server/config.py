@@ -64,6 +64,7 @@ class ServerConfig:
     header_timeout_s: float = 10.0  # a whole request head must arrive within this (slowloris)
     max_connections: int = 1024  # open HTTP connections; above: 503 and close
     max_inflight_per_token: int = 16  # requests of one token being read or served at once (fairness)
+    poll_interval_s: float = 1.0  # base_path polling for new versions (TF's file_system_poll_wait_seconds); 0: off
     models: tuple[ModelConfig, ...] = ()
 
     @property
@@ -74,7 +75,7 @@ class ServerConfig:
 # -- TOML ------------------------------------------------------------------------------------------
 
 _SERVER_KEYS = {"host", "port", "token_db", "policy", "fail_on", "backend", "access_log", "tls",
-                "model_config_file"}
+                "model_config_file", "poll_interval"}
 _TLS_KEYS = {"cert", "key", "client_ca"}
 _LIMIT_KEYS = {"max_body", "max_json_depth", "max_json_elements", "gzip_max_ratio", "request_timeout",
                "max_concurrent_requests", "rate_per_token", "rate_burst", "load_concurrency", "header_timeout",
@@ -200,6 +201,8 @@ def load_toml(path: str) -> ServerConfig:
         kw["max_body_bytes"] = _size(path, "limits.max_body", lim["max_body"])
     if "request_timeout" in lim:
         kw["request_timeout_s"] = _duration(path, "limits.request_timeout", lim["request_timeout"])
+    if "poll_interval" in srv:
+        kw["poll_interval_s"] = _duration(path, "server.poll_interval", srv["poll_interval"])
     if "header_timeout" in lim:
         kw["header_timeout_s"] = _duration(path, "limits.header_timeout", lim["header_timeout"])
     for key in ("max_json_depth", "max_json_elements", "gzip_max_ratio", "max_concurrent_requests", "rate_burst",
@@ -231,6 +234,8 @@ def validate(path: str, cfg: ServerConfig) -> ServerConfig:
                  "rate_burst", "load_concurrency", "max_connections", "max_inflight_per_token"):
         if getattr(cfg, name) <= 0:
             raise _err(path, f"{name} must be positive")
+    if cfg.poll_interval_s < 0:
+        raise _err(path, "server.poll_interval must not be negative (0 turns polling off)")
     if not cfg.request_timeout_s > 0 or not cfg.rate_per_token > 0 or not cfg.header_timeout_s > 0:
         raise _err(path, "request_timeout, header_timeout and rate_per_token must be positive")
     return cfg
