@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -34,9 +35,10 @@ def srv(tmp_path_factory, fixture_dir):
     db = work / "tokens.json"
     s = Srv()
     s.token, _ = make_token(db, ["*"], "admin")
-    models = "".join(f'[[models]]\nname = "{n}"\nbase_path = "{serve / n}"\n' for n in ("dense", "multi", "strings",
+    models = "".join(f'[[models]]\nname = "{n}"\nbase_path = "{serve / n}"\nspare_workers = 0\n' for n in ("dense", "multi", "strings",
                                                                                         "examples"))
-    (work / "serve.toml").write_text(f'[server]\ntoken_db = "{db}"\nport = 0\n[limits]\nmax_body = "1MiB"\n{models}')
+    (work / "serve.toml").write_text(f'[server]\ntoken_db = "{db}"\nport = 0\n[limits]\nmax_body = "1MiB"\n'
+                                     f'[batching]\nenabled = true\nmax_batch_size = 8\nbatch_timeout = "20ms"\n{models}')
     server = ServerProc(work, ["--config", str(work / "serve.toml")])
     try:
         s.url = f"http://127.0.0.1:{server.wait_listening()}"
@@ -201,3 +203,38 @@ def test_tensorflow_errors_carry_tf_message_without_host_detail(srv):
     assert "Traceback" not in err and 'File "' not in err and "most recent call last" not in err
     assert not re.search(r"/(usr|root|home|tmp|work|opt)/", err), err
     assert not re.match(r"\w+Error: ", err)  # TF Serving shows the Status message, not the Python type
+
+
+# -- batching (this server runs with [batching] enabled) ---------------------------------------------
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(srv):
+    rows = [[float(i), 1.0, 2.0, float(-i)] for i in range(24)]
+
+    def one(i: int) -> tuple[int, list]:
+        body = {"instances": [rows[i]]} if i % 3 else {"instances": [rows[i], rows[i]]}
+        r = call(srv, "POST", "/v1/models/dense:predict", body)
+        return r.status_code, r.json().get("predictions")
+
+    before = call(srv, "GET", "/modelwarden/v1/models/dense/versions/2/workers").json()["batching"]
+    with ThreadPoolExecutor(12) as ex:
+        got = list(ex.map(one, range(24)))
+    after = call(srv, "GET", "/modelwarden/v1/models/dense/versions/2/workers").json()["batching"]
+    singles = {i: call(srv, "POST", "/v1/models/dense:predict", {"instances": [rows[i]]}).json()["predictions"][0]
+               for i in range(24)}
+    for i, (status, preds) in enumerate(got):
+        assert status == 200
+        assert len(preds) == (1 if i % 3 else 2)
+        for p in preds:
+            assert p == pytest.approx(singles[i], rel=1e-6)
+    assert after["batched_requests"] > before["batched_requests"], (before, after)
+
+
+def test_a_bad_request_in_a_batch_fails_alone(srv):
+    def one(i: int) -> int:
+        body = '{"instances": [[1, 2, 3, 4]]}' if i else '{"instances": [[1, 2, 3]]}'
+        return call(srv, "POST", "/v1/models/dense:predict", body).status_code
+
+    with ThreadPoolExecutor(8) as ex:
+        codes = list(ex.map(one, range(8)))
+    assert codes[0] == 400 and codes[1:] == [200] * 7

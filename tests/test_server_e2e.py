@@ -166,33 +166,41 @@ request_timeout = "30s"
 name = "dense"
 base_path = "{serve / 'dense'}"
 version_policy = "all"
+spare_workers = 0
 labels = {{ stable = 1, canary = 2 }}
 [[models]]
 name = "multi"
+spare_workers = 0
 base_path = "{serve / 'multi'}"
 [[models]]
 name = "bytes"
+spare_workers = 0
 base_path = "{serve / 'bytes'}"
 [[models]]
 name = "strings"
+spare_workers = 0
 base_path = "{serve / 'strings'}"
 [[models]]
 name = "examples"
+spare_workers = 0
 base_path = "{serve / 'examples'}"
 [[models]]
 name = "slow"
 base_path = "{serve / 'slow'}"
 [[models]]
 name = "bomb"
+spare_workers = 0
 base_path = "{models / 'bomb'}"
 fail_on = "high"
 memory = "768MiB"
 [[models]]
 name = "endless"
+spare_workers = 0
 base_path = "{models / 'endless'}"
 timeout = "2s"
 [[models]]
 name = "refused"
+spare_workers = 0
 base_path = "{models / 'refused'}"
 """
     (work / "serve.toml").write_text(cfg)
@@ -495,7 +503,8 @@ def test_gzip_request_accepted(env):
 
 def test_method_and_route_errors(env):
     assert httpx.get(env.url + "/v1/models/dense:predict", headers=H(env), timeout=10).status_code == 400
-    assert get(env, "/v1/other").status_code == 404
+    assert get(env, "/v1/other").status_code == 400  # TF Serving: "Malformed request" under /v1/
+    assert get(env, "/other").status_code == 404
     assert get(env, "/v1/models/dense/versions/9").status_code == 404
     assert get(env, "/v1/models/dense/labels/nolabel").status_code == 404
 
@@ -547,8 +556,13 @@ def test_endless_loop_hits_deadline_while_others_serve(env):
 
 
 def test_kill_worker_mid_request(env):
+    end = time.monotonic() + 300
+    while not _workers(env, "slow")["spares"]:  # the warm spare is up
+        assert time.monotonic() < end, _workers(env, "slow")
+        time.sleep(0.5)
     before = _workers(env, "slow")
     pid = before["workers"][0]["pid"]
+    spare_pid = before["spares"][0]["pid"]
     result: dict = {}
     th = threading.Thread(target=lambda: result.update(r=post(env, "/v1/models/slow:predict",
                                                              {"inputs": {"steps": 10 ** 12}})))
@@ -561,11 +575,17 @@ def test_kill_worker_mid_request(env):
     os.kill(pid, signal.SIGKILL)
     th.join(60)
     r = result["r"]
+    failed_at = time.monotonic()
     assert r.status_code == 500 and "SIGKILL" in r.json()["error"], r.text
-    ok = _wait_available(env, "slow", {"inputs": {"steps": 10}})
+    ok = post(env, "/v1/models/slow:predict", {"inputs": {"steps": 10}})  # served by the warm spare at once
+    served_after = time.monotonic() - failed_at
     assert ok.status_code == 200 and ok.json()["outputs"] == 10
+    assert served_after < 1.0, served_after
     after = _workers(env, "slow")
-    assert after["restarts"] == before["restarts"] + 1 and after["workers"][0]["pid"] != pid
+    assert after["restarts"] == before["restarts"] + 1 and after["workers"][0]["pid"] == spare_pid
+    assert after["last_replace_ms"] < 1000
+    lost = [x for x in env.server.log_records() if x["event"] == "worker_restarted" and x.get("spare")]
+    assert lost and lost[-1]["replace_ms"] < 1000
     assert post(env, "/v1/models/slow:predict", {"inputs": {"steps": 1000}}).json()["outputs"] == 1000
 
 

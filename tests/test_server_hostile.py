@@ -52,9 +52,11 @@ max_concurrent_requests = 8
 [[models]]
 name = "dense"
 base_path = "{serve / 'dense'}"
+spare_workers = 0
 [[models]]
 name = "dense2"
 base_path = "{serve / 'dense'}"
+spare_workers = 0
 """)
     server = ServerProc(work, ["--config", str(work / "serve.toml")])
     try:

@@ -240,8 +240,11 @@ class App:
                 raise RequestError(405, f"{method} is not allowed here (use GET)", kind="bad_method")
             vs = self.registry.resolve(name, a.group("version"), require_available=False)
             if a.group("what") == "workers":
-                return _json(200, {"workers": vs.pool.info() if vs.pool else [], "restarts": vs.pool.restarts if vs.pool
-                                   else 0, "state": vs.state})
+                pool = vs.pool
+                return _json(200, {"workers": pool.info() if pool else [], "restarts": pool.restarts if pool else 0,
+                                   "spares": pool.spares if pool else [],
+                                   "last_replace_ms": pool.last_replace_ms if pool else None,
+                                   "batching": pool.batching_stats() if pool else None, "state": vs.state})
             if vs.report is None:
                 raise RequestError(404, "no scan report for this version (not scanned)", kind="not_found")
             from modelwarden.report import renderer

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from collections.abc import Iterator
 from typing import Any, Callable
 
+from modelwarden.server.batching import BatchingConfig
 from modelwarden.server.codec import INIT_SIGNATURE
 from modelwarden.server.config import ModelConfig, ServerConfig
 from modelwarden.server.limits import RequestError
@@ -245,8 +246,10 @@ class Registry:
                                             "findings": [f.rule_id for f in failing[:50]]})
             return
         vs.methods = await loop.run_in_executor(self._scanner, signature_methods, vs.path)
+        batching = BatchingConfig(self.cfg.max_batch_size, self.cfg.batch_timeout_s) if self.cfg.enable_batching \
+            else None
         spec = PoolSpec(vs.path, pool_limits(m.memory_bytes, m.timeout_s, m.max_processes), self.cfg.backend,
-                        self.cfg.policy, m.fail_on or self.cfg.fail_on, m.workers)
+                        self.cfg.policy, m.fail_on or self.cfg.fail_on, m.workers, m.spare_workers, batching)
         pool = WorkerPool(f"{m.name}/{vs.version}", spec, self._loader, self._on_event)
         try:
             await pool.start()
