@@ -139,6 +139,11 @@ def to_array(value: Any, name: str, dtype: str, budget: list[int]) -> np.ndarray
             raw = _stack(value, name) if any(isinstance(v, np.ndarray) for v in value) else _array(value, name)
         else:
             raw = _array(value, name)
+    return convert(raw, name, dtype)
+
+
+def convert(raw: np.ndarray, name: str, dtype: str) -> np.ndarray:
+    """Numbers parsed from JSON as ``dtype``, with TF Serving's type and precision rules (400)."""
     try:
         target = np.dtype(dtype)
     except TypeError:
