@@ -16,16 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from tests.test_server_e2e import ServerProc, make_token, namespaces_available
+from tests.test_server_e2e import Served, make_token, namespaces_available, running_server
 
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.skipif(not namespaces_available(), reason="Linux namespaces unavailable (sandbox)")
-
-
-class Srv:
-    url: str
-    token: str
-    server: ServerProc
 
 
 @pytest.fixture(scope="module")
@@ -33,26 +27,18 @@ def srv(tmp_path_factory, fixture_dir):
     serve = fixture_dir("build_serve_models")
     work = tmp_path_factory.mktemp("conformance")
     db = work / "tokens.json"
-    s = Srv()
-    s.token, _ = make_token(db, ["*"], "admin")
-    models = "".join(f'[[models]]\nname = "{n}"\nbase_path = "{serve / n}"\nspare_workers = 0\n' for n in ("dense", "multi", "strings",
-                                                                                        "examples"))
-    (work / "serve.toml").write_text(f'[server]\ntoken_db = "{db}"\nport = 0\n[limits]\nmax_body = "1MiB"\n'
-                                     f'[batching]\nenabled = true\nmax_batch_size = 8\nbatch_timeout = "20ms"\n{models}')
-    server = ServerProc(work, ["--config", str(work / "serve.toml")])
-    try:
-        s.url = f"http://127.0.0.1:{server.wait_listening()}"
-        s.server = server
-        server.wait_ready(s.url)
-        yield s
-    finally:
-        server.stop()
+    tokens = {"admin": make_token(db, ["*"], "admin")[0]}
+    models = "".join(f'[[models]]\nname = "{n}"\nbase_path = "{serve / n}"\nspare_workers = 0\n'
+                     for n in ("dense", "multi", "strings", "examples"))
+    with running_server(work, f'[server]\ntoken_db = "{db}"\nport = 0\n[limits]\nmax_body = "1MiB"\n'
+                        f'[batching]\nenabled = true\nmax_batch_size = 8\nbatch_timeout = "20ms"\n{models}') as (server, url):
+        yield Served(server, url, tokens)
 
 
-def call(s: Srv, method: str, path: str, body: bytes | str | dict | None = None, **headers) -> httpx.Response:
+def call(s: Served, method: str, path: str, body: bytes | str | dict | None = None, **headers) -> httpx.Response:
     content = json.dumps(body) if isinstance(body, dict) else body
     return httpx.request(method, s.url + path, content=content, timeout=60,
-                         headers={"Authorization": f"Bearer {s.token}", **headers})
+                         headers={"Authorization": f"Bearer {s.tokens['admin']}", **headers})
 
 
 def error_of(r: httpx.Response, status: int) -> str:

@@ -7,6 +7,7 @@ Also holds the helpers (``ServerProc``, ``make_token``) the other server test mo
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -96,6 +99,32 @@ class ServerProc:
                 self.proc.kill()
                 self.proc.wait()
         self.out_file.close()
+
+
+@dataclass
+class Served:
+    """A running test server: its process, base URL and the tokens made for it (by key)."""
+
+    server: ServerProc
+    url: str
+    tokens: dict[str, str]
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+
+@contextlib.contextmanager
+def running_server(work: Path, config: str) -> Iterator[tuple[ServerProc, str]]:
+    """A ready ``modelwarden serve`` for ``config`` (TOML text) in ``work``: (process, base URL)."""
+    (work / "serve.toml").write_text(config)
+    server = ServerProc(work, ["--config", str(work / "serve.toml")])
+    try:
+        url = f"http://127.0.0.1:{server.wait_listening()}"
+        server.wait_ready(url)
+        yield server, url
+    finally:
+        server.stop()
 
 
 def make_token(db: Path, models: list[str], scope: str, expires: float | None = None) -> tuple[str, str]:

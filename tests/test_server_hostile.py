@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.test_server_e2e import ServerProc, make_token, namespaces_available
+from tests.test_server_e2e import Served, make_token, namespaces_available, running_server
 
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.skipif(not namespaces_available(), reason="Linux namespaces unavailable (sandbox)")
@@ -22,24 +22,16 @@ REQUEST_TIMEOUT = 4.0
 BODY = json.dumps({"instances": [[1, 2, 3, 4]]}).encode()
 
 
-class Srv:
-    url: str
-    port: int
-    tokens: dict[str, str]
-    server: ServerProc
-
-
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, fixture_dir):
     serve = fixture_dir("build_serve_models")
     work = tmp_path_factory.mktemp("hostile")
     db = work / "tokens.json"
-    s = Srv()
-    s.tokens = {}
+    tokens = {}
     for key, models, scope in (("slow", ["dense"], "predict"), ("good", ["dense", "dense2"], "predict"),
                                ("metrics2", ["dense2"], "metrics"), ("metrics_all", ["*"], "metrics")):
-        s.tokens[key], _ = make_token(db, models, scope)
-    (work / "serve.toml").write_text(f"""
+        tokens[key], _ = make_token(db, models, scope)
+    with running_server(work, f"""
 [server]
 token_db = "{db}"
 port = 0
@@ -57,19 +49,11 @@ spare_workers = 0
 name = "dense2"
 base_path = "{serve / 'dense'}"
 spare_workers = 0
-""")
-    server = ServerProc(work, ["--config", str(work / "serve.toml")])
-    try:
-        s.port = server.wait_listening()
-        s.url = f"http://127.0.0.1:{s.port}"
-        s.server = server
-        server.wait_ready(s.url)
-        yield s
-    finally:
-        server.stop()
+""") as (server, url):
+        yield Served(server, url, tokens)
 
 
-def connect(s: Srv) -> socket.socket:
+def connect(s: Served) -> socket.socket:
     c = socket.create_connection(("127.0.0.1", s.port), timeout=15)
     assert c.getpeername()[0] == "127.0.0.1"
     return c
@@ -86,7 +70,7 @@ def read_all(c: socket.socket, timeout: float = 15) -> bytes:
     return data
 
 
-def predict(s: Srv, key: str = "good", model: str = "dense") -> httpx.Response:
+def predict(s: Served, key: str = "good", model: str = "dense") -> httpx.Response:
     return httpx.post(f"{s.url}/v1/models/{model}:predict", content=BODY, timeout=30,
                       headers={"Authorization": f"Bearer {s.tokens[key]}"})
 

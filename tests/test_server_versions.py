@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.test_server_e2e import ServerProc, expected, make_token, namespaces_available
+from tests.test_server_e2e import expected, make_token, namespaces_available, running_server
 
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.skipif(not namespaces_available(), reason="Linux namespaces unavailable (sandbox)")
@@ -44,16 +44,6 @@ def test_version_add_switches_traffic_without_errors_and_refused_version_is_repo
     shutil.copytree(serve / "dense" / "1", base / "1")
     db = tmp_path / "tokens.json"
     token, _ = make_token(db, ["m"], "admin")
-    (tmp_path / "serve.toml").write_text(f"""
-[server]
-token_db = "{db}"
-port = 0
-poll_interval = "0.5s"
-[[models]]
-name = "m"
-base_path = "{base}"
-""")
-    server = ServerProc(tmp_path, ["--config", str(tmp_path / "serve.toml")])
     headers = {"Authorization": f"Bearer {token}"}
     results: list[tuple[int, int | None]] = []
     stop = threading.Event()
@@ -69,9 +59,15 @@ base_path = "{base}"
                 results.append((r.status_code, version))
                 time.sleep(0.02)
 
-    try:
-        url = f"http://127.0.0.1:{server.wait_listening()}"
-        server.wait_ready(url)
+    with running_server(tmp_path, f"""
+[server]
+token_db = "{db}"
+port = 0
+poll_interval = "0.5s"
+[[models]]
+name = "m"
+base_path = "{base}"
+""") as (server, url):
         loop = threading.Thread(target=client_loop, args=(url,))
         loop.start()
         try:
@@ -106,5 +102,3 @@ base_path = "{base}"
         assert workers["state"] == "AVAILABLE" and workers["workers"]
         old = httpx.get(url + "/modelwarden/v1/models/m/versions/1/workers", headers=headers, timeout=10).json()
         assert old["state"] == "END" and old["workers"] == []
-    finally:
-        server.stop()
