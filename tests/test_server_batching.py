@@ -102,3 +102,25 @@ def test_unbatchable_inputs_run_directly(inputs):
 
     run(main())
     assert len(seen) == 1
+
+
+def test_a_lone_request_with_an_idle_worker_does_not_wait_and_a_freed_worker_flushes():
+    model = Model()
+    idle = [1]
+
+    async def main():
+        b = Batcher(BatchingConfig(max_batch_size=64, timeout_s=30.0), model, lambda: idle[0])
+        t = time.monotonic()
+        await asyncio.wait_for(b.submit({"x": np.ones((1, 3), np.float32)}, None, t + 5), 5)
+        lone = time.monotonic() - t
+        idle[0] = 0  # every worker busy: requests queue up ...
+        waiting = [asyncio.ensure_future(b.submit({"x": np.ones((1, 3), np.float32)}, None, t + 60))
+                   for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert not any(w.done() for w in waiting)
+        b.worker_free()  # ... until a worker is free: then they go as one call
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        return lone
+
+    assert run(main()) < 1.0
+    assert model.calls == [1, 5]

@@ -1,10 +1,11 @@
 """Server-side batching: concurrent requests for one model version become one worker call.
 
 Like TF Serving's ``--enable_batching``: requests whose inputs agree in names, dtypes and every
-dimension but the first (and in signature) wait at most ``timeout_s`` after the first of them
-arrived, or until their batch sizes add up to ``max_batch_size``; then the inputs are
-concatenated along axis 0, one sandboxed call runs, and each request gets its rows of every
-output back.  A request at least ``max_batch_size`` rows big, or with a scalar input, runs
+dimension but the first (and in signature) are queued together; a queue is dispatched as one
+call when a worker is idle (so a lone request never waits), when a worker becomes free, when
+its rows add up to ``max_batch_size``, or at the latest ``timeout_s`` after its first request
+— batches form while every worker is busy.  The inputs are concatenated along axis 0, one
+sandboxed call runs, and each request gets its rows of every output back.  A request at least ``max_batch_size`` rows big, or with a scalar input, runs
 alone.  If the merged call fails with an input or execution error, or an output has no batch
 axis, each request of the batch is re-run alone so one request's bad values can never fail
 another's.
@@ -56,10 +57,12 @@ def _key(inputs: dict[str, np.ndarray], signature: str | None) -> tuple | None:
 
 
 class Batcher:
-    def __init__(self, cfg: BatchingConfig, call: Call) -> None:
+    def __init__(self, cfg: BatchingConfig, call: Call, idle: Callable[[], int] = lambda: 0) -> None:
         self.cfg = cfg
         self._call = call
+        self._idle = idle  # idle workers now
         self._queues: dict[tuple, _Queue] = {}
+        self._dispatched = 0
         self.batches = 0  # merged calls made (observability, bench)
         self.batched_requests = 0
 
@@ -79,9 +82,14 @@ class Batcher:
         p = _Pending(inputs, rows, deadline, loop.create_future())
         q.items.append(p)
         q.rows += rows
-        if q.rows >= self.cfg.max_batch_size:
+        if q.rows >= self.cfg.max_batch_size or self._idle() > self._dispatched:
             self._flush(key)
         return await p.future
+
+    def worker_free(self) -> None:
+        """A worker became free: the oldest queue goes now rather than at its timeout."""
+        if self._queues:
+            self._flush(next(iter(self._queues)))
 
     def _flush(self, key: tuple) -> None:
         q = self._queues.pop(key, None)
@@ -89,9 +97,11 @@ class Batcher:
             return
         if q.timer is not None:
             q.timer.cancel()
+        self._dispatched += 1  # dispatched but not yet holding a worker
         asyncio.get_running_loop().create_task(self._run(q.items, key[0]))
 
     async def _run(self, items: list[_Pending], signature: str | None) -> None:
+        self._dispatched -= 1  # from here the call waits for (and holds) a worker itself
         if len(items) == 1:
             await self._alone(items[0], signature)
             return

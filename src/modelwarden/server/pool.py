@@ -80,7 +80,7 @@ class WorkerPool:
         self._spares: list[Worker] = []
         self._spares_starting = 0
         self.last_replace_ms: float | None = None
-        self._batcher = Batcher(spec.batching, self._call) if spec.batching else None
+        self._batcher = Batcher(spec.batching, self._call, self._idle.qsize) if spec.batching else None
 
     def _start_one(self) -> Worker:
         from modelwarden.sandbox.client import Sandbox
@@ -180,6 +180,8 @@ class WorkerPool:
         worker.calls += 1
         if worker.sandbox.alive and not self._closed:
             self._idle.put_nowait(worker)
+            if self._batcher is not None:
+                self._batcher.worker_free()
             return
         # the call killed the worker: drop it, start another
         if worker in self.workers:
