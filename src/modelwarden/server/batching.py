@@ -57,10 +57,12 @@ def _key(inputs: dict[str, np.ndarray], signature: str | None) -> tuple | None:
 
 
 class Batcher:
-    def __init__(self, cfg: BatchingConfig, call: Call, idle: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, cfg: BatchingConfig, call: Call, idle: Callable[[], int] = lambda: 0,
+                 busy: Callable[[], int] = lambda: 0) -> None:
         self.cfg = cfg
         self._call = call
         self._idle = idle  # idle workers now
+        self._busy = busy  # workers running a call now
         self._queues: dict[tuple, _Queue] = {}
         self._dispatched = 0
         self.batches = 0  # merged calls made (observability, bench)
@@ -82,9 +84,13 @@ class Batcher:
         p = _Pending(inputs, rows, deadline, loop.create_future())
         q.items.append(p)
         q.rows += rows
-        if q.rows >= self.cfg.max_batch_size or self._idle() > self._dispatched:
+        if q.rows >= self.cfg.max_batch_size or self._idle() > self._pending_runs():
             self._flush(key)
         return await p.future
+
+    def _pending_runs(self) -> int:
+        """Dispatched calls still waiting for a worker (every call of the pool goes through here)."""
+        return self._dispatched - self._busy()
 
     def worker_free(self) -> None:
         """A worker became free: the oldest queue goes now rather than at its timeout."""
@@ -97,11 +103,16 @@ class Batcher:
             return
         if q.timer is not None:
             q.timer.cancel()
-        self._dispatched += 1  # dispatched but not yet holding a worker
+        self._dispatched += 1
         asyncio.get_running_loop().create_task(self._run(q.items, key[0]))
 
     async def _run(self, items: list[_Pending], signature: str | None) -> None:
-        self._dispatched -= 1  # from here the call waits for (and holds) a worker itself
+        try:
+            await self._run_batch(items, signature)
+        finally:
+            self._dispatched -= 1  # counted until its call is over: waiting for or holding a worker
+
+    async def _run_batch(self, items: list[_Pending], signature: str | None) -> None:
         if len(items) == 1:
             await self._alone(items[0], signature)
             return

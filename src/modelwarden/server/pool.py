@@ -80,7 +80,8 @@ class WorkerPool:
         self._spares: list[Worker] = []
         self._spares_starting = 0
         self.last_replace_ms: float | None = None
-        self._batcher = Batcher(spec.batching, self._call, self._idle.qsize) if spec.batching else None
+        self._batcher = Batcher(spec.batching, self._call, self._idle.qsize,
+                                lambda: sum(w.busy for w in self.workers)) if spec.batching else None
 
     def _start_one(self) -> Worker:
         from modelwarden.sandbox.client import Sandbox
