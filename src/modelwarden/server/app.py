@@ -1,11 +1,14 @@
 """The ASGI application: TensorFlow Serving's REST API behind authentication and request limits.
 
 Order of checks for every request (each cheap step before the next, costlier one):
-health endpoints (no auth, reveal nothing) -> authentication (401) -> route (404/405) ->
+health endpoints (no auth, reveal nothing) -> authentication (401) -> route (TF Serving's
+400 "Malformed request" under /v1/, 404 elsewhere, 405 on our own endpoints) ->
 authorisation for the model and scope (403; checked before the model's existence so a
-token cannot probe for models it may not use) -> per-token rate limit (429) ->
-concurrency limit (503) -> body size (413) -> gzip ratio (413) -> JSON depth/elements ->
-signature validation (400) -> a sandboxed worker within the request deadline.
+token cannot probe for models it may not use) -> per-token rate limit (429) -> per-token
+in-flight cap (429) -> body size (413) and the body itself within the request deadline
+(408) -> global concurrency limit (503) -> gzip ratio (413) -> JSON depth/elements ->
+signature validation (400) -> a sandboxed worker within the request deadline -> the reply,
+whose formatting cost decides inline, thread or refusal (``jsonfmt``).
 """
 
 from __future__ import annotations

@@ -27,10 +27,28 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
+from modelwarden.sandbox import protocol
 from modelwarden.sandbox.errors import SandboxError
 from modelwarden.sandbox.interface import SandboxLimits
 from modelwarden.server.batching import Batcher, BatchingConfig
 from modelwarden.server.limits import RequestError
+
+
+WARMUP_TIMEOUT_S = 10.0
+
+
+def warmup_inputs(specs: dict) -> dict:
+    """Zeros (empty strings) of each input's shape, unknown dimensions as 1."""
+    out = {}
+    for name, spec in specs.items():
+        shape = tuple(1 if d is None else d for d in (spec.shape if spec.shape is not None else (1,)))
+        if spec.dtype == protocol.STRING:
+            out[name] = protocol.string_array([b""] * int(np.prod(shape)), shape)
+        else:
+            out[name] = np.zeros(shape, protocol.DTYPES.get(spec.dtype, spec.dtype))
+    return out
 
 
 @dataclass
@@ -116,10 +134,23 @@ class WorkerPool:
             self._spares_starting += 1
             asyncio.get_running_loop().create_task(self._start_spare())
 
+    def _start_warm_spare(self) -> Worker:
+        """A started worker that has also run each signature once on zeros: TensorFlow's first call
+        (function tracing, kernel set-up) is paid here, not by the request that meets the spare."""
+        w = self._start_one()
+        for name, sig in w.model.signatures.items():
+            try:
+                w.model.predict(warmup_inputs(sig.inputs), name, WARMUP_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - zeros may be invalid for the model; warm-up is best effort
+                pass
+            if not w.sandbox.alive:
+                raise RuntimeError("the spare worker died during its warm-up call")
+        return w
+
     async def _start_spare(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            w = await loop.run_in_executor(self._loader, self._start_one)
+            w = await loop.run_in_executor(self._loader, self._start_warm_spare)
         except Exception as exc:  # noqa: BLE001 - no spare: replacements fall back to a cold start
             self.last_error = f"{type(exc).__name__}: {exc}"[:500]
             self._on_event("worker_start_failed", {"pool": self.label, "error": self.last_error, "spare": True})
