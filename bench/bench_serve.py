@@ -1,9 +1,10 @@
 """Throughput and latency of `modelwarden serve` vs an unsafe in-process baseline and KServe, one run.
 
-    python bench/bench_serve.py [--duration 10] [--concurrency 1,8,32] [--mobilenet] [--workers 2]
+    python bench/bench_serve.py [--duration 10] [--concurrency 1,8,32] [--mobilenet] [--workers 2] [--batching]
 
 Servers (all on 127.0.0.1, TensorFlow Serving / KServe V1 REST: POST /v1/models/NAME:predict {"instances": ...}):
 - modelwarden: TLS off, auth ON (bearer token), sandbox ON (namespaces + seccomp + cgroups), scan gate on;
+- modelwarden+batch: the same with server-side batching ([batching] enabled, max 32 rows, 2 ms) (--batching);
 - baseline:    the same HTTP stack (uvicorn + starlette + modelwarden's codec) calling TensorFlow IN-PROCESS,
                no auth, no sandbox (what "just wrap TF in a web server" costs);
 - kserve:      KServe's Python model server (``kserve.ModelServer``, V1 protocol) with the same SavedModel
@@ -55,7 +56,7 @@ async def app(scope, receive, send):
     body = await req.body()
     r = codec.parse_predict(parse_json(body, 64, 10**8), lambda n: specs, 10**8)
     out = await asyncio.get_running_loop().run_in_executor(None, lambda: {k: v.numpy() for k, v in fn(**{k: tf.constant(a) for k, a in r.inputs.items()}).items()})
-    await Response(codec.dumps(codec.format_predict(out, r.row_format)), media_type="application/json")(scope, receive, send)
+    await Response(codec.format_predict(out, r.row_format), media_type="application/json")(scope, receive, send)
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 '''
 
@@ -171,15 +172,18 @@ class Proc:
         self.log.close()
 
 
-def start_modelwarden(name: str, base: Path, workers: int) -> tuple[Proc, str, dict]:
+def start_modelwarden(name: str, base: Path, workers: int, batching: bool = False) -> tuple[Proc, str, dict]:
     from modelwarden.server.auth import TokenStore
 
     d = Path(tempfile.mkdtemp(prefix="mw-bench-"))
     token, _ = TokenStore(str(d / "tokens.json")).create([name], "predict")
     (d / "serve.toml").write_text(f'[server]\ntoken_db = "{d / "tokens.json"}"\naccess_log = "{d / "access.log"}"\n'
                                   f'[limits]\nmax_body = "64MiB"\nmax_json_elements = 100000000\n'
-                                  f'max_concurrent_requests = 256\n'
-                                  f'[[models]]\nname = "{name}"\nbase_path = "{base}"\nworkers = {workers}\n')
+                                  f'max_concurrent_requests = 256\nmax_inflight_per_token = 256\n'
+                                  + ('[batching]\nenabled = true\nmax_batch_size = 32\nbatch_timeout = "2ms"\n'
+                                     if batching else '')
+                                  + f'[[models]]\nname = "{name}"\nbase_path = "{base}"\nworkers = {workers}\n'
+                                  f'spare_workers = 0\n')
     port = free_port()
     runner = ("import sys\nfrom modelwarden import cli\n"
               "cli.COMMANDS.setdefault('serve', ('modelwarden.cli.serve_cmd', 'serve'))\n"
@@ -217,15 +221,15 @@ def build_models(mobilenet: bool) -> dict[str, tuple[Path, Path, bytes]]:
     serve = build_fixtures("build_serve_models")
     out["dense"] = (serve / "dense", serve / "dense" / "1", json.dumps({"instances": [[1.0, 2.0, 3.0, 4.0]]}).encode())
     if mobilenet:
-        base = WORK / "serve-models" / "mobilenet"
+        base = WORK / "serve-models" / "mobilenet96"
         if not (base / "1" / "saved_model.pb").exists():
-            code = ("import keras, sys\nm = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))\n"
+            code = ("import keras, sys\nm = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))\n"
                     "m.export(sys.argv[1])\n")
             subprocess.run([sys.executable, "-c", code, str(base / "1")], check=True, timeout=900,
                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
         import numpy as np
 
-        img = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32).round(3)
+        img = np.random.default_rng(0).random((1, 96, 96, 3)).round(3)  # short decimals: ~170 KB bodies
         out["mobilenet"] = (base, base / "1", json.dumps({"instances": img.tolist()}).encode())
     return out
 
@@ -237,19 +241,25 @@ def main() -> int:
     ap.add_argument("--mobilenet", action="store_true", help="also MobileNetV2 (builds it once, slow)")
     ap.add_argument("--workers", type=int, default=2, help="modelwarden sandboxed workers per model")
     ap.add_argument("--no-kserve", action="store_true")
+    ap.add_argument("--batching", action="store_true", help="also modelwarden with server-side batching")
+    ap.add_argument("--models", default="", help="comma-separated subset of: dense, mobilenet")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     levels = [int(c) for c in args.concurrency.split(",")]
     models = build_models(args.mobilenet)
     why_not = "disabled (--no-kserve)" if args.no_kserve else kserve_available()
-    servers = ["modelwarden", "baseline"] + ([] if why_not else ["kserve"])
+    if args.models:
+        models = {k: v for k, v in models.items() if k in args.models.split(",")}
+    servers = ["modelwarden"] + (["modelwarden+batch"] if args.batching else []) + ["baseline"] + \
+        ([] if why_not else ["kserve"])
     if why_not:
         print(f"note: KServe skipped: {why_not}")
     results: dict = {}
     for name, (base, vdir, body) in models.items():
         for server in servers:
             starter = {"modelwarden": lambda: start_modelwarden(name, base, args.workers),
+                       "modelwarden+batch": lambda: start_modelwarden(name, base, args.workers, batching=True),
                        "baseline": lambda: start_baseline(name, vdir), "kserve": lambda: start_kserve(name, vdir)}[server]
             proc, url, headers = starter()
             try:
@@ -262,13 +272,15 @@ def main() -> int:
             finally:
                 proc.stop()
     print("\nratios (modelwarden / other), same run:")
+    ours = [s for s in servers if s.startswith("modelwarden")]
     for name in models:
-        for other in servers[1:]:
-            for c in levels:
-                a, b = results.get((name, "modelwarden", c)), results.get((name, other, c))
-                if a and b:
-                    print(f"{name:10} vs {other:9} c={c:<3} throughput x{a['rps'] / b['rps']:.2f}   "
-                          f"p50 x{a['p50_ms'] / b['p50_ms']:.2f}   p99 x{a['p99_ms'] / b['p99_ms']:.2f}")
+        for mine in ours:
+            for other in [s for s in servers if s not in ours]:
+                for c in levels:
+                    a, b = results.get((name, mine, c)), results.get((name, other, c))
+                    if a and b:
+                        print(f"{name:10} {mine:17} vs {other:9} c={c:<3} throughput x{a['rps'] / b['rps']:.2f}   "
+                              f"p50 x{a['p50_ms'] / b['p50_ms']:.2f}   p99 x{a['p99_ms'] / b['p99_ms']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"|".join(map(str, k)): v for k, v in results.items()}, indent=1))
     return 0

@@ -90,7 +90,6 @@ def test_tensorflow_parses_our_examples_with_context_merged(tf_view):
 @pytest.mark.parametrize("doc, match", [
     ({"examples": []}, "non-empty"),
     ({"examples": [[1]]}, "JSON object"),
-    ({"examples": [{"a": True}]}, "booleans"),
     ({"examples": [{"a": 1 << 63}]}, "int64 range"),
     ({"examples": [{"a": [1, "x"]}]}, "mixes"),
     ({"examples": [{"a": [[1]]}]}, "flat list"),
@@ -126,11 +125,11 @@ def test_string_inputs_from_text_and_b64_keep_shape():
 def test_string_outputs_render_like_tf_serving():
     s = np.empty(3, dtype=object)
     s[:] = [b"text", b"\xff\xfe", "\u00e9".encode()]
-    doc = codec.format_predict({"out": s}, True)
+    doc = json.loads(codec.format_predict({"out": s}, True))
     assert doc == {"predictions": ["text", {"b64": base64.b64encode(b"\xff\xfe").decode()}, "\u00e9"]}
-    doc = codec.format_predict({"img_bytes": s, "n": np.arange(3)}, True)
+    doc = json.loads(codec.format_predict({"img_bytes": s, "n": np.arange(3)}, True))
     assert doc["predictions"][0] == {"img_bytes": {"b64": base64.b64encode(b"text").decode()}, "n": 0}
-    assert codec.format_predict({"out": s}, False) == {"outputs": ["text", {"b64": "//4="}, "\u00e9"]}
+    assert json.loads(codec.format_predict({"out": s}, False)) == {"outputs": ["text", {"b64": "//4="}, "\u00e9"]}
 
 
 def test_parse_examples_feeds_the_single_string_input():
@@ -139,19 +138,23 @@ def test_parse_examples_feeds_the_single_string_input():
     assert list(req.inputs) == ["inputs"] and req.inputs["inputs"].shape == (2,)
     with pytest.raises(RequestError, match="exactly one DT_STRING"):
         codec.parse_examples({"examples": [{"a": 1}]}, lambda _n: {"x": TensorSpec("x", "float32", (None,))})
-    with pytest.raises(RequestError, match="unknown key"):
-        codec.parse_examples({"examples": [{"a": 1}], "instances": []}, lambda _n: specs)
+    # unknown top-level keys are ignored, as TF Serving's json_tensor.cc does
+    assert codec.parse_examples({"examples": [{"a": 1}], "instances": []}, lambda _n: specs).inputs
 
 
 def test_classify_and_regress_results():
     classes = np.empty((2, 2), dtype=object)
     classes[:] = [[b"neg", b"pos"], [b"neg", b"pos"]]
     scores = np.array([[0.25, 0.75], [1.0, 0.0]], np.float32)
-    assert codec.format_classify({"classes": classes, "scores": scores}, 2) == {
-        "result": [[["neg", 0.25], ["pos", 0.75]], [["neg", 1.0], ["pos", 0.0]]]}
-    assert codec.format_classify({"scores": scores}, 2)["result"][0] == [["", 0.25], ["", 0.75]]
+    assert codec.format_classify({"classes": classes, "scores": scores}, 2) == (
+        b'{"results":[[["neg",0.25],["pos",0.75]],[["neg",1.0],["pos",0.0]]]}')
+    assert json.loads(codec.format_classify({"scores": scores}, 2))["results"][0] == [["", 0.25], ["", 0.75]]
     with pytest.raises(RequestError, match="batch_size"):
         codec.format_classify({"scores": scores}, 3)
-    assert codec.format_regress({"outputs": np.array([[1.5], [2.0]], np.float32)}, 2) == {"result": [1.5, 2.0]}
+    assert codec.format_regress({"outputs": np.array([[1.5], [2.0]], np.float32)}, 2) == b'{"results":[1.5,2.0]}'
+    # TF Serving's bool features are int64 1/0
+    ex = example.SCHEMA.message_class("Example")()
+    ex.ParseFromString(example.example_bytes({"a": [True, False]}, "x"))
+    assert list(ex.features.feature["a"].int64_list.value) == [1, 0]
     with pytest.raises(RequestError):
         codec.format_regress({"outputs": np.array(["x"], dtype=object)}, 1)

@@ -176,7 +176,7 @@ def test_public_bind_allowed_with_tls_or_explicit_flag(tmp_path, pki, extra):
 
 def test_rate_limit_per_token(tmp_path):
     (tmp_path / "s.toml").write_text(f'[server]\ntoken_db = "{tmp_path / "t.json"}"\n'
-                                     "[limits]\nrate_per_token = 2\nrate_burst = 5\n")
+                                     "[limits]\nrate_per_token = 0.2\nrate_burst = 5\n")  # slow refill: load-proof
     a, _ = make_token(tmp_path / "t.json", ["*"], "admin")
     b, _ = make_token(tmp_path / "t.json", ["*"], "admin")
     s = ServerProc(tmp_path, ["--config", str(tmp_path / "s.toml"), "--port", "0"])

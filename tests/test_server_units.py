@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import os
 import json
+import os
 import time
 import zlib
 
@@ -231,7 +231,7 @@ def test_codec_row_and_columnar():
 
 
 @pytest.mark.parametrize("doc,specs,msg", [
-    ({"instances": [[1, 2, 3, 4]], "inputs": []}, SPECS, "Not both"),
+    ({"instances": [[1, 2, 3, 4]], "inputs": []}, SPECS, "only one of 'inputs' or 'instances'"),
     ({}, SPECS, "Missing"),
     ({"instances": [{"a": [1, 2], "b": 1.5}]}, MULTI, "integers"),
     ({"instances": [{"a": [1, 2], "b": 2 ** 40}]}, MULTI, "out of range"),
@@ -256,9 +256,9 @@ def test_codec_b64_uint8_and_output_shapes():
     with pytest.raises(RequestError, match="different lengths"):
         _parse({"instances": [{"b64": "AQID"}, {"b64": "BA=="}]}, specs)
     out = {"y": np.array([[1.0, np.nan]], np.float32)}
-    assert codec.dumps(codec.format_predict(out, True)) == b'{"predictions":[[1.0,NaN]]}'
+    assert codec.format_predict(out, True) == b'{"predictions":[[1.0,NaN]]}'
     two = {"p": np.array([1, 2]), "q": np.array([[1.5], [2.5]])}
-    assert codec.format_predict(two, True) == {"predictions": [{"p": 1, "q": [1.5]}, {"p": 2, "q": [2.5]}]}
-    assert codec.format_predict(two, False) == {"outputs": {"p": [1, 2], "q": [[1.5], [2.5]]}}
+    assert json.loads(codec.format_predict(two, True)) == {"predictions": [{"p": 1, "q": [1.5]}, {"p": 2, "q": [2.5]}]}
+    assert json.loads(codec.format_predict(two, False)) == {"outputs": {"p": [1, 2], "q": [[1.5], [2.5]]}}
     with pytest.raises(RequestError, match="inconsistent batch"):
         codec.format_predict({"p": np.array([1, 2]), "q": np.array([1])}, True)

@@ -1,16 +1,20 @@
 """The ASGI application: TensorFlow Serving's REST API behind authentication and request limits.
 
 Order of checks for every request (each cheap step before the next, costlier one):
-health endpoints (no auth, reveal nothing) -> authentication (401) -> route (404/405) ->
+health endpoints (no auth, reveal nothing) -> authentication (401) -> route (TF Serving's
+400 "Malformed request" under /v1/, 404 elsewhere, 405 on our own endpoints) ->
 authorisation for the model and scope (403; checked before the model's existence so a
-token cannot probe for models it may not use) -> per-token rate limit (429) ->
-concurrency limit (503) -> body size (413) -> gzip ratio (413) -> JSON depth/elements ->
-signature validation (400) -> a sandboxed worker within the request deadline.
+token cannot probe for models it may not use) -> per-token rate limit (429) -> per-token
+in-flight cap (429) -> body size (413) and the body itself within the request deadline
+(408) -> global concurrency limit (503) -> gzip ratio (413) -> JSON depth/elements ->
+signature validation (400) -> a sandboxed worker within the request deadline -> the reply,
+whose formatting cost decides inline, thread or refusal (``jsonfmt``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 import time
@@ -20,23 +24,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelwarden.sandbox import errors as sberr
-from modelwarden.server import codec
+from modelwarden.server import codec, jsonfmt
 from modelwarden.server.auth import AuthError, TokenStore, authorize
 from modelwarden.server.config import ServerConfig
 from modelwarden.server.limits import (
-    ConcurrencyLimiter, RateLimiter, RequestError, decode_content, parse_json, read_body,
+    ConcurrencyLimiter, PerKeyLimiter, RateLimiter, RequestError, decode_content, parse_json, read_body_by,
 )
 from modelwarden.server.log import AuditLog
 from modelwarden.server.metrics import Metrics
 from modelwarden.server.registry import Registry
 
-TF_ROUTE = re.compile(
-    r"^/v1/models/(?P<name>[^/:]{1,128})"
-    r"(?:/versions/(?P<version>\d{1,18})|/labels/(?P<label>[^/:]{1,64}))?"
-    r"(?:(?P<meta>/metadata)|:(?P<verb>predict|classify|regress))?/?$"
-)
+# TF Serving's routes (http_rest_api_handler.cc): case-insensitive, matched in full (no trailing
+# slash); anything else under /v1/ is its 400 "Malformed request".
+TF_PREDICT = re.compile(r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+                        r":(?P<verb>classify|regress|predict)", re.IGNORECASE)
+TF_STATUS = re.compile(r"/v1/models(?:/(?P<name>[^/:]+))?(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+                       r"(?P<meta>/metadata)?", re.IGNORECASE)
+TF_PREFIX = re.compile(r"/v1/", re.IGNORECASE)
 ADMIN_ROUTE = re.compile(r"^/modelwarden/v1/models/(?P<name>[^/:]{1,128})/versions/(?P<version>\d{1,18})/"
                          r"(?P<what>scan-report|workers)$")
+MAX_VERSION = 2**63 - 1
 OFFLOAD_BYTES = 64 * 1024  # bodies above this are parsed in a thread (keeps the event loop responsive)
 
 SANDBOX_STATUS: dict[type, tuple[int, str]] = {
@@ -50,6 +57,43 @@ SANDBOX_STATUS: dict[type, tuple[int, str]] = {
     sberr.SandboxUnavailable: (503, "sandbox_unavailable"),
 }
 LIMIT_KINDS = {"memory_limit": "memory", "deadline": "deadline", "output_too_large": "output"}
+
+
+# Python frames ("  File "/x.py", line 3, in f" and the source line after it), TF's
+# "defined at (most recent call last)" blocks and absolute paths never reach clients.
+_FRAME_RE = re.compile(r'^\s*File "[^"\n]*", line \d+, in [^\n]*\n(?:^ {4,}\S[^\n]*\n)?', re.MULTILINE)
+_TRACE_HEAD_RE = re.compile(r"^.*\(most recent call last\):?[^\n]*\n", re.MULTILINE)
+_PATH_RE = re.compile(r"(?<![\w.])/(?:[\w.@+-]+/)+[\w.@+-]*")
+_EXC_PREFIX_RE = re.compile(r"^(?:\w+\.)*\w+(?:Error|Exception): ")
+
+
+def client_message(exc: BaseException) -> str:
+    """A sandbox error as the client sees it: for TensorFlow errors, TF's own message without
+    the Python exception type, frames or host paths (TF Serving shows only the Status message)."""
+    msg = str(exc)
+    if not isinstance(exc, (sberr.ExecutionFailed, sberr.InvalidInput)):
+        return msg
+    msg = _EXC_PREFIX_RE.sub("", msg.strip() + "\n", count=1)
+    msg = _TRACE_HEAD_RE.sub("", _FRAME_RE.sub("", msg))
+    msg = _PATH_RE.sub("<path>", msg)
+    msg = msg.replace("Graph execution error:", "").strip()
+    return re.sub(r"\n{3,}", "\n\n", msg)[:4000] or "model execution failed"
+
+
+async def render(outputs: dict, verb: str, req: codec.PredictRequest) -> bytes:
+    """The reply body; its real cost (elements + JSON lists) decides inline, thread or refusal."""
+    total = sum(jsonfmt.cost(a) for a in outputs.values())
+    if total > jsonfmt.MAX_OUTPUT_CELLS:
+        raise sberr.OutputTooLarge(f"the model's reply needs {total} JSON values and lists, above the limit of "
+                                   f"{jsonfmt.MAX_OUTPUT_CELLS}")
+    if verb == "predict":
+        work = functools.partial(codec.format_predict, outputs, req.row_format)
+    else:
+        batch = len(next(iter(req.inputs.values())))
+        work = functools.partial(codec.format_classify if verb == "classify" else codec.format_regress, outputs, batch)
+    if total <= jsonfmt.INLINE_CELLS:
+        return work()
+    return await asyncio.get_running_loop().run_in_executor(None, work)
 
 
 def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
@@ -67,6 +111,7 @@ class App:
         self.registry = Registry(cfg, self._event)
         self.rate = RateLimiter(cfg.rate_per_token, cfg.rate_burst)
         self.concurrency = ConcurrencyLimiter(cfg.max_concurrent_requests)
+        self.per_token = PerKeyLimiter(cfg.max_inflight_per_token)
         self._start_task: asyncio.Task | None = None
 
     # -- events from the registry / pools ----------------------------------------------------------
@@ -148,12 +193,14 @@ class App:
         except RequestError as exc:
             model = ctx["model"]
             headers = {"Retry-After": str(int(math.ceil(exc.retry_after)))} if exc.retry_after else None
+            if exc.status == 408:  # the rest of the body may still be on its way: do not reuse the connection
+                headers = {"Connection": "close"}
             response, status, outcome = _json(exc.status, {"error": str(exc)}, headers), exc.status, exc.kind
             self.metrics.errors.inc(self._known(model), exc.kind)
         except sberr.SandboxError as exc:
             model = ctx["model"]
             status, kind = SANDBOX_STATUS.get(type(exc), (500, getattr(exc, "code", "sandbox_error")))
-            response, outcome = _json(status, {"error": str(exc)}), kind
+            response, outcome = _json(status, {"error": client_message(exc)}), kind
             self.metrics.errors.inc(self._known(model), kind)
             limit = LIMIT_KINDS.get(kind) or ("cpu" if "CPU-time" in str(exc) else None)
             if limit:
@@ -182,33 +229,16 @@ class App:
             ctx["api"] = "metrics"
             authorize(ident, "metrics", None)
             self._update_gauges()
-            return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
-        m = TF_ROUTE.match(path)
+            models = ident.record.models
+            visible = None if "*" in models else frozenset(models)  # a scoped token sees its models only
+            return Response(self.metrics.render(visible), media_type="text/plain; version=0.0.4")
+        m = (TF_PREDICT.fullmatch(path) if method == "POST" else TF_STATUS.fullmatch(path) if method == "GET"
+             else None)
         if m:
-            name = m.group("name")
-            verb = m.group("verb")
-            api = verb or ("metadata" if m.group("meta") else "status")
-            ctx.update(model=name, api=api)
-            want = "POST" if verb else "GET"
-            authorize(ident, "predict" if verb else "metadata", name)
-            if method != want:
-                raise RequestError(405, f"{method} is not allowed here (use {want})", kind="bad_method")
-            self.rate.check(ident.token_id)
-            ctx["version"] = int(m.group("version")) if m.group("version") else None
-            if api == "status":
-                return self._status(name, m.group("version"), m.group("label"))
-            vs = self.registry.resolve(name, m.group("version"), m.group("label"))
-            ctx["version"] = vs.version
-            if api == "metadata":
-                return self._metadata(vs)
-            self.concurrency.enter()
-            self.metrics.inflight.set(self.concurrency.inflight)
-            try:
-                resp = await self._predict(request, vs, verb, t0)
-            finally:
-                self.concurrency.leave()
-                self.metrics.inflight.set(self.concurrency.inflight)
-            return resp
+            return await self._tf_api(request, ident, m, t0, ctx)
+        if TF_PREFIX.match(path):
+            ctx["api"] = "malformed"
+            raise codec.bad(f"Malformed request: {method} {path[:200]}")
         a = ADMIN_ROUTE.match(path)
         if a:
             name = a.group("name")
@@ -218,15 +248,51 @@ class App:
                 raise RequestError(405, f"{method} is not allowed here (use GET)", kind="bad_method")
             vs = self.registry.resolve(name, a.group("version"), require_available=False)
             if a.group("what") == "workers":
-                return _json(200, {"workers": vs.pool.info() if vs.pool else [], "restarts": vs.pool.restarts if vs.pool
-                                   else 0, "state": vs.state})
+                pool = vs.pool
+                return _json(200, {"workers": pool.info() if pool else [], "restarts": pool.restarts if pool else 0,
+                                   "spares": pool.spares if pool else [],
+                                   "last_replace_ms": pool.last_replace_ms if pool else None,
+                                   "batching": pool.batching_stats() if pool else None, "state": vs.state})
             if vs.report is None:
                 raise RequestError(404, "no scan report for this version (not scanned)", kind="not_found")
             from modelwarden.report import renderer
 
             body = renderer("json").render(vs.report)
             return Response(body, media_type="application/json")
-        raise RequestError(404, f"Malformed request: {method} {path[:200]}", kind="not_found")
+        raise RequestError(404, f"Not found: {method} {path[:200]}", kind="not_found")
+
+    async def _tf_api(self, request: Request, ident: Any, m: re.Match, t0: float, ctx: dict[str, Any]) -> Response:
+        name = m.group("name")
+        verb = (m.groupdict().get("verb") or "").lower() or None
+        api = verb or ("metadata" if m.group("meta") else "status")
+        if name is None:
+            ctx["api"] = api
+            raise codec.bad("Missing model name in request.")
+        ctx.update(model=name, api=api)
+        authorize(ident, "predict" if verb else "metadata", name)
+        self.rate.check(ident.token_id)
+        version = m.group("version")
+        if version is not None and int(version) > MAX_VERSION:
+            raise codec.bad(f"Failed to convert version: {version[:40]} to numeric.")
+        ctx["version"] = int(version) if version is not None else None
+        if api == "status":
+            return self._status(name, version, m.group("label"))
+        vs = self.registry.resolve(name, version, m.group("label"))
+        ctx["version"] = vs.version
+        if api == "metadata":
+            return self._metadata(vs)
+        with vs.use(), self.per_token.hold(ident.token_id):  # use(): a retiring version waits for us
+            # the body is read (within the request deadline) before the request takes any of the
+            # server's concurrency budget or a worker: slow senders only hold their own token's share
+            body = await read_body_by(request.stream(), request.headers.get("content-length"),
+                                      self.cfg.max_body_bytes, t0 + self.cfg.request_timeout_s)
+            self.concurrency.enter()
+            self.metrics.inflight.set(self.concurrency.inflight)
+            try:
+                return await self._predict(request, body, vs, verb, t0)
+            finally:
+                self.concurrency.leave()
+                self.metrics.inflight.set(self.concurrency.inflight)
 
     def _update_gauges(self) -> None:
         for e in self.registry.models.values():
@@ -249,10 +315,9 @@ class App:
         return _json(200, {"model_spec": {"name": vs.model, "signature_name": "", "version": str(vs.version)},
                            "metadata": {"signature_def": codec.signature_def_map(vs.pool.signatures, vs.methods)}})
 
-    async def _predict(self, request: Request, vs: Any, verb: str, t0: float) -> Response:
+    async def _predict(self, request: Request, body: bytes, vs: Any, verb: str, t0: float) -> Response:
         cfg = self.cfg
         deadline = t0 + cfg.request_timeout_s
-        body = await read_body(request.stream(), request.headers.get("content-length"), cfg.max_body_bytes)
         pool = vs.pool
         chosen: list[str] = []
 
@@ -278,15 +343,7 @@ class App:
         loop = asyncio.get_running_loop()
         req = await loop.run_in_executor(None, decode) if len(body) > OFFLOAD_BYTES else decode()
         outputs = await pool.predict(req.inputs, chosen[-1], deadline)
-        if verb != "predict":
-            batch = len(next(iter(req.inputs.values())))
-            fmt = codec.format_classify if verb == "classify" else codec.format_regress
-            return Response(codec.dumps(fmt(outputs, batch)), media_type="application/json")
-        if sum(codec.protocol.extent(a.shape) for a in outputs.values()) > 100_000:  # zero-size shapes cost too
-            payload = await loop.run_in_executor(None, lambda: codec.dumps(codec.format_predict(outputs, req.row_format)))
-        else:
-            payload = codec.dumps(codec.format_predict(outputs, req.row_format))
-        return Response(payload, media_type="application/json")
+        return Response(await render(outputs, verb, req), media_type="application/json")
 
     def _check_method(self, vs: Any, doc: Any, verb: str) -> None:
         sig = doc.get("signature_name") if isinstance(doc, dict) else None

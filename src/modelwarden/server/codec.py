@@ -11,12 +11,15 @@ DT_STRING inputs take JSON strings (UTF-8 encoded) and ``{"b64": ...}`` values; 
 outputs are written as text when they are valid UTF-8 and the output's name does not end
 in ``_bytes``, else as ``{"b64": ...}``.  ``:classify``/``:regress`` requests become
 serialized ``tf.Example`` protos (:mod:`modelwarden.server.example`) fed to the signature's
-string input; results are ``{"result": ...}`` as TF Serving writes them.
+string input; results are ``{"results": ...}`` as TF Serving writes them.
+
+As TF Serving's ``json_tensor.cc`` does: unknown top-level keys are ignored, and so are
+named inputs of a columnar ``inputs`` object that the signature does not have (a row
+format object must name exactly the signature's inputs).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,12 +28,14 @@ from typing import Any
 import numpy as np
 
 from modelwarden.sandbox import protocol
+from modelwarden.server import jsonfmt
 from modelwarden.server.example import decode_b64, serialized_examples
 from modelwarden.server.limits import RequestError
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
+INIT_SIGNATURE = "__saved_model_init_op"  # TF2 SavedModels' init signature, listed in metadata
 
 TF_DTYPES = {
     "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int32": "DT_INT32", "uint8": "DT_UINT8", "int16": "DT_INT16",
@@ -98,7 +103,10 @@ def _string_leaves(value: Any, name: str, out: list[bytes], budget: list[int]) -
             raise bad(f"input {name!r}: string values do not form a tensor of consistent shape")
         return (len(value), *(shapes.pop() if shapes else ()))
     if isinstance(value, str):
-        raw = value.encode("utf-8")
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate such as "\ud800" is not text
+            raise bad(f"input {name!r}: JSON Parse error: The surrogate pair in string is invalid") from None
     elif _is_b64(value):
         raw = decode_b64(value, f"input {name!r}")
     else:
@@ -122,13 +130,20 @@ def to_array(value: Any, name: str, dtype: str, budget: list[int]) -> np.ndarray
     """A JSON value as an array of ``dtype``; refuses lossy or impossible conversions (400)."""
     if dtype == protocol.STRING:
         return string_array(value, name, budget)
-    value = _unwrap_b64(value, name, dtype, budget)
-    if isinstance(value, np.ndarray):
-        raw = value
-    elif isinstance(value, list):
-        raw = _stack(value, name) if any(isinstance(v, np.ndarray) for v in value) else _array(value, name)
-    else:
-        raw = _array(value, name)
+    raw = _plain_array(value)
+    if raw is None:  # objects ({"b64": ...}) or ragged lists: the slow, checked path
+        value = _unwrap_b64(value, name, dtype, budget)
+        if isinstance(value, np.ndarray):
+            raw = value
+        elif isinstance(value, list):
+            raw = _stack(value, name) if any(isinstance(v, np.ndarray) for v in value) else _array(value, name)
+        else:
+            raw = _array(value, name)
+    return convert(raw, name, dtype)
+
+
+def convert(raw: np.ndarray, name: str, dtype: str) -> np.ndarray:
+    """Numbers parsed from JSON as ``dtype``, with TF Serving's type and precision rules (400)."""
     try:
         target = np.dtype(dtype)
     except TypeError:
@@ -157,9 +172,43 @@ def to_array(value: Any, name: str, dtype: str, budget: list[int]) -> np.ndarray
     elif tk in "fc":
         if kind == "b":
             raise bad(f"input {name!r}: expected numbers ({TF_DTYPES.get(dtype, dtype)}), got booleans")
+        _check_lossless(raw, target, name)
     else:
         raise bad(f"input {name!r}: dtype {dtype} is not supported by this server")
     return raw.astype(target, copy=False)
+
+
+def _check_lossless(raw: np.ndarray, target: np.dtype, name: str) -> None:
+    """TF Serving's ``IsLosslessDecimal``: integers beyond the float's mantissa and finite
+    numbers beyond its range are refused rather than rounded."""
+    if not raw.size:
+        return
+    width = target.itemsize // (2 if target.kind == "c" else 1)
+    ftype = np.dtype(f"f{width}")
+    if raw.dtype.kind in "iu":
+        limit = (1 << np.finfo(ftype).nmant + 1) - 1
+        bad_value = raw[np.abs(raw.astype(np.float64)) > limit] if raw.dtype.kind == "i" else raw[raw > limit]
+    elif raw.dtype.kind == "f" and raw.dtype.itemsize > width:
+        big = np.abs(raw) > np.finfo(ftype).max
+        bad_value = raw[big & np.isfinite(raw)]
+    else:
+        return
+    if bad_value.size:
+        target_name = {"f2": "half", "f4": "float", "f8": "double"}.get(ftype.str[1:], ftype.name)
+        raise bad(f"input {name!r}: Cannot convert JSON value: {bad_value.flat[0]!r} to {target_name} "
+                  f"without loss of precision.")
+
+
+def _plain_array(value: Any) -> np.ndarray | None:
+    """Numbers/booleans nested in regular lists straight into one contiguous array (numpy's C
+    loop over orjson's lists), or None when the value holds objects or is ragged."""
+    if isinstance(value, dict):
+        return None
+    try:
+        arr = np.array(value)
+    except (ValueError, OverflowError, TypeError):
+        return None
+    return None if arr.dtype.kind == "O" else arr
 
 
 def _array(value: Any, name: str) -> np.ndarray:
@@ -173,14 +222,11 @@ def parse_predict(doc: Any, specs_for: Any, max_elements: int) -> PredictRequest
     """Validate a predict body; ``specs_for(signature_name) -> {input name: TensorSpec}``."""
     if not isinstance(doc, dict):
         raise bad("JSON Value: request body must be a JSON object")
-    unknown = set(doc) - {"signature_name", "instances", "inputs"}
-    if unknown:
-        raise bad(f"unknown key(s) in request: {', '.join(sorted(str(k)[:40] for k in unknown))}")
     sig_name = doc.get("signature_name")
     if sig_name is not None and not isinstance(sig_name, str):
         raise bad("'signature_name' must be a string")
     if "instances" in doc and "inputs" in doc:
-        raise bad("Not both 'instances' and 'inputs' can be specified")
+        raise bad("Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
     if "instances" not in doc and "inputs" not in doc:
         raise bad("Missing 'inputs' or 'instances' key")
     specs: Mapping[str, Any] = specs_for(sig_name)
@@ -208,8 +254,10 @@ def parse_predict(doc: Any, specs_for: Any, max_elements: int) -> PredictRequest
         return PredictRequest(sig_name, arrays, True)
     inputs = doc["inputs"]
     if isinstance(inputs, dict) and not _is_b64(inputs):
-        _check_names(set(inputs), names)
-        arrays = {k: to_array(v, k, specs[k].dtype, budget) for k, v in inputs.items()}
+        for k in names:  # names the signature does not have are ignored, as TF Serving does
+            if k not in inputs:
+                raise bad(f"Missing named input: {k} in 'inputs' object.")
+        arrays = {k: to_array(inputs[k], k, specs[k].dtype, budget) for k in names}
     else:
         if len(names) != 1:
             raise bad(f"the signature has {len(names)} inputs ({', '.join(names)}): 'inputs' must be a JSON object naming them")
@@ -226,39 +274,10 @@ def _check_names(given: set[str], expected: list[str]) -> None:
         raise bad(f"missing input(s): {', '.join(missing)}")
 
 
-def render_string(value: bytes, binary: bool) -> Any:
-    """A DT_STRING element: text when valid UTF-8 (and not ``binary``), else ``{"b64": ...}``."""
-    if not binary:
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-    return {"b64": base64.b64encode(value).decode("ascii")}
-
-
-def _render_strings(obj: Any, binary: bool) -> Any:
-    if isinstance(obj, list):
-        return [_render_strings(v, binary) for v in obj]
-    return render_string(bytes(obj), binary)
-
-
-def _jsonable(arr: np.ndarray, name: str = "") -> Any:
-    if arr.dtype.kind in "OSU":  # TF Serving: names ending in _bytes are always base64
-        return _render_strings(arr.tolist(), name.endswith("_bytes"))
-    if arr.dtype.kind == "c":  # TF Serving writes complex numbers as [real, imag]
-        return np.stack([arr.real, arr.imag], axis=-1).tolist()
-    return arr.tolist()
-
-
-def format_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict:
-    if not row_format:
-        if len(outputs) == 1:
-            k, v = next(iter(outputs.items()))
-            return {"outputs": _jsonable(v, k)}
-        return {"outputs": {k: _jsonable(v, k) for k, v in outputs.items()}}
-    if len(outputs) == 1:
-        k, arr = next(iter(outputs.items()))
-        return {"predictions": _jsonable(arr, k) if arr.ndim else [_jsonable(arr, k)]}
+def check_row_outputs(outputs: Mapping[str, np.ndarray]) -> None:
+    """The row format needs every output batched alike (TF Serving's messages)."""
+    if len(outputs) < 2:
+        return
     batch = None
     for k, v in outputs.items():
         if v.ndim == 0:
@@ -268,8 +287,13 @@ def format_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict:
         elif v.shape[0] != batch:
             raise RequestError(400, f"Tensor name: {k} has inconsistent batch size: {v.shape[0]} expecting: {batch}",
                                kind="invalid_argument")
-    cols = {k: _jsonable(v, k) for k, v in outputs.items()}
-    return {"predictions": [{k: cols[k][i] for k in cols} for i in range(batch or 0)]}
+
+
+def format_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
+    """The predict reply as JSON bytes (:mod:`modelwarden.server.jsonfmt`, TF Serving's float format)."""
+    if row_format:
+        check_row_outputs(outputs)
+    return jsonfmt.predict_body(outputs, row_format)
 
 
 # -- classify / regress ---------------------------------------------------------------------------
@@ -279,9 +303,6 @@ def parse_examples(doc: Any, specs_for: Any) -> PredictRequest:
     """A classify/regress body as the signature's one DT_STRING input of serialized tf.Examples."""
     if not isinstance(doc, dict):
         raise bad("JSON Value: request body must be a JSON object")
-    unknown = set(doc) - {"signature_name", "context", "examples"}
-    if unknown:
-        raise bad(f"unknown key(s) in request: {', '.join(sorted(str(k)[:40] for k in unknown))}")
     sig_name = doc.get("signature_name")
     if sig_name is not None and not isinstance(sig_name, str):
         raise bad("'signature_name' must be a string")
@@ -300,8 +321,8 @@ def _batch_check(arr: np.ndarray, name: str, batch: int, ranks: tuple[int, ...])
                                 f" with batch_size {batch}, got {list(arr.shape)}", kind="bad_model_output")
 
 
-def format_classify(outputs: Mapping[str, np.ndarray], batch: int) -> dict:
-    """``{"result": [[[label, score], ...] per example]}`` from ``classes`` and/or ``scores``."""
+def format_classify(outputs: Mapping[str, np.ndarray], batch: int) -> bytes:
+    """``{"results": [[[label, score], ...] per example]}`` from ``classes`` and/or ``scores``."""
     classes, scores = outputs.get("classes"), outputs.get("scores")
     if classes is None and scores is None:
         raise RequestError(500, "classification signature has neither 'classes' nor 'scores' outputs",
@@ -318,18 +339,17 @@ def format_classify(outputs: Mapping[str, np.ndarray], batch: int) -> dict:
         raise RequestError(500, f"Tensors class and score should match in shape: {list(classes.shape)} vs "
                                 f"{list(scores.shape)}", kind="bad_model_output")
     n = (classes if classes is not None else scores).shape[1]
-    result = []
-    for i in range(batch):
-        row = []
-        for j in range(n):
-            label = render_string(bytes(classes[i, j]), False) if classes is not None else ""
-            row.append([label, float(scores[i, j]) if scores is not None else 0.0])
-        result.append(row)
-    return {"result": result}
+    labels = [jsonfmt.string_token(bytes(c), False) for c in classes.reshape(-1).tolist()] if classes is not None \
+        else ['""'] * (batch * n)
+    values = jsonfmt.encode(scores.reshape(-1))[1:-1].split(",") if scores is not None and scores.size \
+        else ["0.0"] * (batch * n)
+    pairs = [f"[{label},{value}]" for label, value in zip(labels, values)]
+    result = ",".join("[" + ",".join(pairs[i * n:(i + 1) * n]) + "]" for i in range(batch))
+    return ('{"results":[' + result + "]}").encode()
 
 
-def format_regress(outputs: Mapping[str, np.ndarray], batch: int) -> dict:
-    """``{"result": [value per example]}`` from the ``outputs`` tensor ([batch] or [batch, 1])."""
+def format_regress(outputs: Mapping[str, np.ndarray], batch: int) -> bytes:
+    """``{"results": [value per example]}`` from the ``outputs`` tensor ([batch] or [batch, 1])."""
     out = outputs.get("outputs")
     if out is None and len(outputs) == 1:
         out = next(iter(outputs.values()))
@@ -338,11 +358,12 @@ def format_regress(outputs: Mapping[str, np.ndarray], batch: int) -> dict:
     if out.ndim == 2 and out.shape[1] == 1:
         out = out[:, 0]
     _batch_check(out, "outputs", batch, (1,))
-    return {"result": [float(v) for v in out.tolist()]}
+    return ('{"results":' + jsonfmt.encode(out) + "}").encode()
 
 
 def dumps(doc: Any) -> bytes:
-    """JSON with NaN/Infinity literals, as TensorFlow Serving writes them."""
+    """Small JSON documents (errors, status, metadata); ASCII-escaped, so even a lone
+    surrogate echoed from a request cannot make encoding fail."""
     return json.dumps(doc, separators=(",", ":"), allow_nan=True).encode()
 
 
@@ -371,5 +392,14 @@ def signature_def_map(signatures: Mapping[str, Any], extra: Mapping[str, Any]) -
             "inputs": {k: tensor_info(s, in_names.get(k, "")) for k, s in sig.inputs.items()},
             "outputs": {k: tensor_info(s, out_names.get(k, "")) for k, s in sig.outputs.items()},
             "method_name": method,
+            "defaults": {},  # SignatureDef.defaults (TF >= 2.13): never set by the exporters we read
+        }
+    if INIT_SIGNATURE in extra and INIT_SIGNATURE not in out:
+        _, _, init_out = extra[INIT_SIGNATURE]
+        out[INIT_SIGNATURE] = {
+            "inputs": {},
+            "outputs": {k: {"dtype": "DT_INVALID", "tensor_shape": {"dim": [], "unknown_rank": True}, "name": t}
+                        for k, t in init_out.items()},
+            "method_name": "", "defaults": {},
         }
     return {"signature_def": out}

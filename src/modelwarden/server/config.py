@@ -39,6 +39,7 @@ class ModelConfig:
     timeout_s: float | None = None  # per-call deadline inside the sandbox (default: the request deadline)
     fail_on: str | None = None  # scan-gate threshold for this model (default: the server's)
     max_processes: int = 256
+    spare_workers: int = 1  # warm, loaded workers held back to replace a crashed one at once
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,13 @@ class ServerConfig:
     rate_per_token: float = 1000.0  # sustained requests per second per token
     rate_burst: int = 2000
     load_concurrency: int = 2  # workers started at the same time (TF start-up is CPU heavy)
+    header_timeout_s: float = 10.0  # a whole request head must arrive within this (slowloris)
+    max_connections: int = 1024  # open HTTP connections; above: 503 and close
+    max_inflight_per_token: int = 16  # requests of one token being read or served at once (fairness)
+    enable_batching: bool = False  # TF Serving's --enable_batching: concurrent requests share worker calls
+    max_batch_size: int = 32
+    batch_timeout_s: float = 0.002
+    poll_interval_s: float = 1.0  # base_path polling for new versions (TF's file_system_poll_wait_seconds); 0: off
     models: tuple[ModelConfig, ...] = ()
 
     @property
@@ -73,12 +81,14 @@ class ServerConfig:
 # -- TOML ------------------------------------------------------------------------------------------
 
 _SERVER_KEYS = {"host", "port", "grpc_port", "token_db", "policy", "fail_on", "backend", "access_log", "tls",
-                "model_config_file"}
+                "model_config_file", "poll_interval"}
 _TLS_KEYS = {"cert", "key", "client_ca"}
 _LIMIT_KEYS = {"max_body", "max_json_depth", "max_json_elements", "gzip_max_ratio", "request_timeout",
-               "max_concurrent_requests", "rate_per_token", "rate_burst", "load_concurrency"}
+               "max_concurrent_requests", "rate_per_token", "rate_burst", "load_concurrency", "header_timeout",
+               "max_connections", "max_inflight_per_token"}
 _MODEL_KEYS = {"name", "base_path", "version_policy", "num_versions", "versions", "labels", "workers",
-               "memory", "timeout", "fail_on", "max_processes"}
+               "memory", "timeout", "fail_on", "max_processes", "spare_workers"}
+_BATCHING_KEYS = {"enabled", "max_batch_size", "batch_timeout"}
 
 
 def _err(path: str, msg: str) -> InputError:
@@ -138,6 +148,7 @@ def model_from_dict(path: str, base: Path, d: Any, index: int) -> ModelConfig:
         timeout_s=_duration(path, f"{where}.timeout", d["timeout"]) if "timeout" in d else None,
         fail_on=_typed(path, f"{where}.fail_on", d["fail_on"], str) if "fail_on" in d else None,
         max_processes=_typed(path, f"{where}.max_processes", d.get("max_processes", 256), int),
+        spare_workers=_typed(path, f"{where}.spare_workers", d.get("spare_workers", 1), int),
     )
     return validate_model(path, m)
 
@@ -161,6 +172,8 @@ def validate_model(path: str, m: ModelConfig) -> ModelConfig:
             raise _err(path, f"{where}: label {label!r} points to an invalid version")
     if not 1 <= m.workers <= 64:
         raise _err(path, f"{where}: workers must be between 1 and 64")
+    if not 0 <= m.spare_workers <= 8:
+        raise _err(path, f"{where}: spare_workers must be between 0 and 8")
     if not os.path.isabs(m.base_path):
         raise _err(path, f"{where}: base_path must be an absolute path")
     _check_severity(path, f"{where}: fail_on", m.fail_on)
@@ -191,7 +204,7 @@ def load_toml(path: str) -> ServerConfig:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise _err(path, f"not valid TOML ({exc})") from None
     base = Path(path).resolve().parent
-    _check_keys(path, "top level", doc, {"server", "limits", "models", "ray"})  # [ray]: server/ray_serve.py
+    _check_keys(path, "top level", doc, {"server", "limits", "models", "batching", "ray"})  # [ray]: server/ray_serve.py
     srv = _check_keys(path, "server", doc.get("server", {}), _SERVER_KEYS)
     tls = _check_keys(path, "server.tls", srv.get("tls", {}), _TLS_KEYS)
     lim = _check_keys(path, "limits", doc.get("limits", {}), _LIMIT_KEYS)
@@ -214,8 +227,19 @@ def load_toml(path: str) -> ServerConfig:
         kw["max_body_bytes"] = _size(path, "limits.max_body", lim["max_body"])
     if "request_timeout" in lim:
         kw["request_timeout_s"] = _duration(path, "limits.request_timeout", lim["request_timeout"])
+    bat = _check_keys(path, "batching", doc.get("batching", {}), _BATCHING_KEYS)
+    if "enabled" in bat:
+        kw["enable_batching"] = _typed(path, "batching.enabled", bat["enabled"], bool)
+    if "max_batch_size" in bat:
+        kw["max_batch_size"] = _typed(path, "batching.max_batch_size", bat["max_batch_size"], int)
+    if "batch_timeout" in bat:
+        kw["batch_timeout_s"] = _duration(path, "batching.batch_timeout", bat["batch_timeout"])
+    if "poll_interval" in srv:
+        kw["poll_interval_s"] = _duration(path, "server.poll_interval", srv["poll_interval"])
+    if "header_timeout" in lim:
+        kw["header_timeout_s"] = _duration(path, "limits.header_timeout", lim["header_timeout"])
     for key in ("max_json_depth", "max_json_elements", "gzip_max_ratio", "max_concurrent_requests", "rate_burst",
-                "load_concurrency"):
+                "load_concurrency", "max_connections", "max_inflight_per_token"):
         if key in lim:
             kw[key] = _typed(path, f"limits.{key}", lim[key], int)
     if "rate_per_token" in lim:
@@ -244,11 +268,15 @@ def validate(path: str, cfg: ServerConfig) -> ServerConfig:
     if cfg.tls_client_ca and not cfg.tls_cert:
         raise _err(path, "mutual TLS (client_ca) needs a server certificate and key")
     for name in ("max_body_bytes", "max_json_depth", "max_json_elements", "gzip_max_ratio", "max_concurrent_requests",
-                 "rate_burst", "load_concurrency"):
+                 "rate_burst", "load_concurrency", "max_connections", "max_inflight_per_token"):
         if getattr(cfg, name) <= 0:
             raise _err(path, f"{name} must be positive")
-    if not cfg.request_timeout_s > 0 or not cfg.rate_per_token > 0:
-        raise _err(path, "request_timeout and rate_per_token must be positive")
+    if not 1 <= cfg.max_batch_size <= 1_000_000 or not 0 <= cfg.batch_timeout_s <= 10:
+        raise _err(path, "batching: max_batch_size must be 1..1000000 and batch_timeout at most 10s")
+    if cfg.poll_interval_s < 0:
+        raise _err(path, "server.poll_interval must not be negative (0 turns polling off)")
+    if not cfg.request_timeout_s > 0 or not cfg.rate_per_token > 0 or not cfg.header_timeout_s > 0:
+        raise _err(path, "request_timeout, header_timeout and rate_per_token must be positive")
     _check_severity(path, "server.fail_on", cfg.fail_on)
     if cfg.backend not in BACKENDS:
         raise _err(path, f"server.backend {cfg.backend[:40]!r} is not one of {', '.join(BACKENDS)}")

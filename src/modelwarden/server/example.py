@@ -8,7 +8,7 @@ The messages are declared as data (:class:`ProtoSchema`, a private descriptor po
 
 A value is a number, a string, ``{"b64": ...}`` or a flat list of those: integers become an
 ``Int64List``, numbers with a fraction a ``FloatList`` (a list mixing both is all floats),
-strings and b64 values a ``BytesList``.  As TF Serving does, each serialized input is the
+booleans an ``Int64List`` of 1/0 (as TF Serving), strings and b64 values a ``BytesList``.  As TF Serving does, each serialized input is the
 serialized context followed by the serialized example: protobuf merges the two, and an
 example's feature wins over a context feature of the same name.
 """
@@ -59,8 +59,8 @@ def decode_b64(value: Any, what: str) -> bytes:
 
 
 def _leaf(v: Any, what: str) -> tuple[str, Any]:
-    if isinstance(v, bool):
-        raise bad(f"{what}: booleans are not a tf.Example feature type (use 0/1)")
+    if isinstance(v, bool):  # TF Serving writes booleans as int64 1/0
+        return "int", int(v)
     if isinstance(v, int):
         if not INT64_MIN <= v <= INT64_MAX:
             raise bad(f"{what}: integer out of int64 range")

@@ -8,15 +8,18 @@ size, and JSON nesting and element counts are measured with vectorised scans bef
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 
 class RequestError(Exception):
@@ -27,6 +30,18 @@ class RequestError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.kind = kind
+
+
+async def read_body_by(chunks: AsyncIterator[bytes], content_length: str | None, max_bytes: int,
+                       deadline: float) -> bytes:
+    """:func:`read_body` that must finish by ``deadline`` (monotonic): a slow client gets 408."""
+    remaining = deadline - time.monotonic()
+    try:
+        if remaining <= 0:
+            raise TimeoutError
+        return await asyncio.wait_for(read_body(chunks, content_length, max_bytes), remaining)
+    except (asyncio.TimeoutError, TimeoutError):
+        raise RequestError(408, "request body not received within the request deadline", kind="body_timeout") from None
 
 
 async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, max_bytes: int) -> bytes:
@@ -101,8 +116,27 @@ def json_shape(body: bytes) -> tuple[int, int]:
     return depth, elements
 
 
+# A JSON string (skipped unchanged) or a non-finite literal in RapidJSON's spellings
+# (kParseNanAndInfFlag: NaN, Inf, Infinity, each with an optional minus); linear, no backtracking.
+_NONFINITE_RE = re.compile(rb'"(?:[^"\\]|\\.)*"|(-?)(?:Infinity|Inf|NaN)')
+
+
+def _nonfinite(m: re.Match) -> bytes:
+    tok = m.group(0)
+    if tok[:1] == b'"':
+        return tok
+    if tok.endswith(b"NaN"):
+        return b"NaN"
+    return m.group(1) + b"Infinity"
+
+
 def parse_json(body: bytes, max_depth: int, max_elements: int) -> object:
-    """Bounded JSON parse; NaN/Infinity/-Infinity are accepted as TensorFlow Serving does."""
+    """Bounded JSON parse; NaN/Inf/Infinity (with a sign) are accepted as TensorFlow Serving does.
+
+    orjson first (fast, builds flat lists of floats in C); only a body it refuses — because
+    of non-finite literals, which orjson does not know — is normalised and parsed again
+    by :mod:`json`.
+    """
     if not body.strip():
         raise RequestError(400, "empty request body (a JSON object is expected)")
     depth, elements = json_shape(body)
@@ -111,11 +145,17 @@ def parse_json(body: bytes, max_depth: int, max_elements: int) -> object:
     if elements > max_elements:
         raise RequestError(413, f"JSON has more than {max_elements} values", kind="too_large")
     try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        first_error = str(exc)
+    try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RequestError(400, f"request body is not UTF-8 (byte {exc.start})") from None
+    if "Inf" not in text and "NaN" not in text:
+        raise RequestError(400, f"JSON Parse error: {first_error}"[:500])
     try:
-        return json.loads(text)
+        return json.loads(_NONFINITE_RE.sub(_nonfinite, body).decode("utf-8"))
     except RecursionError:
         raise RequestError(400, "JSON nested too deeply") from None
     except ValueError as exc:
@@ -168,3 +208,28 @@ class ConcurrencyLimiter:
 
     def leave(self) -> None:
         self.inflight -= 1
+
+
+@dataclass
+class PerKeyLimiter:
+    """At most ``limit`` requests per key (token) being read or served at once: one token's slow
+    or numerous requests cannot take the server's whole concurrency budget (429 + Retry-After)."""
+
+    limit: int
+    _held: dict[str, int] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        n = self._held.get(key, 0)
+        if n >= self.limit:
+            raise RequestError(429, f"this token already has {self.limit} requests in flight", retry_after=1.0,
+                               kind="token_inflight")
+        self._held[key] = n + 1
+        try:
+            yield
+        finally:
+            left = self._held[key] - 1
+            if left:
+                self._held[key] = left
+            else:
+                del self._held[key]

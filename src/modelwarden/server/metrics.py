@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Optional
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 MAX_SERIES = 10_000
@@ -17,6 +18,16 @@ MAX_SERIES = 10_000
 
 def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+Visible = Optional[frozenset]
+
+
+def _shown(names: tuple[str, ...], values: tuple[str, ...], visible: Visible) -> bool:
+    """Series of other models (and of unknown ones, ``model=""``) are hidden from scoped tokens."""
+    if visible is None or "model" not in names:
+        return True
+    return values[names.index("model")] in visible
 
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
@@ -36,9 +47,10 @@ class Counter:
         if label_values in self.values or len(self.values) < MAX_SERIES:
             self.values[label_values] += by
 
-    def render(self) -> list[str]:
+    def render(self, visible: Visible = None) -> list[str]:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        out += [f"{self.name}{_labels(self.labels, k)} {v:g}" for k, v in sorted(self.values.items())]
+        out += [f"{self.name}{_labels(self.labels, k)} {v:g}" for k, v in sorted(self.values.items())
+                if _shown(self.labels, k, visible)]
         return out
 
 
@@ -48,8 +60,9 @@ class Gauge(Counter):
         if label_values in self.values or len(self.values) < MAX_SERIES:
             self.values[label_values] = value
 
-    def render(self) -> list[str]:
-        return [line.replace(" counter", " gauge") if line.startswith("# TYPE") else line for line in super().render()]
+    def render(self, visible: Visible = None) -> list[str]:
+        return [line.replace(" counter", " gauge") if line.startswith("# TYPE") else line
+                for line in super().render(visible)]
 
 
 @dataclass
@@ -71,9 +84,11 @@ class Histogram:
         s[-2] += value
         s[-1] += 1
 
-    def render(self) -> list[str]:
+    def render(self, visible: Visible = None) -> list[str]:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         for k, s in sorted(self.series.items()):
+            if not _shown(self.labels, k, visible):
+                continue
             for i, b in enumerate(BUCKETS):
                 out.append(f"{self.name}_bucket{_labels(self.labels + ('le',), k + (f'{b:g}',))} {s[i]:g}")
             out.append(f"{self.name}_bucket{_labels(self.labels + ('le',), k + ('+Inf',))} {s[-1]:g}")
@@ -97,10 +112,11 @@ class Metrics:
         self.workers = Gauge("modelwarden_workers", "Live sandboxed workers per model version.", ("model", "version"))
         self.inflight = Gauge("modelwarden_inflight_requests", "Requests being handled.")
 
-    def render(self) -> str:
+    def render(self, visible: Visible = None) -> str:
+        """Prometheus text; ``visible``: the model names a scoped token may see (None: all)."""
         with self.lock:
             lines: list[str] = []
             for m in (self.requests, self.latency, self.errors, self.restarts, self.limit_hits, self.workers,
                       self.inflight):
-                lines += m.render()
+                lines += m.render(visible)
             return "\n".join(lines) + "\n"

@@ -5,22 +5,36 @@ Model paths come only from the configuration.  A version is a direct child direc
 anywhere).  Every version is scanned statically under the server's policy before any
 worker starts; a version that fails the gate stays unavailable and its report is kept
 for admins.
+
+Like TF Serving's file-system source, ``base_path`` is polled every ``poll_interval_s``: a
+new version the policy wants is scanned, loaded in fresh sandboxed workers and served as
+soon as it is AVAILABLE; versions the policy no longer wants are retired only once every
+wanted version has settled and one of them is AVAILABLE (availability preserving: a refused
+or broken new version leaves the previous one serving).  A retired version stops taking
+new requests at once, its in-flight requests finish (up to the request deadline), then its
+workers are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
+import time
 import stat
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, Callable
 
+from modelwarden.server.batching import BatchingConfig
+from modelwarden.server.codec import INIT_SIGNATURE
 from modelwarden.server.config import ModelConfig, ServerConfig
 from modelwarden.server.limits import RequestError
 from modelwarden.server.pool import PoolSpec, WorkerPool, pool_limits
 
 MAX_VERSION_DIGITS = 18
+KEEP_ENDED = 8  # unloaded/refused versions the policy no longer wants, kept in the status per model
 
 
 @dataclass
@@ -28,12 +42,22 @@ class VersionState:
     model: str
     version: int
     path: str
-    state: str = "START"  # START | LOADING | AVAILABLE | END (TF Serving's ManagerState names)
+    state: str = "START"  # START | LOADING | AVAILABLE | UNLOADING | END (TF Serving's ManagerState names)
     error_code: str = "OK"
     error_message: str = ""
     pool: WorkerPool | None = None
     report: Any = None  # modelwarden Report of the scan gate
     methods: dict[str, tuple[str, dict, dict]] = field(default_factory=dict)
+    users: int = 0  # requests between resolving this version and their reply
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[None]:
+        """Hold the version for one request: retiring it waits for holders to finish."""
+        self.users += 1
+        try:
+            yield
+        finally:
+            self.users -= 1
 
     def status_json(self) -> dict:
         return {"version": str(self.version), "state": self.state,
@@ -108,6 +132,9 @@ def signature_methods(path: str) -> dict[str, tuple[str, dict, dict]]:
                 for s in g.signatures:
                     out.setdefault(s.name, (s.method or "", {t.name: t.tensor for t in s.inputs},
                                             {t.name: t.tensor for t in s.outputs}))
+                for ep in g.entry_points:  # TF2's init signature: metadata shows it, nothing calls it
+                    if ep.name == "init-op" and ep.tensors:
+                        out.setdefault(INIT_SIGNATURE, ("", {}, {INIT_SIGNATURE: ep.tensors[0]}))
         return out
     except Exception:  # noqa: BLE001 - metadata extras only; the scan gate already judged the model
         return {}
@@ -123,6 +150,8 @@ class Registry:
         self._scanner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mw-scan")
         self.ready = False  # start-up (discovery, scans, worker starts) has finished
         self.startup_error = ""
+        self._poller: asyncio.Task | None = None
+        self._tasks: set[asyncio.Future] = set()
 
     def not_ready(self) -> list[str]:
         """Why ``/readyz`` is not ready: empty once start-up finished and every configured model has
@@ -144,17 +173,71 @@ class Registry:
     # -- start-up ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        tasks = []
-        for entry in self.models.values():
-            chosen, err = discover_versions(entry.config)
+        await asyncio.gather(*(self._discover(entry) for entry in self.models.values()))
+        self.ready = True
+        if self.cfg.poll_interval_s > 0 and self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.poll_interval_s)
+            for entry in self.models.values():
+                try:
+                    await self._discover(entry, wait=False)
+                except Exception as exc:  # noqa: BLE001 - keep polling; report
+                    self._on_event("model_discovery", {"model": entry.config.name, "error": f"{exc}"[:500]})
+
+    async def _discover(self, entry: ModelEntry, wait: bool = True) -> None:
+        """Load versions the policy wants and does not have; retire those it no longer wants."""
+        chosen, err = discover_versions(entry.config)
+        if err != entry.discovery_error:
             entry.discovery_error = err
             if err:
                 self._on_event("model_discovery", {"model": entry.config.name, "error": err})
-            for v, path in chosen:
+        wanted = {v for v, _ in chosen}
+        tasks = []
+        for v, path in chosen:
+            if v not in entry.versions:
                 vs = entry.versions[v] = VersionState(entry.config.name, v, path)
-                tasks.append(self._load(entry.config, vs))
-        await asyncio.gather(*tasks)
-        self.ready = True
+                tasks.append(self._track(self._load(entry.config, vs)))
+        if wait:
+            await asyncio.gather(*tasks)
+        self._retire(entry, wanted)
+
+    def _track(self, coro: Any) -> Any:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _retire(self, entry: ModelEntry, wanted: set[int]) -> None:
+        mine = [entry.versions[v] for v in wanted if v in entry.versions]
+        settled = all(vs.state in ("AVAILABLE", "END") for vs in mine)
+        if not (settled and any(vs.state == "AVAILABLE" for vs in mine)):
+            return  # availability preserving: the old versions serve until a wanted one does
+        ended = []
+        for v, vs in list(entry.versions.items()):
+            if v in wanted:
+                continue
+            if vs.state == "AVAILABLE":
+                vs.state = "UNLOADING"
+                self._track(self._unload(vs))
+            elif vs.state == "END":
+                ended.append(v)
+        for v in sorted(ended)[:-KEEP_ENDED] if len(ended) > KEEP_ENDED else ():
+            del entry.versions[v]
+
+    async def _unload(self, vs: VersionState) -> None:
+        """Stop new requests (state UNLOADING), let in-flight ones finish, close the workers."""
+        self._on_event("model_unloading", {"model": vs.model, "version": vs.version})
+        end = time.monotonic() + self.cfg.request_timeout_s + 5
+        while vs.users and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        if vs.pool:
+            vs.pool.close()
+            vs.pool = None
+        vs.state, vs.error_code, vs.error_message = "END", "OK", ""
+        self._on_event("model_unloaded", {"model": vs.model, "version": vs.version})
 
     def _scan(self, m: ModelConfig, vs: VersionState) -> Any:
         from modelwarden.scanner import scan
@@ -181,8 +264,10 @@ class Registry:
                                             "findings": [f.rule_id for f in failing[:50]]})
             return
         vs.methods = await loop.run_in_executor(self._scanner, signature_methods, vs.path)
+        batching = BatchingConfig(self.cfg.max_batch_size, self.cfg.batch_timeout_s) if self.cfg.enable_batching \
+            else None
         spec = PoolSpec(vs.path, pool_limits(m.memory_bytes, m.timeout_s, m.max_processes), self.cfg.backend,
-                        self.cfg.policy, m.fail_on or self.cfg.fail_on, m.workers)
+                        self.cfg.policy, m.fail_on or self.cfg.fail_on, m.workers, m.spare_workers, batching)
         pool = WorkerPool(f"{m.name}/{vs.version}", spec, self._loader, self._on_event)
         try:
             await pool.start()
@@ -231,6 +316,10 @@ class Registry:
         return vs
 
     def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        for t in list(self._tasks):
+            t.cancel()
         for e in self.models.values():
             for vs in e.versions.values():
                 if vs.pool:
