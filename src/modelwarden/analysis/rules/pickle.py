@@ -319,11 +319,13 @@ META = {
             "Store numeric arrays only; load with allow_pickle=False.", ("numpy", "archive"), ("pickle",),
         ),
         RuleMeta(
-            "MW808", "pytorch-torchscript-code", Severity.MEDIUM,
+            "MW808", "pytorch-torchscript-code", Severity.INFO,
             "PyTorch archive contains TorchScript code",
             "TorchScript programs (code/*.py members) run inside torch.jit.load'ed models; they are not "
             "arbitrary Python but can call any registered operator, including file and process operators "
-            "of loaded extensions.",
+            "of loaded extensions. What the code calls is judged by MW950-MW954 (custom ops, file and "
+            "process operators, collectives, source TorchScript never emits); this finding only records "
+            "that code is there.",
             "Review the code members, or export weights only.", ("pytorch", "archive"), ("pytorch",),
         ),
     )
@@ -402,8 +404,9 @@ class PickleRules(Rule):
                               _loc(ctx, prog, prog.offset, "stream"))
 
 
-# Pickles torch.jit.load / the lite interpreter read besides data.pkl (their imports are still judged).
-TORCHSCRIPT_PICKLES = ("constants.pkl", "bytecode.pkl")
+# Pickles torch.jit.load / the lite interpreter read besides data.pkl with TorchScript's own
+# unpickler (their imports are still judged); traced_inputs.pkl holds a traced module's example inputs.
+TORCHSCRIPT_PICKLES = ("constants.pkl", "bytecode.pkl", "traced_inputs.pkl")
 
 
 def _torchscript_member(ctx: AnalysisContext, prog: PickleProgram) -> bool:
