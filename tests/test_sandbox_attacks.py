@@ -163,8 +163,13 @@ def test_kill_zero_reaches_process_group_peers_without_a_sandbox(tmp_path):
     record = tmp_path / "control.txt"
     src = (f"import os, signal, subprocess, sys\np = subprocess.Popen([sys.executable, '-c', {CANARY!r}, {str(record)!r}], "
            "stdout=subprocess.PIPE, text=True)\nassert p.stdout.readline().strip() == 'ready'\n"
-           "signal.signal(signal.SIGUSR1, signal.SIG_IGN)\nos.kill(0, signal.SIGUSR1)\n"
-           "os.kill(-os.getpgid(0), signal.SIGUSR1)\nimport time; time.sleep(0.5); p.kill()\n")
+           "signal.signal(signal.SIGUSR1, signal.SIG_IGN)\nimport time\n"
+           "def seen(n):  # one at a time: a second SIGUSR1 sent while one is pending merges into it\n"
+           "    end = time.monotonic() + 10\n"
+           f"    r = {str(record)!r}\n"
+           "    while time.monotonic() < end and (not os.path.exists(r) or open(r).read().count(chr(10)) < n):\n"
+           "        time.sleep(0.01)\n"
+           "os.kill(0, signal.SIGUSR1)\nseen(1)\nos.kill(-os.getpgid(0), signal.SIGUSR1)\nseen(2)\np.kill()\n")
     subprocess.run([sys.executable, "-c", src], start_new_session=True, timeout=60, check=True)
     assert record.read_text().split() == [str(int(signal.SIGUSR1))] * 2
 
