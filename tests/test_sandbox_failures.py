@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,6 +14,7 @@ from modelwarden.sandbox import (
     WorkerCrashed,
 )
 from modelwarden.sandbox.namespaces import probe_namespaces
+from tests.conftest import ROOT
 from tests.test_sandbox_isolation import leftovers
 
 _NS_OK, _NS_WHY = probe_namespaces()
@@ -198,3 +201,49 @@ def test_pool_closed_while_a_replacement_starts_leaves_no_worker_or_cgroup(benig
         with pytest.raises(RuntimeError, match="closed while a worker started"):
             starting.result(timeout=300)
     assert leftovers() == []
+
+
+ORPHAN = r"""
+import sys, threading
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from modelwarden.sandbox import Sandbox, SandboxLimits
+sb = Sandbox(SandboxLimits(timeout_s=600), backend=sys.argv[3])
+m = sb.load(sys.argv[2], scan=False)
+w = sb._worker
+threading.Thread(target=lambda: m.predict({"x": np.int64(0)}), daemon=True).start()
+print(w.proc.proc.pid, w.init_pid or 0, flush=True)
+threading.Event().wait()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("backend", ["namespaces", "bwrap"])
+def test_a_worker_dies_with_its_parent_even_mid_computation(escape, backend):
+    """A parent killed with SIGKILL (no clean-up runs) while its worker computes forever: the whole
+    tree dies with it, also after the boot process switched to an unprivileged uid (which clears
+    the parent-death signal unless it is armed again)."""
+    from modelwarden.sandbox.bwrap import BwrapBackend
+
+    if backend == "bwrap" and not BwrapBackend.availability()[0]:
+        pytest.skip("bwrap unavailable")
+    proc = subprocess.Popen([sys.executable, "-c", ORPHAN, str(ROOT / "src"), str(escape / "endless"), backend],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(x) for x in proc.stdout.readline().split() if int(x) > 0]
+        assert pids and all(_alive(p) for p in pids)  # control: the worker tree is running
+        time.sleep(1.0)  # the endless loop is computing
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), f"worker processes outlived their parent: {pids}"

@@ -26,6 +26,7 @@ _LEN = struct.Struct(">Q")
 _IDX = struct.Struct(">q")
 POOL_MIN_ARTIFACTS = 16  # below this a pool's start-up costs more than it saves
 MAX_ATTEMPTS = 2
+QUEUE_DEPTH = 4  # indices queued per worker: it never waits for the parent between artifacts
 
 
 def auto_jobs() -> int:
@@ -52,7 +53,7 @@ class _Proc:
     tasks: int  # fd: parent -> worker, artifact indices
     results: int  # fd: worker -> parent, records
     buf: bytearray = field(default_factory=bytearray)
-    current: int | None = None
+    queued: list[int] = field(default_factory=list)  # indices sent and not answered yet, in order
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -130,7 +131,7 @@ class ForkPoolEngine(Engine):
 
     def _pool(self, candidates: Sequence[Candidate], job: ScanJob, n: int) -> Iterator[tuple[int, ArtifactResult]]:
         pending = list(range(len(candidates)))[::-1]  # pop() hands out in order
-        attempts = [0] * len(candidates)
+        attempts = [0] * len(candidates)  # times an artifact was being read when its worker died
         procs: dict[int, _Proc] = {}
         sel = selectors.DefaultSelector()
 
@@ -144,15 +145,17 @@ class ForkPoolEngine(Engine):
             return p
 
         def feed(p: _Proc) -> None:
-            if pending:
-                p.current = pending.pop()
-                attempts[p.current] += 1
+            """Top up ``p``'s queue; a worker with nothing queued and nothing pending is retired."""
+            batch = []
+            while pending and len(p.queued) + len(batch) < QUEUE_DEPTH:
+                batch.append(pending.pop())
+            if batch:
+                p.queued.extend(batch)
                 try:
-                    _write_all(p.tasks, _IDX.pack(p.current))
-                except OSError:  # it died between tasks: its EOF hands the index back (not an attempt)
-                    attempts[p.current] -= 1
-            else:
-                p.current = None
+                    _write_all(p.tasks, b"".join(_IDX.pack(i) for i in batch))
+                except OSError:  # it died: its EOF hands the queue back
+                    pass
+            elif not p.queued:
                 retire(p)
 
         def retire(p: _Proc) -> int:
@@ -169,6 +172,26 @@ class ForkPoolEngine(Engine):
                 return 0
             return status
 
+        def died(p: _Proc) -> Iterator[tuple[int, ArtifactResult]]:
+            """The worker is gone: the artifact it was reading (its first queued) is an attempt; the
+            rest of its queue never started.  A new worker takes over while work is left."""
+            _kill(p.pid)
+            status = retire(p)
+            if p.queued:
+                idx, rest = p.queued[0], p.queued[1:]
+                attempts[idx] += 1
+                pending.extend(reversed(rest))
+                if attempts[idx] < MAX_ATTEMPTS:
+                    self.stats.retried += 1
+                    pending.append(idx)
+                else:
+                    self.stats.analysed += 1
+                    yield idx, ArtifactResult(None, errors=(ScanError(
+                        candidates[idx].path, f"the scanner process died while reading it ({_how(status)}); "
+                        f"tried {attempts[idx]} times"),))
+            if pending:
+                feed(start())
+
         try:
             for _ in range(n):
                 start()
@@ -183,21 +206,8 @@ class ForkPoolEngine(Engine):
                         chunk = os.read(p.results, 1 << 20)
                     except BlockingIOError:
                         continue
-                    if not chunk:  # the worker died
-                        idx = p.current
-                        _kill(p.pid)
-                        status = retire(p)
-                        if idx is not None:
-                            if attempts[idx] < MAX_ATTEMPTS:
-                                self.stats.retried += 1
-                                pending.append(idx)
-                            else:
-                                self.stats.analysed += 1
-                                yield idx, ArtifactResult(None, errors=(ScanError(
-                                    candidates[idx].path, f"the scanner process died while reading it ({_how(status)}); "
-                                    f"tried {attempts[idx]} times"),))
-                        if pending:
-                            feed(start())
+                    if not chunk:
+                        yield from died(p)
                         continue
                     p.buf += chunk
                     while len(p.buf) >= _LEN.size:
@@ -209,9 +219,9 @@ class ForkPoolEngine(Engine):
                             break
                         payload = bytes(p.buf[_LEN.size:_LEN.size + size])
                         del p.buf[:_LEN.size + size]
-                        idx = p.current
-                        if idx is None:
-                            continue
+                        if not p.queued:
+                            continue  # nothing was asked of it: ignore
+                        idx = p.queued.pop(0)
                         try:
                             result = records.loads(payload)
                         except records.RecordError as exc:
@@ -219,6 +229,7 @@ class ForkPoolEngine(Engine):
                                                                             f"the scanner process sent a malformed result ({exc})"),))
                         self.stats.analysed += 1
                         yield idx, result
+                    if p.results in procs:
                         feed(p)
         finally:
             for p in list(procs.values()):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,9 +27,14 @@ DEV_TMPFS_BYTES = 64 << 10
 STAGE = "/tmp"  # in the stager's private mount namespace only
 
 _STAGER = r"""
-import json, os, resource, sys
+import json, os, resource, signal, sys
 cfg = json.loads(sys.argv[1])
 sys.path.insert(0, cfg["pkg"])
+from modelwarden.sandbox import linux
+parent = cfg["parent"]
+linux.set_pdeathsig(signal.SIGKILL)  # dies with the caller until bwrap (--die-with-parent) takes over
+if os.getppid() != parent:
+    os._exit(70)
 for path in cfg["cgroup_procs"]:
     with open(path, "w") as f:
         f.write(str(os.getpid()))
@@ -48,7 +54,6 @@ except snapshot.SnapshotError as exc:
     _fatal(cfg["channel"], "the model copy", exc)
 argv = cfg["argv"][:cfg["copies_at"]] + data + cfg["argv"][cfg["copies_at"]:]
 if cfg["drop_to"] is not None:
-    from modelwarden.sandbox import linux
     linux.unshare(linux.CLONE_NEWNS)
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     fds = [os.open(src, os.O_PATH | os.O_CLOEXEC) for src in cfg["sources"]]  # before the stage hides /tmp
@@ -65,6 +70,9 @@ if cfg["drop_to"] is not None:
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
+    linux.set_pdeathsig(signal.SIGKILL)  # the credential change cleared it (bwrap re-arms its own)
+    if os.getppid() != parent:
+        os._exit(70)
 os.execv(argv[0], argv)
 """
 
@@ -137,7 +145,7 @@ class BwrapBackend(Backend):
 
         drop_to = identity_for()
         argv, sources, copies_at = self.argv(spec, stage=drop_to is not None)
-        stager = {"pkg": package_parent(), "cgroup_procs": list(spec.cgroup_procs), "drop_to": drop_to,
+        stager = {"parent": os.getpid(), "pkg": package_parent(), "cgroup_procs": list(spec.cgroup_procs), "drop_to": drop_to,
                   "sources": sources, "stage": STAGE, "argv": argv, "copies_at": copies_at, "channel": spec.channel_fd,
                   "copies": list(spec.copies)}
         proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _STAGER, json.dumps(stager)],

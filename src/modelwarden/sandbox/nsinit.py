@@ -123,6 +123,11 @@ def boot_main(fd: int) -> None:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)  # inside 0 = the unprivileged host uid from now on
             linux.prctl(linux.PR_SET_DUMPABLE, 1)
+            # changing credentials cleared the parent-death signal: arm it again, then make sure the
+            # parent did not die in between (else nothing would ever kill this tree)
+            linux.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != cfg["parent_pid"]:
+                os._exit(70)
         linux.assert_not_host_root()
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         sources.update(_receive_copies(fd, cfg.get("copies") or []))
