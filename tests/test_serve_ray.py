@@ -33,7 +33,9 @@ def test_serve_on_ray_replicas_survive_a_node_loss_and_share_revocations(fixture
     assert res.returncode == 0, res.stderr[-3000:] + server_out
     assert got["answer_ok"]
     assert got["no_token_status"] == 401 and got["no_token_json"]
-    assert got["replicas_serving"] == 2  # both replicas answered (audit log carries the replica id)
+    # both replicas answered (the audit log carries the replica id); the replacement Ray Serve starts
+    # after the node loss may have answered too
+    assert got["replicas_serving"] >= 2
     # a node holding a replica was removed under load: at most the in-flight requests failed
     assert got["load_requests"] > got["load_before_kill"] > 0
     assert got["load_failures"] <= 8, got
