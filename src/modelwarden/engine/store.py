@@ -86,7 +86,7 @@ class ResultStore:
             self.db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, sig TEXT NOT NULL, digest TEXT NOT NULL)")
         except (sqlite3.Error, OSError) as exc:
             raise UsageError(f"cannot use the scan cache in {self.root}: {exc} (use --no-cache)") from None
-        self._job_keys: dict[int, str] = {}
+        self._job_key: tuple[ScanJob, str] | None = None  # the job itself is held: an id() could be reused
         self.hits = 0
         self.misses = 0
 
@@ -108,18 +108,18 @@ class ResultStore:
     # -- keys ----------------------------------------------------------------------------------------
 
     def job_key(self, job: ScanJob) -> str:
-        cached = self._job_keys.get(id(job))
-        if cached is None:
-            from modelwarden.advisories import installed_tf
+        if self._job_key is not None and self._job_key[0] is job:
+            return self._job_key[1]
+        from modelwarden.advisories import installed_tf
 
-            h = hashlib.sha256()
-            for part in (str(records.RECORD_VERSION), code_digest(), policy_fingerprint(job), job.options.tf_version,
-                         repr(installed_tf()), repr(job.limits), str(job.callgraphs)):
-                h.update(part.encode() + b"\0")
-            if job.options.checkpoint:
-                h.update((self._checkpoint_digest(job.options.checkpoint) or os.urandom(16).hex()).encode())
-            cached = self._job_keys[id(job)] = h.hexdigest()
-        return cached
+        h = hashlib.sha256()
+        for part in (str(records.RECORD_VERSION), code_digest(), policy_fingerprint(job), job.options.tf_version,
+                     repr(installed_tf()), repr(job.limits), str(job.callgraphs)):
+            h.update(part.encode() + b"\0")
+        if job.options.checkpoint:
+            h.update((self._checkpoint_digest(job.options.checkpoint) or os.urandom(16).hex()).encode())
+        self._job_key = (job, h.hexdigest())
+        return self._job_key[1]
 
     def key(self, cand: Candidate, job: ScanJob) -> str | None:
         """The record key of ``cand`` under ``job``; None when its bytes cannot be hashed (no caching)."""
