@@ -156,28 +156,42 @@ def _parse_line(line: str, lineno: int) -> Advisory:
 
 
 @cache
-def load() -> tuple[Advisory, ...]:
-    """Every shipped advisory (parsed once)."""
+def _lines() -> tuple[tuple[int, str], ...]:
+    """``(line number, text)`` of every advisory line of the shipped file."""
     text = resources.files("modelwarden.catalog").joinpath("advisories.psv").read_text("utf-8")
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip() and not line.lstrip().startswith("#"):
-            out.append(_parse_line(line, n))
-    return tuple(out)
+    return tuple((n, line) for n, line in enumerate(text.splitlines(), 1)
+                 if line.strip() and not line.lstrip().startswith("#"))
 
 
 @cache
-def _by_op() -> dict[str, tuple[Advisory, ...]]:
-    index: dict[str, list[Advisory]] = {}
-    for adv in load():
-        for op in adv.ops:
-            index.setdefault(op, []).append(adv)
-    return {op: tuple(advs) for op, advs in index.items()}
+def _advisory(i: int) -> Advisory:
+    return _parse_line(*reversed(_lines()[i]))
+
+
+@cache
+def load() -> tuple[Advisory, ...]:
+    """Every shipped advisory (parsed once)."""
+    return tuple(_advisory(i) for i in range(len(_lines())))
+
+
+@cache
+def _by_op() -> dict[str, tuple[int, ...]]:
+    """op -> indexes of the advisories naming it; only the ops column is read here (a scan
+    parses just the advisories of the ops its graphs use)."""
+    index: dict[str, list[int]] = {}
+    for i, (n, line) in enumerate(_lines()):
+        parts = line.split("|")
+        if len(parts) != 8:
+            _parse_line(line, n)  # raises the error naming the line
+        for op in parts[3].split(","):
+            if op.strip():
+                index.setdefault(op.strip(), []).append(i)
+    return {op: tuple(ids) for op, ids in index.items()}
 
 
 def for_op(op: str) -> tuple[Advisory, ...]:
     """Every advisory naming ``op`` (TensorFlow op name, or ``tfl:NAME`` for a TFLite builtin)."""
-    return _by_op().get(op, ())
+    return tuple(_advisory(i) for i in _by_op().get(op, ()))
 
 
 def known_ops() -> frozenset[str]:

@@ -594,6 +594,9 @@ class PyRef:
     detail: str = ""  # for calls: first constant string arguments, shortened
 
 
+TORCHSCRIPT_ROLE = "torchscript code"  # PythonSource.role of a TorchScript archive's code/ member
+
+
 @dataclass(frozen=True)
 class PythonSource:
     """Python (or TorchScript) source a loader runs, analysed with :mod:`ast` (never executed)."""

@@ -11,6 +11,11 @@ from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.ir import FileEntry, FileKind
 
 
+def inside(rel: str) -> bool:
+    """Is a relative path from a config free of absolute and '..' parts?"""
+    return bool(rel) and not os.path.isabs(rel) and ".." not in rel.replace("\\", "/").split("/")
+
+
 def open_regular(path: str, what: str = "file") -> int:
     """Open a regular file read-only without following symlinks or blocking on FIFOs; the caller closes it."""
     try:

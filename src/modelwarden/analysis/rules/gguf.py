@@ -12,8 +12,9 @@ from collections.abc import Iterable
 
 from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleMeta, Severity
 from modelwarden.analysis.registry import register
-from modelwarden.formats.hub.gguf import INT64_MAX
 from modelwarden.ir import GgufFile
+
+INT64_MAX = (1 << 63) - 1
 
 FORMATS = ("gguf",)
 MAX_REPORTED = 20

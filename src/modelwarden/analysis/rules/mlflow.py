@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleMeta, Severity
 from modelwarden.analysis.registry import register
-from modelwarden.formats.hub.hf_directory import inside
+from modelwarden.formats.safeio import inside
 
 FORMATS = ("mlflow-model",)
 # Modules that, shadowed from the model's code directory, replace what MLflow or the model imports next.

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleMeta, Severity
 from modelwarden.analysis.registry import register
 from modelwarden.analysis.rules.python_code import INTERNALS
-from modelwarden.formats.hub.torchscript import ROLE
+from modelwarden.ir import TORCHSCRIPT_ROLE as ROLE
 from modelwarden.ir import PyRef, PythonSource
 
 FORMATS = ("pytorch",)

@@ -54,7 +54,6 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
     39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
 }
-INT64_MAX = (1 << 63) - 1
 
 
 def tensor_nbytes(ggml_type: int, dims: tuple[int, ...]) -> int | None:

@@ -26,6 +26,7 @@ import posixpath
 
 from modelwarden.errors import InputError
 from modelwarden.formats import safeio
+from modelwarden.formats.safeio import inside
 from modelwarden.formats.hub.pysource import SourceBudget
 from modelwarden.formats.hub.templates import template_facts, templates_in
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
@@ -208,6 +209,3 @@ def _shards(root: str, index_name: str, limits: Limits) -> list[str]:
     return sorted({v for v in weight_map.values() if isinstance(v, str)})[:10_000]
 
 
-def inside(rel: str) -> bool:
-    """Is a relative path from a config free of absolute and '..' parts?"""
-    return bool(rel) and not os.path.isabs(rel) and ".." not in rel.replace("\\", "/").split("/")

@@ -24,7 +24,7 @@ import posixpath
 
 from modelwarden.errors import InputError
 from modelwarden.formats import safeio
-from modelwarden.formats.hub.hf_directory import inside
+from modelwarden.formats.safeio import inside
 from modelwarden.formats.hub.pysource import SourceBudget
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
 from modelwarden.ir import Artifact, ArtifactFormat, LoadStep, PythonSource

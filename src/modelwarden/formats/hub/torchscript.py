@@ -18,9 +18,9 @@ from modelwarden.errors import InputError
 from modelwarden.formats.archive import open_regular
 from modelwarden.formats.hub.pysource import MAX_SOURCE_BYTES, SourceBudget
 from modelwarden.formats.interface import DEFAULT_LIMITS, Limits
+from modelwarden.ir import TORCHSCRIPT_ROLE as ROLE
 from modelwarden.ir import PythonSource
 
-ROLE = "torchscript code"
 MAX_CODE_MEMBERS = 5000
 
 
