@@ -20,9 +20,10 @@ metadata.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cache, total_ordering
 from importlib import resources
+
+from modelwarden.record import record
 
 # stage order within one release: dev < a < b < rc < final < post
 _STAGES = {"dev": 0, "a": 1, "alpha": 1, "b": 2, "beta": 2, "rc": 3, "c": 3, "": 4, "post": 5}
@@ -53,7 +54,7 @@ class VersionError(ValueError):
 
 
 @total_ordering
-@dataclass(frozen=True, slots=True)
+@record
 class Version:
     """A TensorFlow release number, e.g. ``2.16.0rc0`` -> (2, 16, 0, rc, 0)."""
 
@@ -98,7 +99,7 @@ class Version:
         return self.text or f"{self.major}.{self.minor}.{self.patch}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Advisory:
     id: str  # TFSA-2021-029
     cve: str
@@ -217,7 +218,7 @@ def upgrade_target(advisories: "list[Advisory] | tuple[Advisory, ...]", v: Versi
 # Which TensorFlow to judge
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VersionChoice:
     version: Version | None
     source: str  # "--tf-version", "installed package tensorflow", "model (...)", or why none

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Union
+
+from modelwarden.record import field, record
 
 # --------------------------------------------------------------------------
 # Attribute values
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DType:
     """A TensorFlow dtype attribute, e.g. ``DType("float32")``."""
 
@@ -33,7 +34,7 @@ class DType:
         return self.name
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Shape:
     """A shape attribute; ``dims`` is ``None`` for unknown rank, -1 for unknown dims."""
 
@@ -45,7 +46,7 @@ class Shape:
         return "[" + ", ".join("?" if d < 0 else str(d) for d in self.dims) + "]"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TensorValue:
     """A constant tensor.
 
@@ -67,7 +68,7 @@ class TensorValue:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FuncRef:
     """A function-valued attribute (``f``, ``then_branch``, ``body`` ...)."""
 
@@ -75,7 +76,7 @@ class FuncRef:
     attrs: Mapping[str, "AttrValue"] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AttrPlaceholder:
     """An attribute bound later from the enclosing function's attrs."""
 
@@ -91,7 +92,7 @@ AttrValue = Union[
 # Graphs
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Node:
     """One operation.
 
@@ -129,7 +130,7 @@ class Node:
                         yield key, item
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Arg:
     """A function argument or result: its name and dtype (``""`` when polymorphic)."""
 
@@ -143,7 +144,7 @@ class FunctionKind(enum.StrEnum):
     SUBGRAPH = "subgraph"  # a TFLite subgraph
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Function:
     """A body of nodes: a library function, a top-level graph or a TFLite subgraph."""
 
@@ -168,7 +169,7 @@ class EntryKind(enum.StrEnum):
     GRAPH = "graph"  # a bare GraphDef: everything in it may run
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EntryPoint:
     """A way into a graph: tensor names in the top-level graph and/or function names."""
 
@@ -178,7 +179,7 @@ class EntryPoint:
     functions: tuple[str, ...] = ()  # library functions entered directly
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TensorSpec:
     """A signature input or output."""
 
@@ -188,7 +189,7 @@ class TensorSpec:
     shape: tuple[int, ...] | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Signature:
     name: str
     method: str
@@ -196,7 +197,7 @@ class Signature:
     outputs: tuple[TensorSpec, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AssetRef:
     """An asset declared by the model (asset_file_def or a SavedAsset)."""
 
@@ -204,7 +205,7 @@ class AssetRef:
     tensor: str = ""  # graph tensor that receives the path at load time
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Capture:
     """What the loader binds to a function's trailing captured argument (TF2 object graph).
 
@@ -216,7 +217,7 @@ class Capture:
     value: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VariableSpec:
     """A variable the graph expects its checkpoint to provide."""
 
@@ -226,14 +227,14 @@ class VariableSpec:
     name: str = ""  # object path or variable name, for people
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SaverInfo:
     filename_tensor: str
     save_tensor: str
     restore_op: str
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class Graph:
     """One executable graph: a meta graph, a frozen GraphDef or a TFLite model.
 
@@ -264,7 +265,7 @@ class Graph:
 # Keras
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CodeFacts:
     """What a marshalled Python code object reveals without running it."""
 
@@ -275,7 +276,7 @@ class CodeFacts:
     error: str = ""  # why decoding stopped early, if it did
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KerasObject:
     """Any object in a Keras config that names a class to deserialise.
 
@@ -292,7 +293,7 @@ class KerasObject:
     lambda_source_kind: str = ""  # "bytecode", "lambda-string", "function-name", ...
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConfigString:
     """A string found anywhere in a Keras config, with its location (for path rules)."""
 
@@ -300,7 +301,7 @@ class ConfigString:
     value: str
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class KerasModel:
     source_file: str
     keras_version: str
@@ -314,7 +315,7 @@ class KerasModel:
 # Checkpoints
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CheckpointEntry:
     name: str
     dtype: str
@@ -326,14 +327,14 @@ class CheckpointEntry:
     sliced: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DataShard:
     shard: int
     path: str
     size: int | None  # None when the file is missing
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class Checkpoint:
     prefix: str  # display path of the prefix (".../variables/variables")
     num_shards: int
@@ -353,7 +354,7 @@ class FileKind(enum.StrEnum):
     OTHER = "other"  # fifo, device, socket
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FileEntry:
     """One entry of a model directory or archive, relative to the artifact root."""
 
@@ -387,7 +388,7 @@ class ArtifactFormat(enum.StrEnum):
 # Pickle programs (plain pickle, joblib, PyTorch, NumPy object arrays)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PickleImport:
     """A global the unpickler would import: ``module.name`` at byte ``pos`` of its stream.
 
@@ -407,7 +408,7 @@ class PickleImport:
         return f"{self.module}.{self.name}" if self.module else self.name
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PickleCall:
     """A call the unpickler would make: ``target`` (dotted import, or ``<...>`` when not a plain
     import) at byte ``pos``; ``args`` is a short rendering of the arguments."""
@@ -419,7 +420,7 @@ class PickleCall:
     resolved: bool = True
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class PickleProgram:
     """What one pickle stream would do, found by reading its opcodes (never by unpickling).
 
@@ -443,7 +444,7 @@ class PickleProgram:
 # safetensors, ONNX, archives
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SafetensorsTensor:
     name: str
     dtype: str
@@ -453,7 +454,7 @@ class SafetensorsTensor:
     extra_keys: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class SafetensorsHeader:
     source: str
     header_len: int
@@ -464,7 +465,7 @@ class SafetensorsHeader:
     duplicate_keys: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OnnxNode:
     name: str
     op_type: str
@@ -472,7 +473,7 @@ class OnnxNode:
     scope: str  # "graph", "graph/Loop_3.body", "function:custom.F" ...
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OnnxTensor:
     name: str
     scope: str
@@ -482,7 +483,7 @@ class OnnxTensor:
     kind: str = "initializer"  # initializer, sparse_initializer, attribute
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class OnnxModel:
     source: str
     ir_version: int
@@ -495,7 +496,7 @@ class OnnxModel:
     max_depth: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ArchiveMember:
     """One member of a zip/tar container (``container`` is "" for the outer archive, else the
     chain of members it is nested in, joined with "!")."""
@@ -515,7 +516,7 @@ class ArchiveMember:
         return f"{self.container}!{self.name}" if self.container else self.name
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class ArchiveFacts:
     kind: str  # "zip", "tar", "tar.gz"
     members: tuple[ArchiveMember, ...]
@@ -528,7 +529,7 @@ class ArchiveFacts:
 # Model-hub formats: GGUF, chat templates, Python source run on load, loader plans
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GgufArray:
     """A GGUF metadata array, summarised: its element type and declared count (elements are not kept)."""
 
@@ -536,7 +537,7 @@ class GgufArray:
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GgufTensor:
     name: str
     dims: tuple[int, ...]
@@ -545,7 +546,7 @@ class GgufTensor:
     nbytes: int | None  # None: unknown type, or element count not a whole number of blocks
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class GgufFile:
     """A GGUF header: metadata (scalars and strings kept, arrays summarised) and the tensor table.
 
@@ -565,7 +566,7 @@ class GgufFile:
     duplicate_tensors: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TemplateFacts:
     """What a Jinja template reads, found by parsing it with Jinja's own parser (never rendering).
 
@@ -584,7 +585,7 @@ class TemplateFacts:
     error: str = ""  # why parsing failed
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PyRef:
     """A name Python source imports or calls, resolved through its import aliases."""
 
@@ -597,7 +598,7 @@ class PyRef:
 TORCHSCRIPT_ROLE = "torchscript code"  # PythonSource.role of a TorchScript archive's code/ member
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class PythonSource:
     """Python (or TorchScript) source a loader runs, analysed with :mod:`ast` (never executed)."""
 
@@ -610,7 +611,7 @@ class PythonSource:
     error: str = ""  # why parsing failed
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LoadStep:
     """One thing a loader does when it loads a hub directory, in order."""
 
@@ -620,7 +621,7 @@ class LoadStep:
     present: bool = True  # the file it needs is in the directory
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class Artifact:
     """One model artifact, found once, with everything its reader learned."""
 

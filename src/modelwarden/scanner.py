@@ -10,7 +10,6 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from modelwarden import __version__
@@ -24,6 +23,7 @@ from modelwarden.formats.detect import discover
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
 from modelwarden.ir import Artifact
 from modelwarden.policy.interface import Policy
+from modelwarden.record import replace
 from modelwarden.report.interface import ArtifactSummary, CallGraphSketch, Report, ScanError, SkippedFile
 
 if TYPE_CHECKING:

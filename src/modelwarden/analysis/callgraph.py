@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from modelwarden.ir import EntryKind, EntryPoint, Function, FunctionKind, Graph, Node
+from modelwarden.record import field, record
 
 # Order of importance: the first kind that reaches a function is its "best" reach.
 KIND_ORDER = (EntryKind.LOAD_TIME, EntryKind.SIGNATURE, EntryKind.GRAPH, EntryKind.OBJECT_METHOD, EntryKind.SAVER)
@@ -29,7 +29,7 @@ def entry_label(ep: EntryPoint) -> str:
     return f"{ep.kind.value}:{ep.name}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CallEdge:
     caller: str  # function name
     node: str  # calling node
@@ -41,7 +41,7 @@ MAX_PATH_STEPS = 41  # longer call paths are shown with their middle elided
 HEAD_STEPS, TAIL_STEPS = 16, 24
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Reach:
     """How a function is reached: one hop, linked to the previous one (paths cost O(1) memory each)."""
 
@@ -87,7 +87,7 @@ class Reach:
 NOT_REACHED = Reach(None, UNREACHABLE, ())
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class CallGraph:
     graph: Graph
     edges: dict[str, list[CallEdge]] = field(default_factory=dict)

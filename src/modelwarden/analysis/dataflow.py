@@ -13,12 +13,12 @@ stays conservative (a union of inputs).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from modelwarden.analysis.callgraph import tensor_node
 from modelwarden.analysis.graphs import GraphView
 from modelwarden.analysis.values import PLACEHOLDERS, VARIABLE_OPS
 from modelwarden.ir import Function, Node
+from modelwarden.record import record
 
 Source = tuple[str, str]  # ("variable", key) | ("input", name) | ("saver", "") | ("arg", "3")
 Taint = frozenset[Source]
@@ -35,7 +35,7 @@ MAX_SWEEPS = 8
 MAX_ROUNDS = 6
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Summary:
     outputs: tuple[Taint, ...]  # per declared output, may contain ("arg", j)
 

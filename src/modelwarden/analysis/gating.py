@@ -8,7 +8,6 @@ capability ops it can reach (through any depth of calls), with the path.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 from modelwarden.analysis.callgraph import tensor_node
 from modelwarden.analysis.dataflow import BRANCH_OPS, LOOP_OPS, Dataflow, sources
@@ -16,11 +15,12 @@ from modelwarden.analysis.graphs import GraphView, graph_views
 from modelwarden.analysis.interface import AnalysisContext
 from modelwarden.analysis.rules.capabilities import CAPABILITY_META
 from modelwarden.ir import EntryKind, FuncRef, Function, Node
+from modelwarden.record import record
 
 MAX_EXPR_NODES = 24
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CapabilityUse:
     capability: str
     op: str
@@ -33,14 +33,14 @@ class CapabilityUse:
         return f"{self.op}(path={self.argument})" if self.argument else f"{self.op}({self.node})"
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class Branch:
     label: str  # "then_branch", "branches[2]", "body", "output_true"
     function: str  # "" for Switch outputs in the same body
     uses: tuple[CapabilityUse, ...]
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class GatingSite:
     view: GraphView
     fn: Function

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from modelwarden.analysis.callgraph import CallGraph, Reach, build
 from modelwarden.analysis.interface import AnalysisContext, Location
 from modelwarden.analysis.values import Resolver
 from modelwarden.ir import Function, Graph, Node
+from modelwarden.record import record
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class GraphView:
     graph: Graph
     cg: CallGraph

@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
+
+from modelwarden.record import field, record, replace
 
 if TYPE_CHECKING:
     from modelwarden.catalog import Catalog
@@ -43,7 +44,7 @@ class Severity(enum.IntEnum):
         return Severity(max(int(floor), int(self) - steps))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Location:
     """Where a finding is: artifact, file inside it, and the logical place in the graph."""
 
@@ -61,7 +62,7 @@ class Location:
         return "/".join(p for p in (self.graph, self.function, self.node) if p)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Finding:
     rule_id: str
     severity: Severity
@@ -87,7 +88,7 @@ class Finding:
         return replace(self, severity=severity)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RuleMeta:
     id: str  # stable: "MW101"
     name: str  # kebab-case: "file-read-op"
@@ -99,7 +100,7 @@ class RuleMeta:
     tags: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ScanOptions:
     """Scan-wide inputs to analysis beyond the artifact itself."""
 
@@ -107,7 +108,7 @@ class ScanOptions:
     checkpoint: str = ""  # --checkpoint PREFIX: a user-supplied checkpoint to audit against the graph
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class AnalysisContext:
     """What a rule may look at: the artifact, the effective op catalog, the policy.
 

@@ -7,10 +7,10 @@ saver's filename placeholder.  It never guesses: anything else is "computed".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from modelwarden.analysis.callgraph import CallGraph, CallEdge, tensor_node
 from modelwarden.ir import Capture, Function, Node, TensorValue
+from modelwarden.record import record
 
 PASS_THROUGH = frozenset(
     {"Identity", "StopGradient", "Snapshot", "PreventGradient", "CheckNumerics", "EnsureShape", "Squeeze", "Reshape"}
@@ -25,7 +25,7 @@ _CALL_OFFSETS = {
 MAX_DEPTH = 64
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Value:
     """``kind``: const | asset | input | variable | saver-filename | computed | unknown."""
 

@@ -17,19 +17,19 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING
 
 from modelwarden.analysis.interface import Severity
+from modelwarden.record import field, record, replace
 
 if TYPE_CHECKING:
     from modelwarden.ir import Node
     from modelwarden.policy.interface import Policy
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CapabilityKind:
     name: str
     severity: Severity
@@ -37,7 +37,7 @@ class CapabilityKind:
     summary: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OpSpec:
     op: str
     capabilities: tuple[str, ...]
@@ -59,7 +59,7 @@ def _attr_text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class Catalog:
     kinds: Mapping[str, CapabilityKind]
     specs: Mapping[str, OpSpec]

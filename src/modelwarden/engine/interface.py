@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 from modelwarden.analysis.interface import Finding, ScanOptions
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
 from modelwarden.policy.interface import Policy
+from modelwarden.record import field, record
 from modelwarden.report.interface import ArtifactSummary, CallGraphSketch, ScanError
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class ScanJob:
     """What every artifact of one scan is analysed with (shared by all its units of work)."""
 
@@ -22,7 +22,7 @@ class ScanJob:
     callgraphs: bool = False
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class ArtifactResult:
     """The outcome of scanning one candidate: a summary and pre-policy findings, or errors."""
 
@@ -36,7 +36,7 @@ class ArtifactResult:
 Progress = Callable[[int, int, str], None]
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class EngineStats:
     """What an engine did beyond the results themselves (shown in reports and bench/)."""
 

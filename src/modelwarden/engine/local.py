@@ -15,11 +15,11 @@ import selectors
 import signal
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 from modelwarden.engine import records
 from modelwarden.engine.interface import ArtifactResult, Engine, ScanJob
 from modelwarden.formats.interface import Candidate
+from modelwarden.record import field, record
 from modelwarden.report.interface import ScanError
 
 _LEN = struct.Struct(">Q")
@@ -47,7 +47,7 @@ class SerialEngine(Engine):
             yield i, scan_candidate(cand, job)
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class _Proc:
     pid: int
     tasks: int  # fd: parent -> worker, artifact indices

@@ -19,7 +19,6 @@ import stat
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -30,6 +29,7 @@ from modelwarden.formats import pickle_ops
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
 from modelwarden.formats.keras_v3 import read_member
 from modelwarden.ir import Artifact, ArtifactFormat, ArchiveFacts, ArchiveMember, FileKind, PickleProgram
+from modelwarden.record import field, record
 
 MAX_DEPTH = 3  # nested archives inspected below the outer one
 MAX_TAR_BYTES = 8 * 1024**3  # bytes of (decompressed) tar stream walked before giving up
@@ -92,7 +92,7 @@ def is_pickle_head(head: bytes, size: int) -> bool:
     return prog.opcodes >= 8
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class Inspection:
     """What walking one container found."""
 
@@ -355,7 +355,7 @@ def _head_kind(head: bytes, size: int) -> str:
 
 
 def _relabel(progs: list[PickleProgram], role: str) -> list[PickleProgram]:
-    from dataclasses import replace
+    from modelwarden.record import replace
 
     return [replace(p, role=p.role or role) for p in progs]
 

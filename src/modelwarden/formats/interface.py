@@ -8,12 +8,12 @@ every size, depth and count is bounded by :class:`Limits`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 from modelwarden.ir import Artifact, ArtifactFormat
+from modelwarden.record import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Limits:
     """Safety bounds for reading hostile artifacts.  Defaults fit real models with wide margins."""
 
@@ -35,7 +35,7 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Candidate:
     """An artifact found by detection, before reading."""
 

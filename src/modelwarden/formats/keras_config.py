@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from modelwarden.errors import InputError, LimitExceeded
@@ -26,6 +25,7 @@ from modelwarden.formats import safeio
 from modelwarden.formats.interface import DEFAULT_LIMITS, Limits
 from modelwarden.formats.marshal_facts import code_facts
 from modelwarden.ir import CodeFacts, ConfigString, KerasModel, KerasObject
+from modelwarden.record import field, record
 
 MAX_STRINGS = 1_000_000  # ConfigStrings per model; more is a LimitExceeded, never a silent cut
 MAX_STRING_CHARS = 4096  # each recorded string value is cut to this length
@@ -33,7 +33,7 @@ LAMBDA_FUNCTION_KEYS = ("function", "output_shape", "mask")
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class _Collector:
     """Accumulates objects and strings across one or more config trees."""
 

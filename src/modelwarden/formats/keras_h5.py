@@ -23,13 +23,13 @@ import select
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.formats import safeio
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
 from modelwarden.formats.keras_config import model_from_config
 from modelwarden.ir import Artifact, ArtifactFormat, FileEntry, FileKind, KerasModel
+from modelwarden.record import record
 
 TIMEOUT_SECONDS = 60.0
 CHILD_EXTRA_MEMORY = 2 * 1024**3  # address space the child may add to what it inherits
@@ -41,7 +41,7 @@ DATA_ONLY = ("HDF5 data, not a Keras model: no model_config, layer_names or Kera
              "Keras refuses to load it and its datasets hold no code")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChildResult:
     """What an isolated call returned: ``data`` on success, else why it failed."""
 

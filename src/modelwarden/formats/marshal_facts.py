@@ -16,9 +16,9 @@ gives a result with ``error`` set.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from modelwarden.ir import CodeFacts
+from modelwarden.record import record
 
 FLAG_REF = 0x80
 MAX_STRINGS = 2000  # string constants kept per blob
@@ -30,7 +30,7 @@ class _Malformed(Exception):
     """Internal: the bytes are not what the layout expects."""
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class _Code:
     """A parsed code object: only what the facts need."""
 

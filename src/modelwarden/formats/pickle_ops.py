@@ -21,9 +21,9 @@ from __future__ import annotations
 import _compat_pickle
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from modelwarden.ir import PickleCall, PickleImport, PickleProgram
+from modelwarden.record import field, record
 
 MAX_KEEP_STR = 4096  # longer strings become descriptions
 MAX_ITEMS_KEPT = 64  # items kept per list/dict/set (for rendering and joblib state lookups)
@@ -48,12 +48,12 @@ class Mark:
     __slots__ = ()
 
 
-@dataclass(slots=True, eq=False)
+@record(frozen=False, eq=False)
 class Opaque:
     desc: str
 
 
-@dataclass(slots=True, eq=False)
+@record(frozen=False, eq=False)
 class Global:
     module: str
     name: str
@@ -66,7 +66,7 @@ class Global:
         return f"{self.module}.{self.name}" if self.module else self.name
 
 
-@dataclass(slots=True, eq=False)
+@record(frozen=False, eq=False)
 class Call:
     func: object
     args: object
@@ -74,7 +74,7 @@ class Call:
     opcode: str
 
 
-@dataclass(slots=True, eq=False)
+@record(frozen=False, eq=False)
 class Coll:
     """A list, dict, set or frozenset; only the first items are kept."""
 
@@ -224,7 +224,7 @@ _F64 = struct.Struct(">d")
 _MARK = Mark()
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class _Result:
     imports: list[PickleImport] = field(default_factory=list)
     calls: list[PickleCall] = field(default_factory=list)

@@ -79,7 +79,7 @@ class PyTorchReader(Reader):
         finally:
             if isinstance(buf, mmap.mmap):
                 buf.close()
-        from dataclasses import replace
+        from modelwarden.record import replace
 
         labelled = []
         main = [p for p in progs if p.role != "joblib object array"]

@@ -13,7 +13,6 @@ embedded TensorFlow op (its NodeDef decoded from the custom options, plus
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
 
 from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.formats import safeio, tfproto
@@ -36,6 +35,7 @@ from modelwarden.ir import (
     TensorSpec,
     TensorValue,
 )
+from modelwarden.record import record, replace
 
 IDENTIFIER = b"TFL3"
 MAX_FILE_BYTES = 2 * 1024**3  # flatbuffers cannot address more (larger models use external buffers)
@@ -116,7 +116,7 @@ SUBGRAPH_OPTIONS_2: dict[int, tuple[tuple[str, int, bool], ...]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OpCode:
     builtin: int
     custom: str
@@ -134,7 +134,7 @@ class OpCode:
         return f"tfl:BUILTIN_{self.builtin}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Tensor:
     name: str
     dtype: str

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
 
 from modelwarden.analysis.interface import Finding, Severity
+from modelwarden.record import field, record, replace
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ignore:
     """Suppress ``rule`` where the globs match; a written justification is mandatory."""
 
@@ -27,7 +27,7 @@ class Ignore:
         )
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class Policy:
     """A named profile, possibly extended by a user TOML file.
 

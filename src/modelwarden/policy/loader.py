@@ -28,7 +28,6 @@ import fnmatch
 import re
 import tomllib
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from modelwarden.analysis.interface import Severity
 from modelwarden.errors import PolicyError
 from modelwarden.policy.interface import Ignore, Policy
 from modelwarden.policy.profiles import PROFILE_NAMES, profile
+from modelwarden.record import replace
 
 MAX_POLICY_BYTES = 1024 * 1024
 MAX_LIST = 100_000

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 
 from modelwarden.analysis.interface import Finding, Severity
+from modelwarden.record import field, record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ScanError:
     """An input that could not be read: the path and what is wrong with it."""
 
@@ -16,7 +16,7 @@ class ScanError:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SkippedFile:
     """A file a directory walk did not scan, and why (unrecognised format, symbolic link, special file)."""
 
@@ -27,7 +27,7 @@ class SkippedFile:
 EXIT_EMPTY = 4  # nothing to scan: no model artifact in the inputs (a CI gate pointed at the wrong folder)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ArtifactSummary:
     display: str
     path: str
@@ -38,7 +38,7 @@ class ArtifactSummary:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CallGraphSketch:
     """The shape of one graph's call graph, for pictures (HTML report).
 
@@ -54,7 +54,7 @@ class CallGraphSketch:
     entries: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class Report:
     """Everything one scan produced.  ``findings`` excludes suppressed ones."""
 

@@ -8,7 +8,6 @@ modelwarden, else the one recorded in the model (see :mod:`modelwarden.advisorie
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from modelwarden import advisories as adv
 from modelwarden.analysis.callgraph import Reach
@@ -16,6 +15,7 @@ from modelwarden.analysis.graphs import GraphView, graph_views, node_location
 from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleMeta, Severity
 from modelwarden.analysis.registry import register
 from modelwarden.ir import EntryKind, Function, Node
+from modelwarden.record import field, record
 
 FORMATS = ("tf-savedmodel", "tf-graphdef", "tflite")
 MAX_LISTED = 8  # advisory ids spelled out in a message
@@ -52,7 +52,7 @@ UNKNOWN = RuleMeta(
 _SAVER_OR_NOWHERE = (None, EntryKind.SAVER)
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class _OpUse:
     first: tuple[Function, Node, Reach] | None = None
     count: int = 0
