@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-import pkgutil
+import os
 from collections.abc import Iterable
 
 from modelwarden.analysis.interface import Rule, RuleMeta
@@ -29,8 +29,10 @@ def _load_builtin() -> None:
         return
     import modelwarden.analysis.rules as pkg
 
-    for info in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{pkg.__name__}.{info.name}")
+    # every module of the rules package (os.listdir, not pkgutil, which imports inspect: start-up time)
+    names = sorted({f[:-3] for d in pkg.__path__ for f in os.listdir(d) if f.endswith(".py") and f != "__init__.py"})
+    for name in names:
+        importlib.import_module(f"{pkg.__name__}.{name}")
     _loaded = True
 
 

@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 
 def render() -> str:
     """The ``ops.json`` text for the current ``ops.toml``."""
-    return json.dumps(compile_ops((HERE / "ops.toml").read_bytes()), indent=0, sort_keys=True) + "\n"
+    return json.dumps(compile_ops((HERE / "ops.toml").read_bytes()), indent=0) + "\n"  # keeps the TOML order
 
 
 def main(argv: list[str] | None = None) -> int:

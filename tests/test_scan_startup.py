@@ -1,0 +1,86 @@
+"""Scan start-up (issue 13): what a whole-process ``modelwarden scan`` of a SavedModel imports.
+
+A behaviour test, not a timing test: every module listed here was measured on the scan's
+critical path (``python -X importtime``) and is not needed to audit a SavedModel, so importing
+it again is a start-up regression (bench/bench_scan.py (a) measures the time itself).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+# readers of other formats, renderers the JSON report does not use, engines and the results store
+# a one-model scan does not start, and the run/serve halves of the package
+NOT_NEEDED = {
+    "modelwarden.formats.pickle_file", "modelwarden.formats.pickle_ops", "modelwarden.formats.archive",
+    "modelwarden.formats.keras_v3", "modelwarden.formats.keras_h5", "modelwarden.formats.keras_config",
+    "modelwarden.formats.marshal_facts", "modelwarden.formats.onnx", "modelwarden.formats.tflite",
+    "modelwarden.formats.pytorch", "modelwarden.formats.safetensors", "modelwarden.formats.numpy_file",
+    "modelwarden.formats.hub", "modelwarden.report.sarif", "modelwarden.report.html",
+    "modelwarden.report.svg_callgraph", "modelwarden.engine.store", "modelwarden.engine.ray_engine",
+    "modelwarden.policy.loader", "modelwarden.sandbox", "modelwarden.server", "modelwarden.runtime",
+    # stdlib machinery the scan path used to pay for at start-up: TOML parsing (the catalog is read
+    # from its compiled ops.json), dataclass creation (modelwarden.record), pkgutil/inspect (rule discovery)
+    "tomllib", "dataclasses", "inspect", "pkgutil",
+    # never at scan time
+    "tensorflow", "keras", "tf_keras", "h5py", "torch", "numpy", "jinja2",
+}
+
+
+@pytest.fixture(scope="module")
+def mobilenet(fixture_dir):
+    return fixture_dir("build_tf_scan") / "models" / "keras_mobilenetv2"
+
+
+# runs the CLI exactly as ``python -m modelwarden`` does, then lists sys.modules (``-X importtime``
+# does not see modules imported through importlib.import_module, as the rule registry does)
+_PROBE = """
+import json, runpy, sys
+try:
+    runpy.run_module("modelwarden", run_name="__main__", alter_sys=True)
+except SystemExit as exc:
+    code = exc.code
+sys.stderr.write("\\nMODULES " + json.dumps([code, sorted(sys.modules)]) + "\\n")
+"""
+
+
+def _imports(*args: str) -> tuple[int, str, set[str]]:
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES ")]
+    assert line, proc.stderr[-2000:]
+    code, names = json.loads(line[-1][len("MODULES "):])
+    return code, proc.stdout, set(names)
+
+
+def _hits(names: set[str]) -> list[str]:
+    return sorted(n for n in names if any(n == m or n.startswith(m + ".") for m in NOT_NEEDED))
+
+
+def test_savedmodel_scan_imports_only_what_it_needs(mobilenet):
+    code, out, names = _imports("scan", str(mobilenet), "--format", "json", "--no-progress")
+    assert code == 0
+    report = json.loads(out)
+    assert len(report["artifacts"]) == 1 and report["artifacts"][0]["format"] == "tf-savedmodel"
+    assert report["artifacts"][0]["nodes"] > 1000  # the graphs were really read and analysed
+    # positive control: the modules a SavedModel scan does need were imported (the probe sees imports)
+    assert {"modelwarden.formats.savedmodel", "modelwarden.analysis.rules.capabilities",
+            "modelwarden.catalog", "google.protobuf"} <= names
+    assert _hits(names) == []
+
+
+def test_other_formats_still_load_their_readers(tmp_path):
+    """The control: the same probe does see a reader being imported when the format needs it."""
+    import pickle
+
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
+    code, out, names = _imports("scan", str(tmp_path / "model.pkl"), "--format", "json", "--no-progress")
+    assert code == 0
+    assert "modelwarden.formats.pickle_file" in names
+    assert json.loads(out)["artifacts"][0]["format"] == "pickle"
