@@ -15,7 +15,7 @@ types where it is not (:class:`DType`, :class:`Shape`, :class:`TensorValue`,
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Union
 
 from modelwarden.record import field, record
@@ -109,25 +109,27 @@ class Node:
 
     @property
     def data_inputs(self) -> tuple[str, ...]:
-        return tuple(i for i in self.inputs if not i.startswith("^"))
+        inputs = self.inputs
+        if "\x00^" not in "\x00" + "\x00".join(inputs):  # no control input (a hit only means "look closer")
+            return inputs
+        return tuple(i for i in inputs if not i.startswith("^"))
 
     @property
     def control_inputs(self) -> tuple[str, ...]:
         return tuple(i[1:] for i in self.inputs if i.startswith("^"))
 
-    def func_refs(self) -> Iterator[tuple[str, FuncRef]]:
+    def func_refs(self) -> Sequence[tuple[str, FuncRef]]:
         """Every function this node references through an attribute, with the attr name."""
         fast = getattr(self.attrs, "func_refs", None)
-        if fast is not None:  # lazy protobuf-backed attrs: skip converting the others
-            yield from fast()
-            return
+        if fast is not None:  # lazy protobuf-backed attrs: skip converting the others (computed once)
+            return fast()
+        refs: list[tuple[str, FuncRef]] = []
         for key, value in self.attrs.items():
             if isinstance(value, FuncRef):
-                yield key, value
+                refs.append((key, value))
             elif isinstance(value, tuple):
-                for item in value:
-                    if isinstance(item, FuncRef):
-                        yield key, item
+                refs.extend((key, item) for item in value if isinstance(item, FuncRef))
+        return refs
 
 
 @record

@@ -1,11 +1,11 @@
 """Local engines: this process, or a pool of forked scanner processes (one per core).
 
-The pool forks after the parent has imported the scanner, so a worker starts in about a
-millisecond with the catalog and rules already loaded.  Work is handed out one artifact index
-at a time over a pipe (the fastest worker takes the next one); results come back as
-length-prefixed JSON records (:mod:`records`), never pickles.  A worker that dies while
-scanning is replaced; the artifact is retried once in a fresh worker and then reported as an
-error, never lost and never counted twice.
+The pool forks after the parent has imported the scanner and loaded the rules and the
+catalog, so a worker starts in about a millisecond with them already loaded.  Work is handed
+out one artifact index at a time over a pipe (the fastest worker takes the next one); results
+come back as length-prefixed JSON records (:mod:`records`), never pickles.  A worker that dies
+while scanning is replaced; the artifact is retried once in a fresh worker and then reported
+as an error, never lost and never counted twice.
 """
 
 from __future__ import annotations
@@ -90,6 +90,16 @@ def _worker_loop(tasks: int, results: int, candidates: Sequence[Candidate], job:
         _write_all(results, _LEN.pack(len(payload)) + payload)
 
 
+def _warm_up() -> None:
+    """Load what every scan needs once, in the parent, so forked workers inherit it (the rule
+    registry and catalog are loaded on first use: a one-model scan must not pay for a pool's)."""
+    from modelwarden.analysis.registry import rule_classes
+    from modelwarden.catalog import load_catalog
+
+    rule_classes()
+    load_catalog()
+
+
 class ForkPoolEngine(Engine):
     """``jobs`` forked scanner processes; falls back to serial for small inputs."""
 
@@ -108,6 +118,7 @@ class ForkPoolEngine(Engine):
             self.stats.analysed += serial.stats.analysed
             return
         self.stats.workers = n
+        _warm_up()
         yield from self._pool(candidates, job, n)
 
     def _spawn(self, candidates: Sequence[Candidate], job: ScanJob, keep: list[int]) -> _Proc:

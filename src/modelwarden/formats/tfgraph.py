@@ -157,7 +157,9 @@ class LazyAttrs(Mapping[str, AttrValue]):
         """Function-valued attributes only (computed once), without converting any other attribute."""
         if self._refs is None:
             refs: list[tuple[str, FuncRef]] = []
-            for key, av in self._proto.items():
+            proto = self._proto
+            for key in proto:  # keys, then lookups: the map's items() is the slow Mapping mixin
+                av = proto[key]
                 kind = av.WhichOneof("value")
                 if kind == "func" or (kind == "list" and len(av.list.func)):
                     value = self[key]
@@ -170,7 +172,7 @@ class LazyAttrs(Mapping[str, AttrValue]):
 
 
 def node_from_proto(nd: Any, limits: Limits = DEFAULT_LIMITS) -> Node:
-    return Node(name=nd.name, op=nd.op, inputs=tuple(nd.input), attrs=LazyAttrs(nd.attr, limits), device=nd.device)
+    return Node(nd.name, nd.op, tuple(nd.input), LazyAttrs(nd.attr, limits), nd.device)
 
 
 def _arg(a: Any) -> Arg:
