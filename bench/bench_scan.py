@@ -46,6 +46,8 @@ BIG_VAR_SHAPE = (256, 1024, 1024)  # float32: 1 GiB
 # Every tool runs as installed: with its bytecode cache (pip compiles it at install time).
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 ENV.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+# this checkout's modelwarden, not whatever an editable install elsewhere points at
+ENV["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def compile_modelwarden() -> None:
@@ -279,6 +281,9 @@ def main() -> int:
     mnet, tiny, big, many = MODELS / "mobilenetv2", MODELS / "weights_tiny", MODELS / "weights_1g", MODELS / "many"
     big_bytes = sum(p.stat().st_size for p in (big / "variables").iterdir())
     mw_error = modelwarden_available()
+    where = subprocess.run([*MW_CMD[:-2], "-c", "import modelwarden; print(modelwarden.__file__)"], env=ENV,
+                           capture_output=True, text=True).stdout.strip() if MW_CMD[-2:] == ["-m", "modelwarden"] else ""
+    print(f"measuring {shlex.join(MW_CMD)}" + (f" ({where})" if where else ""), flush=True)
     if mw_error:
         print(f"NOTE: {mw_error}; measuring baselines only", flush=True)
 

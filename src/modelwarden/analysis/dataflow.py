@@ -129,9 +129,7 @@ class Dataflow:
 
     def _node(self, fn: Function, node: Node, data: tuple[str, ...], callees: list[str]) -> list[Taint]:
         op = node.op
-        ins = [self._tensor(fn, t) for t in data]
-        union = frozenset().union(*ins) if ins else EMPTY
-        if op == "Const":
+        if op == "Const":  # before reading the inputs: a constant's taint does not depend on them
             return [EMPTY]
         if fn is self.graph.main:
             if op in PLACEHOLDERS or op == "PlaceholderWithDefault":
@@ -140,6 +138,8 @@ class Dataflow:
                 return [frozenset({("input", node.name)})]
             if op in ("VarHandleOp", "VariableV2", "Variable"):
                 return [frozenset({("variable", str(node.attrs.get("shared_name") or node.name))})]
+        ins = [self._tensor(fn, t) for t in data]
+        union = frozenset().union(*ins) if ins else EMPTY
         if op in SHAPE_OPS:
             return [shape_of(union)]
         if op in VARIABLE_OPS and op not in ("VarHandleOp", "VariableV2", "Variable"):

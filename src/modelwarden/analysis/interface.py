@@ -146,6 +146,9 @@ class AnalysisContext:
         return Location(artifact=self.artifact.display, **kwargs)  # type: ignore[arg-type]
 
 
+_FORMATS: dict[type, frozenset[str]] = {}  # rule class -> the formats its metas name
+
+
 class Rule(ABC):
     """One check.  Subclasses set ``meta`` (or ``metas`` for a pass owning several ids)."""
 
@@ -156,7 +159,9 @@ class Rule(ABC):
         return tuple(getattr(cls, "metas", ())) or (cls.meta,)
 
     def applies_to(self, ctx: AnalysisContext) -> bool:
-        formats = {f for m in self.all_meta() for f in m.formats}
+        formats = _FORMATS.get(type(self))
+        if formats is None:  # once per class: this runs for every rule on every artifact
+            formats = _FORMATS[type(self)] = frozenset(f for m in self.all_meta() for f in m.formats)
         return not formats or ctx.artifact.format.value in formats
 
     @abstractmethod

@@ -132,16 +132,19 @@ class LazyAttrs(Mapping[str, AttrValue]):
     def __init__(self, proto_map: Any, limits: Limits = DEFAULT_LIMITS) -> None:
         self._proto = proto_map
         self._limits = limits
-        self._cache: dict[str, AttrValue] = {}
+        self._cache: dict[str, AttrValue] | None = None  # made on first lookup: most nodes never have one
         self._refs: tuple[tuple[str, FuncRef], ...] | None = None
 
     def __getitem__(self, key: str) -> AttrValue:
-        if key in self._cache:
-            return self._cache[key]
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        elif key in cache:
+            return cache[key]
         if key not in self._proto:
             raise KeyError(key)
         value = attr_value(self._proto[key], self._limits)
-        self._cache[key] = value
+        cache[key] = value
         return value
 
     def __iter__(self) -> Iterator[str]:
