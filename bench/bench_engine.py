@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Directory-scan throughput: the serial scan against a fork pool, the results store and Ray.
 
-    python bench/bench_engine.py [--models 800] [--reps 3] [--ray-nodes 1,2,4]
+    python bench/bench_engine.py [--models 800] [--reps 3] [--ray-nodes 1,2,4] [--no-ray] [--in-process]
 
 A directory of N small SavedModels (copies of the bundled dense example, written by real
 TensorFlow) is scanned whole-process (``modelwarden scan DIR --no-progress -f json``) with:
@@ -10,8 +10,9 @@ one process (``-j 1 --no-cache``, the baseline), a fork pool of one process per 
 installed, ``--ray`` on a local cluster of 1, 2 and 4 nodes (each one CPU) started inside a
 private network namespace with only loopback (root and ``unshare`` needed).  Runs are
 interleaved per repetition and medians reported; every figure is a ratio to the baseline of
-the same run.  Issue #13's target: >= 1,000 small models/s on this 2-core machine and linear
-scaling with cores.
+the same run.  ``--in-process`` adds ``modelwarden.scan(DIR)`` timed inside one process
+(serial and the pool): the per-artifact cost without interpreter start-up.  Issue #13's
+target: >= 1,000 small models/s on this 2-core machine and linear scaling with cores.
 """
 
 from __future__ import annotations
@@ -46,6 +47,31 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, dict]:
     if res.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
     return dt, json.loads(res.stdout)
+
+
+_IN_PROCESS = r"""
+import sys, time
+from modelwarden.scanner import scan
+tree, jobs, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+scan([tree], jobs=1)  # warm: rules, catalog and lazily compiled classes, as a long-running caller has them
+t = time.perf_counter()
+report = scan([tree], jobs=jobs)
+dt = time.perf_counter() - t
+assert len(report.artifacts) == n and not report.errors, (len(report.artifacts), report.errors[:2])
+print(dt)
+"""
+
+
+def in_process(tree: Path, n: int, reps: int, env: dict[str, str]) -> dict[str, float]:
+    """``modelwarden.scan(DIR)`` timed inside one process (no interpreter start-up, no report
+    rendering): serial and the fork pool, interleaved, medians."""
+    series: dict[str, list[float]] = {"in-process serial": [], f"in-process pool (-j {os.cpu_count()})": []}
+    for _ in range(reps):
+        for name, jobs in zip(series, (1, os.cpu_count() or 1)):
+            out = subprocess.run([sys.executable, "-c", _IN_PROCESS, str(tree), str(jobs), str(n)], env=env,
+                                 capture_output=True, text=True, timeout=1800, check=True).stdout
+            series[name].append(float(out))
+    return {k: statistics.median(v) for k, v in series.items()}
 
 
 def ray_series(tree: Path, nodes: list[int], reps: int, env: dict[str, str]) -> dict[int, float]:
@@ -87,6 +113,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ray-nodes", default="1,2,4")
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--in-process", action="store_true",
+                    help="also time modelwarden.scan(DIR) inside one process (no start-up), serial and pool")
     ap.add_argument("--_ray")
     ap.add_argument("--_out")
     args = ap.parse_args()
@@ -110,6 +138,8 @@ def main() -> int:
         series["store warm"].append(dt)
     shutil.rmtree(cache, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in series.items()}
+    if args.in_process:
+        med.update(in_process(tree, args.models, args.reps, env))
     if not args.no_ray:
         try:
             import ray  # noqa: F401
