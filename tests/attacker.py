@@ -17,6 +17,7 @@ import textwrap
 from typing import Any
 
 import numpy as np
+import pytest
 
 from modelwarden.sandbox import Sandbox, SandboxLimits
 from tests.conftest import build_fixtures
@@ -74,3 +75,15 @@ class AttackerWorker:
         """Execute ``source`` in the worker; return its ``result`` (JSON round trip)."""
         assert self.model is not None
         return decode(self.model.predict({"x": encode(source)}, timeout=timeout))
+
+
+@pytest.fixture(params=["fresh", "template"])
+def spawn_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a sandbox test twice: workers booted fresh, and forked from the worker template
+    (``MODELWARDEN_WORKER_TEMPLATE``, inherited by helper processes the test starts).
+    Only the namespaces backend forks from a template: other backends run once."""
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "namespaces"
+    if request.param == "template" and backend != "namespaces":
+        pytest.skip("only the namespaces backend forks workers from a template")
+    monkeypatch.setenv("MODELWARDEN_WORKER_TEMPLATE", "1" if request.param == "template" else "0")
+    return request.param

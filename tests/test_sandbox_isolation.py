@@ -21,6 +21,8 @@ from modelwarden.sandbox.namespaces import probe_namespaces
 
 _NS_OK, _NS_WHY = probe_namespaces()
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(not _NS_OK, reason=f"namespaces unavailable: {_NS_WHY}")]
+from tests.attacker import spawn_mode  # noqa: E402,F401 - fixture
+pytestmark = [*pytestmark, pytest.mark.usefixtures("spawn_mode")]  # workers booted fresh and forked from the template
 
 LIMITS = SandboxLimits(memory_bytes=3 << 30, timeout_s=30, max_open_files=200, max_file_bytes=8 << 20,
                        tmpfs_bytes=16 << 20, max_processes=200)
