@@ -77,13 +77,20 @@ class AttackerWorker:
         return decode(self.model.predict({"x": encode(source)}, timeout=timeout))
 
 
-@pytest.fixture(params=["fresh", "template"])
-def spawn_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a sandbox test twice: workers booted fresh, and forked from the worker template
-    (``MODELWARDEN_WORKER_TEMPLATE``, inherited by helper processes the test starts).
-    Only the namespaces backend forks from a template: other backends run once."""
+@pytest.fixture(scope="module", params=["fresh", "template"])
+def spawn_mode_all(request: pytest.FixtureRequest) -> Any:
+    """Workers booted fresh, then forked from the worker template (``MODELWARDEN_WORKER_TEMPLATE``,
+    inherited by helper processes a test starts); module scope, so module fixtures follow it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MODELWARDEN_WORKER_TEMPLATE", "1" if request.param == "template" else "0")
+        yield request.param
+
+
+@pytest.fixture
+def spawn_mode(request: pytest.FixtureRequest, spawn_mode_all: str) -> str:
+    """Run a sandbox test with fresh and with template-forked workers.  Only the namespaces
+    backend forks from a template: a test parametrized with another ``backend`` runs once."""
     backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "namespaces"
-    if request.param == "template" and backend != "namespaces":
+    if spawn_mode_all == "template" and backend != "namespaces":
         pytest.skip("only the namespaces backend forks workers from a template")
-    monkeypatch.setenv("MODELWARDEN_WORKER_TEMPLATE", "1" if request.param == "template" else "0")
-    return request.param
+    return spawn_mode_all

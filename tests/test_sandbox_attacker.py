@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from modelwarden.sandbox.namespaces import probe_namespaces
-from tests.attacker import CONTROL, AttackerWorker, spawn_mode  # noqa: F401 - spawn_mode: fixture
+from tests.attacker import CONTROL, AttackerWorker, spawn_mode, spawn_mode_all  # noqa: F401 - fixtures
 
 _NS_OK, _NS_WHY = probe_namespaces()
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(not _NS_OK, reason=f"namespaces unavailable: {_NS_WHY}")]

@@ -24,7 +24,7 @@ from modelwarden.sandbox import DeadlineExceeded, Sandbox, SandboxLimits
 from modelwarden.sandbox.bwrap import BwrapBackend
 from modelwarden.sandbox.client import _Worker, debug_enabled
 from modelwarden.sandbox.namespaces import probe_namespaces
-from tests.attacker import AttackerWorker, harness_model, spawn_mode  # noqa: F401 - spawn_mode: fixture
+from tests.attacker import AttackerWorker, harness_model, spawn_mode, spawn_mode_all  # noqa: F401 - fixtures
 from tests.conftest import ROOT
 
 BACKENDS = [name for name, ok in (("namespaces", probe_namespaces()[0]), ("bwrap", BwrapBackend.availability()[0]))

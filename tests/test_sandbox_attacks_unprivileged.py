@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from modelwarden.sandbox.bwrap import BwrapBackend
-from tests.attacker import harness_model, spawn_mode  # noqa: F401 - spawn_mode: fixture
+from tests.attacker import harness_model, spawn_mode, spawn_mode_all  # noqa: F401 - fixtures
 from tests.conftest import ROOT
 from tests.test_sandbox_attacks import CANARY, KILLS, SYSCTL_PROBE
 from tests.test_sandbox_unprivileged import pytestmark as _unpriv_marks

@@ -241,6 +241,12 @@ def warm(plan_model: str | os.PathLike | None = None) -> Template:
     return t
 
 
+def running_pids() -> set[int]:
+    """Pids of this process's live templates (tests tell them from leftover workers)."""
+    with _shared_lock:
+        return {t.pid for t in _shared.values() if t.alive}
+
+
 @atexit.register
 def close_all() -> None:
     with _shared_lock:

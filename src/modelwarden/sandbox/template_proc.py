@@ -16,8 +16,10 @@ child's exit status to the parent.  T exits when the parent closes the control s
 
 Fork safety (measured, docs/sandbox.md): after ``import tensorflow`` the only other threads
 are OpenBLAS's idle thread servers (numpy's and scipy's), which OpenBLAS's own
-``pthread_atfork`` handler stops before the first fork; T never runs a computation, so no
-TensorFlow, Eigen or oneDNN thread pool exists in it and no lock of theirs can be held.
+``pthread_atfork`` handler stops at a first, throw-away fork; T never runs a computation, so
+no TensorFlow, Eigen or oneDNN thread pool exists in it and no lock of theirs can be held.
+T checks that it is single-threaded before every fork and refuses to fork otherwise (the
+parent then boots the worker fresh).
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ def _preload(sys_path: list[str]) -> None:
     import modelwarden.scanner  # noqa: F401 - the in-sandbox re-check
 
 
+def _prime_fork() -> None:
+    """Fork once and reap: ``pthread_atfork`` handlers run (OpenBLAS stops its idle thread servers),
+    so T is single-threaded before the first worker is forked (checked before every fork)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    deadline = time.monotonic() + 2
+    while len(_threads()) > 1 and time.monotonic() < deadline:  # joined threads leave /proc shortly
+        time.sleep(0.01)
+
+
 def _spawn(sock: socket.socket, children: dict[int, int], sel: selectors.BaseSelector) -> bool:
     """One request: fork a boot process on the received channel.  False when the parent is gone."""
     try:
@@ -85,6 +99,11 @@ def _spawn(sock: socket.socket, children: dict[int, int], sel: selectors.BaseSel
         _send(sock, {"op": "error", "message": str(exc)})
         return True
     chan, out = fds[0], (fds[1] if len(fds) > 1 else None)
+    if len(_threads()) != 1:  # never fork with another thread alive: it could hold a lock forever
+        for fd in fds:
+            os.close(fd)
+        _send(sock, {"op": "error", "message": f"the template is multi-threaded ({_threads()}); not forking"})
+        return True
     pid = os.fork()
     if pid == 0:  # the boot process B of a new worker
         try:
@@ -116,8 +135,12 @@ def template_main(fd: int) -> None:
         os.environ.update(cfg["env"])
         t0 = time.monotonic()
         _preload(cfg["sys_path"])
+        threads_after_import = _threads()
+        _prime_fork()
+        if len(_threads()) != 1:
+            raise RuntimeError(f"still multi-threaded after a first fork: {_threads()}")
         status = linux.status_fields("Seccomp", "NoNewPrivs", "CapEff")
-        _send(sock, {"op": "ready", "import_s": round(time.monotonic() - t0, 3), "threads": _threads(),
+        _send(sock, {"op": "ready", "import_s": round(time.monotonic() - t0, 3), "threads": threads_after_import,
                      "seccomp": status.get("Seccomp"), "no_new_privs": status.get("NoNewPrivs")})
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
         try:
