@@ -97,6 +97,7 @@ def err(f):
 def ptrace(pid):
     if libc.ptrace(16, pid, 0, 0) != 0:  # PTRACE_ATTACH
         raise OSError(ctypes.get_errno(), "ptrace")
+    os.waitpid(pid, 0x40000000)  # __WALL: the tracee's attach stop, then let it go on
     libc.ptrace(17, pid, 0, 0)  # PTRACE_DETACH
 def readmem(pid):
     with open(f"/proc/{pid}/maps") as f:
@@ -125,11 +126,19 @@ def test_worker_cannot_signal_trace_or_read_the_template_or_a_sibling(tmpl):
             assert set(res.values()) <= {"ESRCH", "ENOENT", "EPERM"}, (name, res)
             assert res["kill0"] == "ESRCH" and res["mem"] == "ENOENT", (name, res)
         assert sibling.run("result = 6 * 7") == 42  # the sibling is untouched
-    # positive control: the same probe outside the sandbox, as the same user, reaches all of them
-    res = subprocess.run([sys.executable, "-c", _probe({"template": tmpl.pid}) + "print(result)"],
-                         capture_output=True, text=True, timeout=60)
-    outside = eval(res.stdout)["template"]  # noqa: S307 - our own repr
-    assert outside["kill0"] == "ok" and outside["mem"] == "ok" and outside["fds"] == "ok", outside
+    # positive control: the same probe outside the sandbox, as the same user, reaches a canary and
+    # the template (not ptraced: an attach stops it)
+    canary = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        res = subprocess.run([sys.executable, "-c", _probe({"canary": canary.pid}) + "print(result)"],
+                             capture_output=True, text=True, timeout=60)
+        assert set(eval(res.stdout)["canary"].values()) == {"ok"}, res  # noqa: S307 - our own repr
+    finally:
+        canary.kill()
+        canary.wait()
+    os.kill(tmpl.pid, 0)
+    with open(f"/proc/{tmpl.pid}/mem", "rb"):
+        pass
     assert tmpl.alive
 
 
@@ -223,3 +232,18 @@ def test_off_switch_and_default(fixture_dir, monkeypatch):
     with Sandbox() as sb:  # default with a warm template: forked
         sb.load(model, scan=False)
         assert sb._worker.template is not None
+
+
+def test_a_wedged_template_is_replaced_and_the_worker_boots_fresh(fixture_dir, monkeypatch):
+    monkeypatch.setenv("MODELWARDEN_WORKER_TEMPLATE", "1")
+    model = fixture_dir("build_run_models") / "dense"
+    x = {"x": np.array([[1, 2, 3, 4]], np.float32)}
+    old = template.warm()
+    os.kill(old.pid, signal.SIGSTOP)  # not reachable from a worker; a host process with rights could
+    with Sandbox() as sb:
+        sb.load(model, scan=False).predict(x)  # spawn times out, T is killed, the worker boots fresh
+        assert sb._worker.template is None
+    assert old.proc.poll() is not None
+    with Sandbox(template=True) as sb:
+        sb.load(model, scan=False).predict(x)
+        assert sb._worker.template is not None and sb._worker.template.pid != old.pid

@@ -72,6 +72,7 @@ class Template:
         self._replies: list[dict] = []
         self._exits: dict[int, int] = {}
         self.dead = False
+        self._seq = 0
         try:
             self.proc = popen_python("template_main", child.fileno(), False, module="template_proc")
         finally:
@@ -116,17 +117,24 @@ class Template:
         with self._lock:
             if self.dead:
                 raise TemplateDied("the worker template is gone")
+            self._seq += 1
             try:
-                socket.send_fds(self._sock, [b'{"op":"spawn"}'], fds)
+                socket.send_fds(self._sock, [json.dumps({"op": "spawn", "id": self._seq}).encode()], fds)
             except OSError as exc:
                 raise TemplateDied(f"the worker template is gone: {exc}") from None
             deadline = time.monotonic() + SPAWN_TIMEOUT_S
+            reply: dict = {}
             with self._cond:
-                while not self._replies and not self.dead and time.monotonic() < deadline:
-                    self._cond.wait(deadline - time.monotonic())
-                reply = self._replies.pop(0) if self._replies else {}
+                while not reply and not self.dead and time.monotonic() < deadline:
+                    while self._replies and not reply:  # a late answer to an earlier request is dropped
+                        msg = self._replies.pop(0)
+                        reply = msg if msg.get("id") == self._seq else {}
+                    if not reply:
+                        self._cond.wait(max(0.0, deadline - time.monotonic()))
         pid = reply.get("pid")
         if reply.get("op") != "spawned" or type(pid) is not int or pid <= 1:
+            if not reply:  # stopped or wedged: replace it (its workers die with it)
+                self.close(kill=True)
             raise TemplateDied(f"the worker template did not fork: {reply.get('message') or 'no answer'}")
         return ForkedProcess(self, pid)
 
@@ -147,12 +155,14 @@ class Template:
     def alive(self) -> bool:
         return not self.dead and self.proc.poll() is None
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         self.dead = True
         try:
             self._sock.close()
         except OSError:
             pass
+        if kill:
+            self.proc.kill()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

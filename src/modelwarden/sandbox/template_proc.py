@@ -89,6 +89,7 @@ def _spawn(sock: socket.socket, children: dict[int, int], sel: selectors.BaseSel
         return False
     if not raw:
         return False
+    msg = None
     try:
         msg = json.loads(raw)
         if msg.get("op") != "spawn" or not 1 <= len(fds) <= 2:
@@ -96,13 +97,14 @@ def _spawn(sock: socket.socket, children: dict[int, int], sel: selectors.BaseSel
     except ValueError as exc:
         for fd in fds:
             os.close(fd)
-        _send(sock, {"op": "error", "message": str(exc)})
+        _send(sock, {"op": "error", "message": str(exc), "id": msg.get("id") if isinstance(msg, dict) else None})
         return True
     chan, out = fds[0], (fds[1] if len(fds) > 1 else None)
     if len(_threads()) != 1:  # never fork with another thread alive: it could hold a lock forever
         for fd in fds:
             os.close(fd)
-        _send(sock, {"op": "error", "message": f"the template is multi-threaded ({_threads()}); not forking"})
+        _send(sock, {"op": "error", "message": f"the template is multi-threaded ({_threads()}); not forking",
+                     "id": msg.get("id")})
         return True
     pid = os.fork()
     if pid == 0:  # the boot process B of a new worker
@@ -120,7 +122,7 @@ def _spawn(sock: socket.socket, children: dict[int, int], sel: selectors.BaseSel
     pidfd = os.pidfd_open(pid)
     children[pidfd] = pid
     sel.register(pidfd, selectors.EVENT_READ)
-    _send(sock, {"op": "spawned", "pid": pid})
+    _send(sock, {"op": "spawned", "pid": pid, "id": msg.get("id")})
     return True
 
 
