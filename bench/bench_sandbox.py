@@ -25,7 +25,7 @@ memory and the template experiment use the first one.
    no spare) under a request loop; the worker (pid 1 of its sandbox) is SIGKILLed and the time until a
    request succeeds again is measured, with and without the template.
 
-``--only cold-template,replace`` runs just those sections (each takes well under a minute).
+``--only cold,cold-template,replace`` runs just those sections (each takes a minute or two).
 """
 
 from __future__ import annotations
@@ -353,7 +353,7 @@ def main() -> int:
     ap.add_argument("--cold", type=int, default=3)
     ap.add_argument("--backend", action="append", default=None,
                     help="sandbox backend to measure (repeatable; default: auto)")
-    ap.add_argument("--only", default="", help="comma-separated: cold-template, replace (default: everything)")
+    ap.add_argument("--only", default="", help="comma-separated: cold, cold-template, replace (default: everything)")
     ap.add_argument("--replace-rounds", type=int, default=5)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -399,6 +399,10 @@ def main() -> int:
 def only(args: argparse.Namespace, models: Path, results: dict) -> int:
     parts = set(args.only.split(","))
     print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f} (start)")
+    if "cold" in parts:
+        c = results["cold"] = cold(models, args.cold)
+        print(f"cold start, fresh processes: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> "
+              f"{c['ratio']:.3f}x; with the scan gate {c['sandbox_with_scan_s']:.2f} s -> {c['ratio_with_scan']:.3f}x")
     if "cold-template" in parts:
         c = results["cold_template"] = cold_template(models, args.cold)
         print(f"cold start from a parent with a warm template: unsandboxed fresh process {c['unsandboxed_s']:.2f} s, "
