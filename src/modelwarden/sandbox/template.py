@@ -183,7 +183,10 @@ class ForkedProcess:
         self._template = template
         self.pid = pid
         self.returncode: int | None = None
-        self._pidfd: int | None = os.pidfd_open(pid)
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except OSError as exc:
+            raise TemplateDied(f"the forked worker {pid} is already gone: {exc}") from None
         try:
             with open(f"/proc/{pid}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])

@@ -106,7 +106,13 @@ def _spawn(sock: socket.socket, children: dict[int, int], sel: selectors.BaseSel
         _send(sock, {"op": "error", "message": f"the template is multi-threaded ({_threads()}); not forking",
                      "id": msg.get("id")})
         return True
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # e.g. EAGAIN: refuse this one, keep serving
+        for fd in fds:
+            os.close(fd)
+        _send(sock, {"op": "error", "message": f"fork failed: {exc}", "id": msg.get("id")})
+        return True
     if pid == 0:  # the boot process B of a new worker
         try:
             os.setsid()
