@@ -142,6 +142,42 @@ def stress(model: str, n: int, parallel: int, deadline: float, busy: bool) -> di
             "child_s_median": round(times[len(times) // 2], 3), "child_s_max": round(times[-1], 3)}
 
 
+def sandboxed(model: str, n: int, parallel: int, deadline: float) -> dict:
+    """``n`` real sandboxed workers forked from this process's worker template, ``parallel`` at a time,
+    each loading the model and predicting under ``deadline`` seconds: errors counted by type."""
+    import concurrent.futures
+
+    import numpy as np
+
+    from modelwarden.sandbox import Sandbox, SandboxLimits, template
+
+    tmpl = template.warm()
+    x = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
+    ref = subprocess.run([sys.executable, "-c", REFERENCE, model], capture_output=True, timeout=300).stdout
+    limits = SandboxLimits(timeout_s=deadline, load_timeout_s=deadline)
+
+    def one(_: int) -> tuple[str, float]:
+        t0 = time.monotonic()
+        try:
+            with Sandbox(limits, template=True) as sb:
+                y = sb.load(model, scan=False).predict({"x": x})["y"]
+                forked = sb._worker.template is tmpl
+            ok = y.tobytes() == ref
+            return ("ok" if ok and forked else "not_forked" if ok else "wrong_output"), time.monotonic() - t0
+        except Exception as exc:  # noqa: BLE001 - counted by type
+            return type(exc).__name__, time.monotonic() - t0
+
+    with concurrent.futures.ThreadPoolExecutor(parallel) as ex:
+        results = list(ex.map(one, range(n)))
+    counts: dict[str, int] = {}
+    for kind, _ in results:
+        counts[kind] = counts.get(kind, 0) + 1
+    times = sorted(t for _, t in results)
+    return {"workers": n, "parallel": parallel, "counts": counts, "template_threads": len(
+        os.listdir(f"/proc/{tmpl.pid}/task")), "worker_s_median": round(times[len(times) // 2], 3),
+        "worker_s_max": round(times[-1], 3)}
+
+
 REFERENCE = r"""
 import sys, numpy as np, tensorflow as tf
 x = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
@@ -156,6 +192,8 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=60.0)
     ap.add_argument("--gdb", action="store_true")
     ap.add_argument("--busy", action="store_true")
+    ap.add_argument("--sandboxed", type=int, default=0,
+                    help="instead: this many real sandboxed workers forked from the worker template")
     ap.add_argument("--model", help="SavedModel taking x float32[None,16] (default: bench_sandbox.py's dense)")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -165,6 +203,14 @@ def main() -> int:
         from bench_sandbox import ensure_models
 
         args.model = str(ensure_models() / "dense")
+    if args.sandboxed:
+        res = {"loadavg_before": os.getloadavg(),
+               "sandboxed": sandboxed(args.model, args.sandboxed, args.parallel, args.deadline),
+               "loadavg_after": os.getloadavg()}
+        print(json.dumps(res, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+        return 0 if res["sandboxed"]["counts"] == {"ok": args.sandboxed} else 1
     t0 = time.monotonic()
     import tensorflow  # noqa: F401
 

@@ -60,7 +60,8 @@ def test_forked_worker_is_hardened_exactly_like_a_fresh_one(tmpl):
         assert not isinstance(w.sandbox._worker.proc.proc, template.ForkedProcess)
     for key in ("uid_map", "gid_map", "status"):
         assert forked[key] == fresh[key], key
-    assert forked["fds"][:-1] == fresh["fds"][:-1] == [0, 1, 2, 3]  # the last one: the probe's own listdir
+    assert forked["fds"][:-1] == fresh["fds"][:-1]  # the last one: the probe's own listdir
+    assert forked["fds"][:4] == [0, 1, 2, 3]  # stdio and the channel
     assert forked["status"]["CapEff"] == "0000000000000000" and forked["status"]["NoNewPrivs"] == "1"
     assert forked["status"]["Seccomp"] == "2" and forked["uid_map"][1] != "0"
     assert forked["pid"] == 1 and forked["sid"] == 1  # pid 1 of its own pid namespace, own session
