@@ -248,3 +248,10 @@ def test_a_wedged_template_is_replaced_and_the_worker_boots_fresh(fixture_dir, m
     with Sandbox(template=True) as sb:
         sb.load(model, scan=False).predict(x)
         assert sb._worker.template is not None and sb._worker.template.pid != old.pid
+
+
+def test_a_template_that_cannot_import_tensorflow_says_why_and_leaves_nothing():
+    from modelwarden.sandbox.client import worker_env
+
+    with pytest.raises(template.TemplateDied, match="template start failed: ModuleNotFoundError"):
+        template.Template(["/nonexistent"], worker_env())

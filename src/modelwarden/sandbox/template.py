@@ -226,6 +226,8 @@ class ForkedProcess:
 
 _shared_lock = threading.Lock()
 _shared: dict[tuple, Template] = {}
+_failed: dict[tuple, float] = {}  # when a template last failed to start
+RETRY_AFTER_S = 60.0
 
 
 def shared(plan: FsPlan, env: dict[str, str], start: bool) -> Template | None:
@@ -239,7 +241,13 @@ def shared(plan: FsPlan, env: dict[str, str], start: bool) -> Template | None:
             del _shared[key]
             t = None
         if t is None and start:
-            t = _shared[key] = Template(sys_path, env)
+            if time.monotonic() - _failed.get(key, -RETRY_AFTER_S) < RETRY_AFTER_S:
+                return None  # it failed to start just now: boot fresh instead of paying again
+            try:
+                t = _shared[key] = Template(sys_path, env)
+            except OSError:
+                _failed[key] = time.monotonic()
+                raise
         return t
 
 
@@ -250,7 +258,8 @@ def warm(plan_model: str | os.PathLike | None = None) -> Template:
 
     plan = plan_filesystem(plan_model or os.path.dirname(os.path.abspath(__file__)))
     t = shared(plan, worker_env(), True)
-    assert t is not None
+    if t is None:
+        raise TemplateDied(f"the worker template failed to start less than {RETRY_AFTER_S:.0f} s ago")
     return t
 
 
