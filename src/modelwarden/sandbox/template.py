@@ -187,12 +187,9 @@ class ForkedProcess:
             self._pidfd: int | None = os.pidfd_open(pid)
         except OSError as exc:
             raise TemplateDied(f"the forked worker {pid} is already gone: {exc}") from None
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            ppid = -1
-        if ppid != template.pid:
+        from modelwarden.sandbox.client import _ppid
+
+        if _ppid(pid) != template.pid:
             self.kill()
             raise TemplateDied(f"the forked worker {pid} is not the template's child")
 
