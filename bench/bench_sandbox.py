@@ -25,7 +25,8 @@ memory and the template experiment use the first one.
    no spare) under a request loop; the worker (pid 1 of its sandbox) is SIGKILLed and the time until a
    request succeeds again is measured, with and without the template.
 
-``--only cold,cold-template,replace`` runs just those sections (each takes a minute or two).
+``--only cold,cold-template,replace`` runs just those sections (each takes a minute or two);
+a full run ends with 5 and 6 when the first backend is ``auto`` or ``namespaces``.
 """
 
 from __future__ import annotations
@@ -391,14 +392,18 @@ def main() -> int:
           f"{m['overhead_pss_mib']:.1f} MiB PSS (target <= 50 MiB)")
     t = results["template"]
     print(f"template: {t['threads_after_import']} threads right after `import tensorflow`; fork() child: {t['forked_child']}")
+    if backends[0] in ("auto", "namespaces"):  # the worker template forks namespaces workers only
+        return only(args, models, results, {"cold-template", "replace"})
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
-def only(args: argparse.Namespace, models: Path, results: dict) -> int:
-    parts = set(args.only.split(","))
-    print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f} (start)")
+def only(args: argparse.Namespace, models: Path, results: dict, parts: set[str] | None = None) -> int:
+    """Run and print the sections in ``parts`` (default: ``--only``), then write the JSON."""
+    if parts is None:
+        parts = set(args.only.split(","))
+        print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f} (start)")
     if "cold" in parts:
         c = results["cold"] = cold(models, args.cold)
         print(f"cold start, fresh processes: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> "
