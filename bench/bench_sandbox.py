@@ -15,7 +15,18 @@ memory and the template experiment use the first one.
 3. memory: RSS/PSS of the sandbox's processes vs an unsandboxed process that loaded and ran
    the same model;
 4. template-process experiment: threads alive right after ``import tensorflow`` and whether a
-   ``fork()`` of that process can still load and run a model.
+   ``fork()`` of that process can still load and run a model (bench/probe_fork_safety.py: the
+   full fork-safety measurement, 200 children);
+5. cold start from a long-lived parent with a warm worker template (sandbox/template.py): this
+   process keeps the template; each round copies the model to a new directory and times
+   ``Sandbox().load(copy) + predict`` (scan skipped, and with the scan gate) against a fresh
+   unsandboxed ``python -c "import tensorflow; load; predict"`` of the same round;
+6. serve worker replacement without a warm spare: the server's real ``WorkerPool`` (one worker,
+   no spare) under a request loop; the worker (pid 1 of its sandbox) is SIGKILLed and the time until a
+   request succeeds again is measured, with and without the template.
+
+``--only cold,cold-template,replace`` runs just those sections (each takes a minute or two);
+a full run ends with 5 and 6 when the first backend is ``auto`` or ``namespaces``.
 """
 
 from __future__ import annotations
@@ -257,6 +268,84 @@ def template(models: Path) -> dict:
     return out
 
 
+# -- warm template: cold start from a long-lived parent -------------------------------------------
+
+
+def cold_template(models: Path, n: int) -> dict:
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from modelwarden.sandbox import Sandbox, SandboxLimits, template
+
+    t0 = time.perf_counter()
+    tmpl = template.warm()
+    start_s = time.perf_counter() - t0
+    x = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
+    base, forked, scanned = [], [], []
+    with tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp:
+        for i in range(n):
+            base.append(_time_to_ready(BASELINE, str(models / "dense"))[0])
+            for scan, out in ((False, forked), (True, scanned)):
+                copy = Path(tmp) / f"m{i}-{scan}"
+                shutil.copytree(models / "dense", copy)  # a model this parent never saw
+                t = time.perf_counter()
+                with Sandbox(SandboxLimits(load_timeout_s=300), template=True) as sb:
+                    sb.load(copy, scan=scan).predict({"x": x})
+                    out.append(time.perf_counter() - t)
+                    assert sb._worker.template is tmpl
+    b, f, c = statistics.median(base), statistics.median(forked), statistics.median(scanned)
+    return {"template_start_s": start_s, "template_import_s": tmpl.info.get("import_s"), "unsandboxed_s": b,
+            "template_s": f, "ratio": f / b, "template_with_scan_s": c, "ratio_with_scan": c / b,
+            "all_unsandboxed_s": base, "all_template_s": forked}
+
+
+# -- serve: replacing a dead worker without a spare ------------------------------------------------
+
+
+def replacement(models: Path, n: int, use_template: bool) -> dict:
+    import asyncio
+    import concurrent.futures
+    import signal
+
+    import numpy as np
+
+    from modelwarden.server.pool import PoolSpec, WorkerPool, pool_limits
+
+    async def run() -> list[float]:
+        loader = concurrent.futures.ThreadPoolExecutor(2)
+        spec = PoolSpec(str(models / "dense"), pool_limits(2 << 30, 30, 256), "auto", None, None, size=1,
+                        spares=0, template=use_template)
+        pool = WorkerPool("dense", spec, loader, lambda event, data: None)
+        await pool.start()
+        x = {"x": np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)}
+        times = []
+        try:
+            for _ in range(n):
+                for _ in range(20):  # serving
+                    await pool.predict(x, None, time.monotonic() + 30)
+                restarts = pool.restarts
+                os.kill(pool.workers[0].sandbox._worker.init_pid, signal.SIGKILL)  # the worker itself (pid 1 inside)
+                t0 = time.monotonic()
+                while True:  # the load: requests back to back until one is served again
+                    try:
+                        await pool.predict(x, None, time.monotonic() + 0.5)
+                        break
+                    except Exception:  # noqa: BLE001 - the killed worker's error, then 503s while replacing
+                        if time.monotonic() - t0 > 120:
+                            raise
+                times.append(time.monotonic() - t0)
+                assert pool.restarts == restarts + 1, "served by the replacement, not the killed worker"
+        finally:
+            pool.close()
+            loader.shutdown(wait=True)
+        return times
+
+    times = asyncio.run(run())
+    return {"template": use_template, "median_s": statistics.median(times), "max_s": max(times), "all_s": times}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", help=argparse.SUPPRESS)
@@ -265,6 +354,8 @@ def main() -> int:
     ap.add_argument("--cold", type=int, default=3)
     ap.add_argument("--backend", action="append", default=None,
                     help="sandbox backend to measure (repeatable; default: auto)")
+    ap.add_argument("--only", default="", help="comma-separated: cold, cold-template, replace (default: everything)")
+    ap.add_argument("--replace-rounds", type=int, default=5)
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.build:
@@ -274,6 +365,8 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     models = ensure_models()
     results = {"host": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
+    if args.only:
+        return only(args, models, results)
     results["template"] = template(models)
     backends = args.backend or ["auto"]
     results["cold"] = cold(models, args.cold, backends[0])
@@ -299,6 +392,35 @@ def main() -> int:
           f"{m['overhead_pss_mib']:.1f} MiB PSS (target <= 50 MiB)")
     t = results["template"]
     print(f"template: {t['threads_after_import']} threads right after `import tensorflow`; fork() child: {t['forked_child']}")
+    if backends[0] in ("auto", "namespaces"):  # the worker template forks namespaces workers only
+        return only(args, models, results, {"cold-template", "replace"})
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def only(args: argparse.Namespace, models: Path, results: dict, parts: set[str] | None = None) -> int:
+    """Run and print the sections in ``parts`` (default: ``--only``), then write the JSON."""
+    if parts is None:
+        parts = set(args.only.split(","))
+        print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f} (start)")
+    if "cold" in parts:
+        c = results["cold"] = cold(models, args.cold)
+        print(f"cold start, fresh processes: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> "
+              f"{c['ratio']:.3f}x; with the scan gate {c['sandbox_with_scan_s']:.2f} s -> {c['ratio_with_scan']:.3f}x")
+    if "cold-template" in parts:
+        c = results["cold_template"] = cold_template(models, args.cold)
+        print(f"cold start from a parent with a warm template: unsandboxed fresh process {c['unsandboxed_s']:.2f} s, "
+              f"template-forked sandbox {c['template_s']:.3f} s -> {c['ratio']:.3f}x (target < 1.0x); with the scan "
+              f"gate {c['template_with_scan_s']:.3f} s -> {c['ratio_with_scan']:.3f}x; the template itself started "
+              f"in {c['template_start_s']:.2f} s once")
+    if "replace" in parts:
+        for use in (True, False):
+            r = results[f"replace_template_{use}"] = replacement(models, args.replace_rounds, use)
+            print(f"serve: worker SIGKILLed, no spare, template {'on ' if use else 'off'}: serving again after "
+                  f"{r['median_s']:.3f} s median, {r['max_s']:.3f} s max ({len(r['all_s'])} kills; target <= 1 s)")
+    results["host"]["loadavg_end"] = os.getloadavg()
+    print(f"load average at the end: {results['host']['loadavg_end'][0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -17,6 +17,7 @@ import textwrap
 from typing import Any
 
 import numpy as np
+import pytest
 
 from modelwarden.sandbox import Sandbox, SandboxLimits
 from tests.conftest import build_fixtures
@@ -74,3 +75,22 @@ class AttackerWorker:
         """Execute ``source`` in the worker; return its ``result`` (JSON round trip)."""
         assert self.model is not None
         return decode(self.model.predict({"x": encode(source)}, timeout=timeout))
+
+
+@pytest.fixture(scope="module", params=["fresh", "template"])
+def spawn_mode_all(request: pytest.FixtureRequest) -> Any:
+    """Workers booted fresh, then forked from the worker template (``MODELWARDEN_WORKER_TEMPLATE``,
+    inherited by helper processes a test starts); module scope, so module fixtures follow it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MODELWARDEN_WORKER_TEMPLATE", "1" if request.param == "template" else "0")
+        yield request.param
+
+
+@pytest.fixture
+def spawn_mode(request: pytest.FixtureRequest, spawn_mode_all: str) -> str:
+    """Run a sandbox test with fresh and with template-forked workers.  Only the namespaces
+    backend forks from a template: a test parametrized with another ``backend`` runs once."""
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "namespaces"
+    if spawn_mode_all == "template" and backend != "namespaces":
+        pytest.skip("only the namespaces backend forks workers from a template")
+    return spawn_mode_all

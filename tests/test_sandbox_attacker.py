@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 
 from modelwarden.sandbox.namespaces import probe_namespaces
-from tests.attacker import CONTROL, AttackerWorker
+from tests.attacker import CONTROL, AttackerWorker, spawn_mode, spawn_mode_all  # noqa: F401 - fixtures
 
 _NS_OK, _NS_WHY = probe_namespaces()
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(not _NS_OK, reason=f"namespaces unavailable: {_NS_WHY}")]
+pytestmark = [*pytestmark, pytest.mark.usefixtures("spawn_mode")]  # workers booted fresh and forked from the template
 
 
 def test_attacker_code_runs_after_every_restriction():

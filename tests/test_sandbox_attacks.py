@@ -24,12 +24,13 @@ from modelwarden.sandbox import DeadlineExceeded, Sandbox, SandboxLimits
 from modelwarden.sandbox.bwrap import BwrapBackend
 from modelwarden.sandbox.client import _Worker, debug_enabled
 from modelwarden.sandbox.namespaces import probe_namespaces
-from tests.attacker import AttackerWorker, harness_model
+from tests.attacker import AttackerWorker, harness_model, spawn_mode, spawn_mode_all  # noqa: F401 - fixtures
 from tests.conftest import ROOT
 
 BACKENDS = [name for name, ok in (("namespaces", probe_namespaces()[0]), ("bwrap", BwrapBackend.availability()[0]))
             if ok]
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(not BACKENDS, reason="no sandbox backend on this host")]
+pytestmark = [*pytestmark, pytest.mark.usefixtures("spawn_mode")]  # workers booted fresh and forked from the template
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the host-root attack needs a root caller")
 
 # Opens (never writes) every sysctl for writing; what succeeds is writable by this process.

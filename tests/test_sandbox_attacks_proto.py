@@ -21,6 +21,8 @@ from modelwarden.sandbox.namespaces import probe_namespaces
 
 _NS_OK, _NS_WHY = probe_namespaces()
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(not _NS_OK, reason=f"namespaces unavailable: {_NS_WHY}")]
+from tests.attacker import spawn_mode, spawn_mode_all  # noqa: E402,F401 - fixtures
+pytestmark = [*pytestmark, pytest.mark.usefixtures("spawn_mode")]  # workers booted fresh and forked from the template
 
 ROOT = Path(__file__).resolve().parents[1]
 

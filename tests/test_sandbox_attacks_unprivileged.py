@@ -9,13 +9,14 @@ from __future__ import annotations
 import pytest
 
 from modelwarden.sandbox.bwrap import BwrapBackend
-from tests.attacker import harness_model
+from tests.attacker import harness_model, spawn_mode, spawn_mode_all  # noqa: F401 - fixtures
 from tests.conftest import ROOT
 from tests.test_sandbox_attacks import CANARY, KILLS, SYSCTL_PROBE
 from tests.test_sandbox_unprivileged import pytestmark as _unpriv_marks
 from tests.test_sandbox_unprivileged import run_as_nobody
 
 pytestmark = _unpriv_marks
+pytestmark = [*pytestmark, pytest.mark.usefixtures("spawn_mode")]  # workers booted fresh and forked from the template
 
 CHILD = r"""
 import json, os, subprocess, sys, tempfile, time

@@ -14,11 +14,13 @@ from modelwarden.sandbox import (
     WorkerCrashed,
 )
 from modelwarden.sandbox.namespaces import probe_namespaces
+from tests.attacker import spawn_mode, spawn_mode_all  # noqa: F401 - fixtures
 from tests.conftest import ROOT
 from tests.test_sandbox_isolation import leftovers
 
 _NS_OK, _NS_WHY = probe_namespaces()
-pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(not _NS_OK, reason=f"namespaces unavailable: {_NS_WHY}")]
+pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(not _NS_OK, reason=f"namespaces unavailable: {_NS_WHY}"),
+              pytest.mark.usefixtures("spawn_mode")]  # workers booted fresh and forked from the template
 
 try:
     import modelwarden.scanner  # noqa: F401

@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 from modelwarden.errors import UsageError
-from modelwarden.sandbox import InvalidInput, Sandbox, SandboxLimits, WorkerCrashed
+from modelwarden.sandbox import InvalidInput, Sandbox, SandboxLimits, WorkerCrashed, template
 from modelwarden.sandbox.bwrap import BwrapBackend
 from modelwarden.sandbox.namespaces import probe_namespaces
 
 _NS_OK, _NS_WHY = probe_namespaces()
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(not _NS_OK, reason=f"namespaces unavailable: {_NS_WHY}")]
+from tests.attacker import spawn_mode, spawn_mode_all  # noqa: E402,F401 - fixtures
+pytestmark = [*pytestmark, pytest.mark.usefixtures("spawn_mode")]  # workers booted fresh and forked from the template
 
 LIMITS = SandboxLimits(memory_bytes=3 << 30, timeout_s=30, max_open_files=200, max_file_bytes=8 << 20,
                        tmpfs_bytes=16 << 20, max_processes=200)
@@ -31,13 +33,14 @@ def leftovers() -> list[str]:
     """Children of this process that still exist, and worker cgroups not removed."""
     found = []
     me = os.getpid()
+    templates = template.running_pids()  # a warm worker template stays; a boot process it forked must not
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
             with open(stat) as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == me:
+        if int(fields[1]) in (me, *templates) and int(stat.split("/")[2]) not in templates:
             found.append(f"child {stat.split('/')[2]} state {fields[0]}")
     found += glob.glob(f"/sys/fs/cgroup/*/**/modelwarden-{me}-*", recursive=True)
     found += glob.glob(f"/sys/fs/cgroup/modelwarden-{me}-*")
@@ -58,7 +61,9 @@ def models(fixture_dir):
 
 
 @pytest.fixture(scope="module", params=_backends())
-def warm(request, models):
+def warm(request, models, spawn_mode_all):
+    if spawn_mode_all == "template" and request.param != "namespaces":
+        pytest.skip("only the namespaces backend forks workers from a template")
     d, expected = models
     sb = Sandbox(LIMITS, backend=request.param)
     model = sb.load(d / "dense", scan=False)

@@ -74,7 +74,7 @@ def run_as_nobody(child: str, *args: str) -> dict:
         'mount -t tmpfs -o size=1m,mode=0755 none /mnt && mkdir /mnt/py /mnt/venv && mount --bind "$0" /mnt/py && '
         '{ [ -z "$MW_VENV" ] || mount --bind "$MW_VENV" /mnt/venv; } && '
         'exe="$1" && shift && exec setpriv --reuid=65534 --regid=65534 --clear-groups env -i HOME=/nonexistent '
-        'MW_VENV_SITES="$MW_VENV_SITES" LD_LIBRARY_PATH=/mnt/py/lib TF_CPP_MIN_LOG_LEVEL=3 "/mnt/py/$exe" -c "$@"'
+        'MW_VENV_SITES="$MW_VENV_SITES" MODELWARDEN_WORKER_TEMPLATE="$MODELWARDEN_WORKER_TEMPLATE" LD_LIBRARY_PATH=/mnt/py/lib TF_CPP_MIN_LOG_LEVEL=3 "/mnt/py/$exe" -c "$@"'
     )
     env = dict(os.environ, MW_VENV=venv, MW_VENV_SITES=os.pathsep.join(venv_sites))
     res = subprocess.run(["unshare", "-m", "sh", "-c", script, prefix, exe, VENV_PROLOGUE + child, str(ROOT / "src"),

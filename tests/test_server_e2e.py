@@ -623,6 +623,7 @@ def test_kill_worker_mid_request(env):
 def test_worker_processes_are_sandboxed_children(env):
     pids = children(env.server.proc.pid)
     assert pids, "workers run as child processes of the server"
+    pids += [g for p in list(pids) for g in children(p)]  # or of its worker template (sandbox/template.py)
     for info in _workers(env, "dense")["workers"]:
         assert info["pid"] in pids
 

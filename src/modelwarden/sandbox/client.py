@@ -121,6 +121,13 @@ def _signal_name(num: int) -> str:
 NOBODY = 65534
 
 
+def worker_env() -> dict[str, str]:
+    """The sandboxed worker's whole environment (the template imports TensorFlow with it too)."""
+    return {"HOME": "/tmp", "TMPDIR": "/tmp", "PATH": "/nonexistent", "LANG": "C.UTF-8",
+            "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "KERAS_HOME": "/tmp/.keras",
+            "PYTHONDONTWRITEBYTECODE": "1", "KERAS_BACKEND": "tensorflow"}
+
+
 def identity_for(plan: FsPlan | None = None) -> tuple[int, int] | None:
     """Host uid/gid the worker's uid 0 maps to when the caller is root: always ``nobody``.
 
@@ -239,7 +246,7 @@ class _Worker:
     """One started worker process tree and its channel."""
 
     def __init__(self, backend: Backend, plan: FsPlan, limits: SandboxLimits, runtime: dict, debug: bool,
-                 use_cgroups: bool = True) -> None:
+                 use_cgroups: bool = True, template: Any = None) -> None:
         self.seccomp_allow = self._seccomp_allow()  # before anything starts: a bad setting is a usage error
         self.limits = limits
         self.backend = backend
@@ -255,11 +262,12 @@ class _Worker:
         self.sock = parent
         self.reader = protocol.FrameReader(parent)
         self._last_call_s = 0.0
+        self.template = template if backend.name == "namespaces" else None
         try:
             self.copies = _copies(plan, backend)
             spec = LaunchSpec(plan, limits, child.fileno(), runtime, self.cg.procs_files, debug, tuple(self.copies))
             try:
-                self.proc: WorkerProcess = backend.start(spec)
+                self.proc: WorkerProcess = self._start(backend, spec)
             except OSError as exc:
                 raise SandboxUnavailable(f"cannot start the {backend.name} sandbox: {exc}") from None
         except BaseException:
@@ -293,11 +301,30 @@ class _Worker:
         except OSError:
             self._boot_failed()
 
+    def _start(self, backend: Backend, spec: LaunchSpec) -> WorkerProcess:
+        """Fork the boot process from the template when there is one (else, or if it is gone, start
+        a fresh interpreter); in debug mode a forked worker writes to a pipe we relay."""
+        if self.template is not None:
+            from modelwarden.sandbox.template import TemplateDied
+
+            r, w = os.pipe() if spec.debug else (None, None)
+            try:
+                started = backend.start(dataclasses.replace(spec, template=self.template, debug_fd=w))
+                if r is not None:
+                    started.proc.stdout = os.fdopen(r, "rb")
+                    r = None
+                return started
+            except TemplateDied:
+                self.template = None
+            finally:
+                for fd in (r, w):
+                    if fd is not None:
+                        os.close(fd)
+        return backend.start(spec)
+
     def _config(self, plan: FsPlan, limits: SandboxLimits, runtime: dict, backend: Backend) -> dict:
         sandboxed = backend.name != "unsafe-none"
-        env = {"HOME": "/tmp", "TMPDIR": "/tmp", "PATH": "/nonexistent", "LANG": "C.UTF-8",
-               "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "KERAS_HOME": "/tmp/.keras",
-               "PYTHONDONTWRITEBYTECODE": "1", "KERAS_BACKEND": "tensorflow"}
+        env = worker_env()
         if not sandboxed:
             import sys
             import tempfile
@@ -311,7 +338,7 @@ class _Worker:
 
         pkg_host = os.path.dirname(os.path.abspath(modelwarden.__file__))
         return {
-            "parent_pid": os.getpid(),
+            "parent_pid": self.template.pid if self.template is not None else os.getpid(),
             "binds": [dataclasses.asdict(b) for b in plan.binds if not (self.copies and b.noexec)] if sandboxed else [],
             "copies": self.copies,
             "symlinks": [list(s) for s in plan.symlinks] if sandboxed else [],
@@ -329,6 +356,7 @@ class _Worker:
             "seccomp": {"allow": list(self.seccomp_allow)} if sandboxed else False,
             "runtime": runtime,
             "layers": {"backend": backend.name, "cgroups": ",".join(self.cg.controllers) or "none",
+                       "template": self.template is not None,
                        "host_uid": worker_host_uid() if sandboxed else os.geteuid(),
                        "cgroup_note": self.cg.reason},
         }
@@ -640,13 +668,17 @@ class Sandbox:
     """
 
     def __init__(self, limits: SandboxLimits | None = None, *, backend: str = "auto", policy: Any = None,
-                 fail_on: str | None = None, debug: bool | None = None, use_cgroups: bool = True) -> None:
+                 fail_on: str | None = None, debug: bool | None = None, use_cgroups: bool = True,
+                 template: bool | None = None) -> None:
         self.limits = limits or SandboxLimits()
         self.backend_name = backend
         self.policy = policy
         self.fail_on = fail_on
         self.debug = debug_enabled() if debug is None else debug
         self.use_cgroups = use_cgroups  # False: rlimits only (what hosts without delegation get)
+        # fork the worker from this process's pre-initialised TensorFlow template (sandbox/template.py):
+        # True: start one if needed; None: only if one is already warm; False: never
+        self.template = template
         self._worker: _Worker | None = None
         self._model: SandboxedModel | None = None
         self.timings: dict[str, float] = {}
@@ -700,7 +732,9 @@ class Sandbox:
                    "model": {"path": plan.model_path, "kind": kind, "recheck": bool(recheck),
                              "policy": plan.policy_path or (policy_arg if isinstance(policy_arg, str) else None),
                              "fail_on": self.fail_on}}
-        self._worker = worker = _Worker(backend, plan, self.limits, runtime, self.debug, self.use_cgroups)
+        tmpl = self._template(backend, plan)
+        self.timings["template_s"] = time.monotonic() - t0
+        self._worker = worker = _Worker(backend, plan, self.limits, runtime, self.debug, self.use_cgroups, tmpl)
         # overlap: the worker imports TensorFlow while the parent scans
         if scan:
             try:
@@ -729,6 +763,19 @@ class Sandbox:
             worker._violation(printable(str(exc), 300))
         self._model = SandboxedModel(self, kind, signatures)
         return self._model
+
+    def _template(self, backend: Backend, plan: FsPlan) -> Any:
+        """The template to fork from, or None (fresh boot); see :mod:`modelwarden.sandbox.template`."""
+        from modelwarden.sandbox import template
+
+        forced = template.setting()
+        wanted = self.template if forced is None or self.template is False else forced
+        if wanted is False or backend.name != "namespaces":
+            return None
+        try:
+            return template.shared(plan, worker_env(), start=bool(wanted))
+        except OSError:
+            return None  # no template: the worker boots fresh (slower, same isolation)
 
     def _host_scan(self, path: str | os.PathLike) -> None:
         try:

@@ -9,6 +9,7 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from modelwarden.errors import UsageError
 
@@ -233,6 +234,8 @@ class LaunchSpec:
     cgroup_procs: tuple[str, ...] = ()  # cgroup.procs files the worker must be placed in
     debug: bool = False
     copies: tuple[dict, ...] = ()  # model trees the worker receives as descriptors (snapshot.manifest)
+    template: Any = None  # namespaces backend: fork the boot process from this template.Template
+    debug_fd: int | None = None  # with a template and debug: the pipe the forked worker writes to
 
 
 def worker_output(debug: bool) -> dict:

@@ -1,6 +1,7 @@
 """The built-in backend: Linux namespaces, pivot_root, rlimits/cgroups, no_new_privs, seccomp.
 
-No extra binaries: a fresh ``python -I -S`` runs :func:`modelwarden.sandbox.nsinit.boot_main`,
+No extra binaries: a fresh ``python -I -S`` runs :func:`modelwarden.sandbox.nsinit.boot_main`
+(or the worker template forks a process that runs it: :mod:`modelwarden.sandbox.template`),
 which unshares user, mount, pid, network, IPC, UTS and cgroup namespaces and forks
 the sandbox's pid 1 (see nsinit for the process tree).
 """
@@ -11,6 +12,7 @@ import functools
 import os
 import subprocess
 import sys
+from typing import Any
 
 from modelwarden.sandbox.interface import Backend, LaunchSpec, WorkerProcess, worker_output
 
@@ -30,8 +32,8 @@ def boot_env() -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "MALLOC_ARENA_MAX": "2"}
 
 
-def popen_python(entry: str, spec: LaunchSpec) -> subprocess.Popen:
-    """``python -I -S`` running ``nsinit.<entry>(channel_fd)`` in a new session.
+def popen_python(entry: str, channel_fd: int, debug: bool, module: str = "nsinit") -> subprocess.Popen:
+    """``python -I -S`` running ``<module>.<entry>(channel_fd)`` in a new session.
 
     The package's host path arrives on a pipe, not in the command line, which the sandbox's
     pid 1 shows as ``/proc/1/cmdline`` (it would reveal the checkout's location).
@@ -42,11 +44,11 @@ def popen_python(entry: str, spec: LaunchSpec) -> subprocess.Popen:
     finally:
         os.close(w)
     code = (f"import os, sys; sys.path.insert(0, os.read({r}, 65536).decode()); os.close({r}); "
-            f"from modelwarden.sandbox.nsinit import {entry}; {entry}({spec.channel_fd})")
+            f"from modelwarden.sandbox.{module} import {entry}; {entry}({channel_fd})")
     try:
         return subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", code],
-            pass_fds=(spec.channel_fd, r), stdin=subprocess.DEVNULL, **worker_output(spec.debug),
+            pass_fds=(channel_fd, r), stdin=subprocess.DEVNULL, **worker_output(debug),
             env=boot_env(), close_fds=True, cwd="/", start_new_session=True,
         )
     finally:
@@ -101,7 +103,8 @@ class NamespacesBackend(Backend):
         return probe_namespaces()
 
     def start(self, spec: LaunchSpec) -> WorkerProcess:
-        proc = popen_python("boot_main", spec)
+        proc: Any = (spec.template.spawn(spec.channel_fd, spec.debug_fd) if spec.template is not None
+                     else popen_python("boot_main", spec.channel_fd, spec.debug))
         try:
             for path in spec.cgroup_procs:  # before the config arrives, so nothing is forked outside
                 with open(path, "w") as f:

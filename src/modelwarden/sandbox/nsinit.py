@@ -331,10 +331,20 @@ def _relocate(cfg: dict) -> None:
         return p
 
     if moves:
+        # modules imported before the pivot (all of TensorFlow when forked from the worker template)
+        # also find their data files through __file__, their spec's origin and their loader's path
         for mod in list(sys.modules.values()):
             path = getattr(mod, "__path__", None)
             if isinstance(path, list):
                 path[:] = [move(p) for p in path]
+            for obj, attr in ((mod, "__file__"), (getattr(mod, "__spec__", None), "origin"),
+                              (getattr(mod, "__loader__", None), "path")):
+                value = getattr(obj, attr, None)
+                if isinstance(value, str):
+                    try:
+                        setattr(obj, attr, move(value))
+                    except (AttributeError, TypeError):
+                        pass
     sys.path_importer_cache.clear()
     importlib.invalidate_caches()
 

@@ -20,7 +20,7 @@ class UnsandboxedBackend(Backend):
         return True, "always (and never safe)"
 
     def start(self, spec: LaunchSpec) -> WorkerProcess:
-        proc = popen_python("exec_main", spec)
+        proc = popen_python("exec_main", spec.channel_fd, spec.debug)
         for path in spec.cgroup_procs:
             with open(path, "w") as f:
                 f.write(str(proc.pid))

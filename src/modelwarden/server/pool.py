@@ -11,10 +11,13 @@ Warm spares: ``spares`` extra workers are started (model loaded, TensorFlow impo
 pool serves, and held back.  When a call kills a worker, a spare takes its place at once — the
 next request is served by a worker that is already warm (measured: ``replace_ms`` in the
 ``worker_restarted`` event and the admin workers endpoint) — and a new spare starts in the
-background.  Without a spare the replacement costs a whole TensorFlow start (12-21 s measured).
-Forking replacements from a pre-initialised TensorFlow template was not used: TensorFlow's
-thread pools do not survive ``fork()`` (only the forking thread exists in the child), and every
-worker would share the template's memory layout and any state the model left in it.
+background.
+
+Worker template (on by default, ``template=False`` / ``MODELWARDEN_WORKER_TEMPLATE=0`` to turn it
+off): every worker - first ones, spares, replacements - is forked from this server process's
+pre-initialised TensorFlow template (:mod:`modelwarden.sandbox.template`) and then hardened
+exactly like a fresh one, so a replacement without a spare costs a model load, not a
+TensorFlow start (docs/sandbox.md has the fork-safety measurements and figures).
 
 With ``batching`` set, concurrent requests share worker calls (:mod:`modelwarden.server.batching`).
 """
@@ -76,6 +79,7 @@ class PoolSpec:
     size: int
     spares: int = 0
     batching: BatchingConfig | None = None
+    template: bool = True  # fork workers from the process's TensorFlow template (namespaces backend)
 
 
 class WorkerPool:
@@ -104,7 +108,8 @@ class WorkerPool:
     def _start_one(self) -> Worker:
         from modelwarden.sandbox.client import Sandbox
 
-        sb = Sandbox(self.spec.limits, backend=self.spec.backend, policy=self.spec.policy, fail_on=self.spec.fail_on)
+        sb = Sandbox(self.spec.limits, backend=self.spec.backend, policy=self.spec.policy, fail_on=self.spec.fail_on,
+                     template=self.spec.template)
         try:
             # the registry ran the host scan gate once for this version; the worker still re-checks
             # the exact bytes TensorFlow loads, inside the sandbox, before importing TensorFlow.
@@ -255,6 +260,7 @@ class WorkerPool:
         while not self._closed:
             if self._failures:
                 await asyncio.sleep(min(60.0, 0.5 * 2 ** min(self._failures, 7)))
+            t0 = time.monotonic()
             try:
                 w = await loop.run_in_executor(self._loader, self._start_one)
             except Exception as exc:  # noqa: BLE001 - keep serving; report and retry
@@ -264,7 +270,9 @@ class WorkerPool:
                 continue
             self._failures = 0
             self.restarts += 1
-            self._on_event("worker_restarted", {"pool": self.label, "reason": reason, "pid": w.pid})
+            self.last_replace_ms = round((time.monotonic() - t0) * 1000, 3)
+            self._on_event("worker_restarted", {"pool": self.label, "reason": reason, "pid": w.pid, "spare": False,
+                                                "replace_ms": self.last_replace_ms})
             self._add(w)
             return
 
