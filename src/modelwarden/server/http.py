@@ -71,8 +71,10 @@ class _Guards:
                                                f"request headers not received within {self.header_timeout:g} s"))
         self.transport.close()
 
-    def _admit(self, transport: asyncio.Transport) -> None:
-        """After uvicorn's ``connection_made``: refuse above the cap, else start the header clock."""
+    # the mixin comes first in the MRO: super() is uvicorn's protocol
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[misc]
         if len(self.connections) > self.max_connections:
             transport.write(_raw_response(503, b"Service Unavailable",
                                           f"too many connections (limit {self.max_connections})"))
@@ -80,9 +82,14 @@ class _Guards:
             return
         self._arm_head_timer()
 
-    def _next_head(self) -> None:
-        """After uvicorn's ``on_response_complete``: the next request head is due within the timeout
-        (unless a pipelined one has already arrived and is being served)."""
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_received()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def on_response_complete(self) -> None:
+        """The next request head is due within the timeout (unless a pipelined one has already
+        arrived and is being served)."""
+        super().on_response_complete()  # type: ignore[misc]
         if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
             self._arm_head_timer()
 
@@ -129,18 +136,6 @@ class GuardedH11Protocol(_Guards, H11Protocol):
     def last_error(self) -> str:  # type: ignore[override]
         return self.conn.last_error
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._admit(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._head_received()
-        super().connection_lost(exc)
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._next_head()
-
 
 # -- httptools (llhttp) -------------------------------------------------------------------------------------
 
@@ -160,18 +155,6 @@ if HttpToolsProtocol is not None:
 
         _head_bytes = 0
         _framing: set
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._admit(transport)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._head_received()
-            super().connection_lost(exc)
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._next_head()
 
         def data_received(self, data: bytes) -> None:
             self._unset_keepalive_if_required()
@@ -219,6 +202,8 @@ def guarded_protocol(header_timeout: float, max_connections: int, parser: str = 
     """The protocol class for ``uvicorn.Config(http=...)`` with these limits; ``parser``:
     ``auto`` (httptools when installed, else h11), ``httptools`` or ``h11``."""
     if parser == "httptools" and HttpToolsProtocol is None:
-        raise ImportError("httptools is not installed (pip install httptools)")
+        from modelwarden.errors import UsageError
+
+        raise UsageError("server.http_parser = \"httptools\" but httptools is not installed (pip install httptools)")
     base = GuardedH11Protocol if parser == "h11" or HttpToolsProtocol is None else GuardedHttpToolsProtocol
     return type(base.__name__, (base,), {"header_timeout": header_timeout, "max_connections": max_connections})
