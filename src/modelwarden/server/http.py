@@ -121,6 +121,10 @@ class _StrictConnection(h11.Connection):
             if b"content-length" in names and b"transfer-encoding" in names:
                 self.last_error = AMBIGUOUS
                 raise h11.RemoteProtocolError(self.last_error)
+            # h11 caps only an *incomplete* head; one that arrives whole is measured here
+            if len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers) > MAX_HEAD_BYTES:
+                self.last_error = f"request head longer than {MAX_HEAD_BYTES} bytes"
+                raise h11.RemoteProtocolError(self.last_error)
             if self.on_request is not None:
                 self.on_request()
         return event
