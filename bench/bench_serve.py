@@ -1,14 +1,18 @@
 """Throughput and latency of `modelwarden serve` vs an unsafe in-process baseline and KServe, one run.
 
     python bench/bench_serve.py [--duration 10] [--concurrency 1,8,32] [--mobilenet] [--workers 2] [--batching]
+                                [--runs 3] [--servers modelwarden,modelwarden+batch,baseline,kserve]
 
 Servers (all on 127.0.0.1, TensorFlow Serving / KServe V1 REST: POST /v1/models/NAME:predict {"instances": ...}):
-- modelwarden: TLS off, auth ON (bearer token), sandbox ON (namespaces + seccomp + cgroups), scan gate on;
+- modelwarden: TLS off, auth ON (bearer token), sandbox ON (namespaces + seccomp + cgroups), scan gate on
+               (the per-token rate limit is raised: its default, 1000/s, would cap the one bench token);
 - modelwarden+batch: the same with server-side batching ([batching] enabled, max 32 rows, 2 ms) (--batching);
-- baseline:    the same HTTP stack (uvicorn + starlette + modelwarden's codec) calling TensorFlow IN-PROCESS,
+- baseline:    uvicorn + starlette + modelwarden's codec calling TensorFlow IN-PROCESS,
                no auth, no sandbox (what "just wrap TF in a web server" costs);
 - kserve:      KServe's Python model server (``kserve.ModelServer``, V1 protocol) with the same SavedModel
-               loaded in-process; only if ``pip install kserve`` works in bench/.work/venv (never system-wide).
+               loaded in-process; only if ``import kserve`` works in bench/.work/venv (never system-wide): ``python -m
+               venv --system-site-packages bench/.work/venv`` (TensorFlow from the system), then
+               ``bench/.work/venv/bin/pip install kserve==0.21.0``.
 Load comes from wrk (``apt-get install wrk``; one thread, ``concurrency`` keep-alive connections, a Lua
 script that POSTs the body with the Authorization header and prints wrk's own latency percentiles), as the
 issue's testers measured; without wrk (or with ``--loadgen httpx``) from a second Python process (asyncio +
