@@ -122,6 +122,20 @@ def test_oversized_request_head_is_400_and_close(srv):
     c.close()
 
 
+def test_pipelined_requests_are_answered_in_order(srv):
+    """Two requests in one packet: both served, in order (the header clock must not cut the second)."""
+    c = connect(srv)
+    auth = b"Authorization: Bearer " + srv.tokens["good"].encode() + b"\r\n"
+    c.sendall(b"POST /v1/models/dense:predict HTTP/1.1\r\nHost: x\r\n" + auth +
+              b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY +
+              b"GET /v1/models/dense HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth + b"\r\n")
+    data = read_all(c)
+    c.close()
+    assert data.count(b"HTTP/1.1 200") == 2, data[:500]
+    first, second = data.split(b"HTTP/1.1 200")[1:]
+    assert b"predictions" in first and b"model_version_status" in second
+
+
 def test_unfinished_headers_are_closed_after_the_header_timeout(srv):
     socks = [connect(srv) for _ in range(20)]
     t0 = time.monotonic()
