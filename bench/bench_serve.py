@@ -237,7 +237,7 @@ def start_modelwarden(name: str, base: Path, workers: int, batching: bool = Fals
     (d / "serve.toml").write_text(f'[server]\ntoken_db = "{d / "tokens.json"}"\naccess_log = "{d / "access.log"}"\n'
                                   f'[limits]\nmax_body = "64MiB"\nmax_json_elements = 100000000\n'
                                   f'max_concurrent_requests = 256\nmax_inflight_per_token = 256\n'
-                                  f'rate_per_token = 1000000\nrate_burst = 1000000\n'  # default 1000/s would cap the run
+                                  f'rate_per_token = 1000000\nrate_burst = 1000000\n'  # 1000/s: a cap
 
                                   + ('[batching]\nenabled = true\nmax_batch_size = 32\nbatch_timeout = "2ms"\n'
                                      if batching else '')
