@@ -76,6 +76,7 @@ host = "127.0.0.1"
 port = 9000
 token_db = "tok.json"
 model_config_file = "models.config"
+http_parser = "h11"
 [server.tls]
 cert = "c.pem"
 key = "k.pem"
@@ -93,6 +94,7 @@ timeout = "500ms"
     cfg = load_toml(str(tmp_path / "s.toml"))
     assert cfg.port == 9000 and cfg.token_db == str(tmp_path / "tok.json") and cfg.tls_cert == str(tmp_path / "c.pem")
     assert cfg.max_body_bytes == 2 << 20 and cfg.request_timeout_s == 5.0 and cfg.rate_per_token == 10.0
+    assert cfg.http_parser == "h11"
     assert [m.name for m in cfg.models] == ["x", "dense", "latest3", "every"]
     assert cfg.models[0].version_policy == "specific" and cfg.models[0].timeout_s == 0.5
     assert cfg.models[1].base_path == "/m/d"
@@ -103,6 +105,7 @@ timeout = "500ms"
     ("[[models]]\nname='a'\nbase_path='/a'\n[[models]]\nname='a'\nbase_path='/b'\n", "twice"),
     ("[server.tls]\ncert = 'c'\n", "both"), ("not toml ===", "TOML"),
     ("[[models]]\nname='a'\nbase_path='/a'\nworkers=0\n", "workers"),
+    ("[server]\nhttp_parser = 'fast'\n", "http_parser"),
 ])
 def test_toml_errors(tmp_path, body, msg):
     (tmp_path / "s.toml").write_text(body)

@@ -183,7 +183,8 @@ def _preimport() -> None:
     import importlib
 
     for name in ("uvicorn.loops.auto", "uvicorn.loops.asyncio", "uvicorn.protocols.http.auto",
-                 "uvicorn.protocols.http.h11_impl", "uvicorn.lifespan.on", "encodings.idna", "zlib", "pwd", "gzip"):
+                 "uvicorn.protocols.http.h11_impl", "uvicorn.protocols.http.httptools_impl", "httptools",
+                 "uvicorn.lifespan.on", "encodings.idna", "zlib", "pwd", "gzip"):
         try:
             importlib.import_module(name)
         except ImportError:
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     uv_cfg = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on", server_header=False,
         proxy_headers=False, timeout_keep_alive=30, h11_max_incomplete_event_size=64 * 1024,
-        http=guarded_protocol(cfg.header_timeout_s, cfg.max_connections), backlog=2048,
+        http=guarded_protocol(cfg.header_timeout_s, cfg.max_connections, cfg.http_parser), ws="none", backlog=2048,
         ssl_certfile=cfg.tls_cert if ssl_ctx else None, ssl_keyfile=cfg.tls_key if ssl_ctx else None,
         ssl_context_factory=(lambda _c, _d: ssl_ctx) if ssl_ctx else None,
     )

@@ -20,11 +20,9 @@ import re
 import time
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from modelwarden.sandbox import errors as sberr
 from modelwarden.server import codec, jsonfmt
+from modelwarden.server.asgi import HttpRequest, Reply
 from modelwarden.server.auth import AuthError, TokenStore, authorize
 from modelwarden.server.config import ServerConfig
 from modelwarden.server.limits import (
@@ -96,8 +94,8 @@ async def render(outputs: dict, verb: str, req: codec.PredictRequest) -> bytes:
     return await asyncio.get_running_loop().run_in_executor(None, work)
 
 
-def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(codec.dumps(doc), status_code=status, media_type="application/json", headers=headers)
+def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(codec.dumps(doc), status, headers=headers)
 
 
 class App:
@@ -130,8 +128,8 @@ class App:
             return
         if scope["type"] != "http":
             return
-        response = await self.handle(Request(scope, receive))
-        await response(scope, receive, send)
+        response = await self.handle(HttpRequest(scope, receive))
+        await response(send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -160,9 +158,9 @@ class App:
 
     # -- request handling ------------------------------------------------------------------------------
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: HttpRequest) -> Reply:
         t0 = time.monotonic()
-        path = request.url.path
+        path = request.path
         method = request.method
         if path in ("/healthz", "/readyz"):
             if method != "GET":
@@ -189,7 +187,7 @@ class App:
             response, status, outcome = _json(exc.status, {"error": str(exc)}, headers), exc.status, kind
             self.metrics.errors.inc(self._known(model), kind)
             self.log.write("auth_failure", token_id=exc.token_id, status=status, reason=str(exc)[:200],
-                           path=path[:200], remote=request.client.host if request.client else None)
+                           path=path[:200], remote=request.remote)
         except RequestError as exc:
             model = ctx["model"]
             headers = {"Retry-After": str(int(math.ceil(exc.retry_after)))} if exc.retry_after else None
@@ -217,21 +215,21 @@ class App:
         self.metrics.latency.observe(elapsed, m, api)
         self.log.write("access", token_id=ident.token_id if ident else None, model=model[:128] or None,
                        version=version, api=api, method=method, status=status, outcome=outcome,
-                       ms=round(elapsed * 1000, 2), remote=request.client.host if request.client else None)
+                       ms=round(elapsed * 1000, 2), remote=request.remote)
         return response
 
     def _known(self, model: str) -> str:
         return model if model in self.registry.models else ""
 
-    async def _route(self, request: Request, ident: Any, path: str, method: str,
-                     t0: float, ctx: dict[str, Any]) -> Response:
+    async def _route(self, request: HttpRequest, ident: Any, path: str, method: str,
+                     t0: float, ctx: dict[str, Any]) -> Reply:
         if path == "/monitoring/prometheus/metrics":
             ctx["api"] = "metrics"
             authorize(ident, "metrics", None)
             self._update_gauges()
             models = ident.record.models
             visible = None if "*" in models else frozenset(models)  # a scoped token sees its models only
-            return Response(self.metrics.render(visible), media_type="text/plain; version=0.0.4")
+            return Reply(self.metrics.render(visible).encode(), media_type="text/plain; version=0.0.4; charset=utf-8")
         m = (TF_PREDICT.fullmatch(path) if method == "POST" else TF_STATUS.fullmatch(path) if method == "GET"
              else None)
         if m:
@@ -258,10 +256,10 @@ class App:
             from modelwarden.report import renderer
 
             body = renderer("json").render(vs.report)
-            return Response(body, media_type="application/json")
+            return Reply(body.encode() if isinstance(body, str) else body)
         raise RequestError(404, f"Not found: {method} {path[:200]}", kind="not_found")
 
-    async def _tf_api(self, request: Request, ident: Any, m: re.Match, t0: float, ctx: dict[str, Any]) -> Response:
+    async def _tf_api(self, request: HttpRequest, ident: Any, m: re.Match, t0: float, ctx: dict[str, Any]) -> Reply:
         name = m.group("name")
         verb = (m.groupdict().get("verb") or "").lower() or None
         api = verb or ("metadata" if m.group("meta") else "status")
@@ -299,7 +297,7 @@ class App:
             for v, vs in e.versions.items():
                 self.metrics.workers.set(vs.pool.alive if vs.pool else 0, e.config.name, str(v))
 
-    def _status(self, name: str, version: str | None, label: str | None) -> Response:
+    def _status(self, name: str, version: str | None, label: str | None) -> Reply:
         e = self.registry.entry(name)
         if version is not None or label is not None:
             vs = self.registry.resolve(name, version, label, require_available=False)
@@ -311,11 +309,11 @@ class App:
                                    kind="not_found")
         return _json(200, {"model_version_status": states})
 
-    def _metadata(self, vs: Any) -> Response:
+    def _metadata(self, vs: Any) -> Reply:
         return _json(200, {"model_spec": {"name": vs.model, "signature_name": "", "version": str(vs.version)},
                            "metadata": {"signature_def": codec.signature_def_map(vs.pool.signatures, vs.methods)}})
 
-    async def _predict(self, request: Request, body: bytes, vs: Any, verb: str, t0: float) -> Response:
+    async def _predict(self, request: HttpRequest, body: bytes, vs: Any, verb: str, t0: float) -> Reply:
         cfg = self.cfg
         deadline = t0 + cfg.request_timeout_s
         pool = vs.pool
@@ -343,7 +341,7 @@ class App:
         loop = asyncio.get_running_loop()
         req = await loop.run_in_executor(None, decode) if len(body) > OFFLOAD_BYTES else decode()
         outputs = await pool.predict(req.inputs, chosen[-1], deadline)
-        return Response(await render(outputs, verb, req), media_type="application/json")
+        return Reply(await render(outputs, verb, req))
 
     def _check_method(self, vs: Any, doc: Any, verb: str) -> None:
         sig = doc.get("signature_name") if isinstance(doc, dict) else None

@@ -55,6 +55,7 @@ class ServerConfig:
     fail_on: str | None = None
     backend: str = "auto"
     access_log: str | None = None  # file path; None: stderr
+    http_parser: str = "auto"  # HTTP/1.1 parser: httptools when installed (fast), else h11; same guards
     max_body_bytes: int = 64 * MiB
     max_json_depth: int = 48
     max_json_elements: int = 8_000_000
@@ -81,7 +82,8 @@ class ServerConfig:
 # -- TOML ------------------------------------------------------------------------------------------
 
 _SERVER_KEYS = {"host", "port", "grpc_port", "token_db", "policy", "fail_on", "backend", "access_log", "tls",
-                "model_config_file", "poll_interval"}
+                "model_config_file", "poll_interval", "http_parser"}
+HTTP_PARSERS = ("auto", "httptools", "h11")
 _TLS_KEYS = {"cert", "key", "client_ca"}
 _LIMIT_KEYS = {"max_body", "max_json_depth", "max_json_elements", "gzip_max_ratio", "request_timeout",
                "max_concurrent_requests", "rate_per_token", "rate_burst", "load_concurrency", "header_timeout",
@@ -209,7 +211,7 @@ def load_toml(path: str) -> ServerConfig:
     tls = _check_keys(path, "server.tls", srv.get("tls", {}), _TLS_KEYS)
     lim = _check_keys(path, "limits", doc.get("limits", {}), _LIMIT_KEYS)
     kw: dict[str, Any] = {}
-    for key in ("host", "policy", "fail_on", "backend"):
+    for key in ("host", "policy", "fail_on", "backend", "http_parser"):
         if key in srv:
             kw[key] = _typed(path, f"server.{key}", srv[key], str)
     for key in ("port", "grpc_port"):
@@ -218,6 +220,8 @@ def load_toml(path: str) -> ServerConfig:
     for key in ("token_db", "access_log"):
         if key in srv:
             kw[key] = _rel(base, _typed(path, f"server.{key}", srv[key], str))
+    if kw.get("http_parser", "auto") not in HTTP_PARSERS:
+        raise _err(path, f"server.http_parser must be one of {', '.join(HTTP_PARSERS)}")
     if kw.get("policy") not in (None, "default", "strict"):
         kw["policy"] = _rel(base, kw["policy"])
     for key, dst in (("cert", "tls_cert"), ("key", "tls_key"), ("client_ca", "tls_client_ca")):

@@ -195,7 +195,11 @@ class WorkerPool:
         if remaining <= 0:
             raise RequestError(504, "request deadline exceeded before a worker was free", kind="deadline")
         try:
-            worker = await asyncio.wait_for(self._idle.get(), remaining)
+            if not self._idle.empty():  # the common case: no timer, no extra task
+                worker = self._idle.get_nowait()
+            else:
+                async with asyncio.timeout(remaining):
+                    worker = await self._idle.get()
         except (asyncio.TimeoutError, TimeoutError):
             raise RequestError(503, f"all workers of {self.label} are busy or restarting", retry_after=1.0,
                                kind="overloaded") from None
