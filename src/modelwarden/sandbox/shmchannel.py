@@ -13,7 +13,8 @@ Region layout (``req_bytes + rep_bytes``)::
     reply area    [req_bytes, +rep_bytes)   written by the worker, read by the parent as hostile
         same layout
 
-``CALL``: ``seq u64 | magic u32 | count u32 | sig_or_status u32 | reserved u32 | run_us u64``;
+``CALL``: ``seq u64 | magic u32 | count u32 | sig_or_status u32 | busy_us u32 | run_us u64`` (``busy_us``:
+the worker's own time on the call besides the model's ``run_us``; diagnostics only, like ``run_us``);
 ``ENTRY``: ``index u32 | dtype code u16 | rank u16 | offset u64 | nbytes u64 | dims u64 * 8``
 (offsets relative to the area).  The writer stores ``seq`` last; the reader waits for the
 ``seq`` it expects (spinning briefly, then ``poll`` on the doorbell and the JSON channel).
@@ -169,6 +170,7 @@ class ParentChannel:
         self.bell.setblocking(False)
         self.seq = 0
         self.replies = 0  # calls answered in the region (the rest came on the JSON channel)
+        self.last_worker_busy_us = 0  # worker-reported, unchecked: for benchmarks only
         self.spin = spare_core()
         self._poll = select.poll()
         self._channel_fd = -1
@@ -239,7 +241,7 @@ class ParentChannel:
         base, size = self.req_bytes, self.rep_bytes
         nout = len(sig.outputs)
         header = bytes(self.view[base:base + CALL.size + nout * ENTRY.size])  # one copy; checks read only this
-        got_seq, magic, count, status, _reserved, run_us = CALL.unpack_from(header)
+        got_seq, magic, count, status, busy_us, run_us = CALL.unpack_from(header)
         if got_seq != seq or magic != MAGIC:
             raise ShmViolation("reply header does not belong to this call")
         if status != 0 or count != nout:
@@ -276,6 +278,7 @@ class ParentChannel:
                 arr.reshape(-1).view(np.uint8)[:] = self.view[base + off:base + off + want]
             out[spec.name] = arr
         self.replies += 1
+        self.last_worker_busy_us = busy_us
         return out, run_us
 
 
@@ -297,6 +300,7 @@ class WorkerChannel:
         self.bell.setblocking(False)
         self.req_bytes, self.rep_bytes = req_bytes, rep_bytes
         self.seen = 0  # the last request seq handled
+        self.woke = 0.0  # when the pending request was noticed
         self._poll = select.poll()
         self._poll.register(self.bell.fileno(), select.POLLIN)
         self._channel_fd = -1
@@ -311,10 +315,12 @@ class WorkerChannel:
             stop = time.perf_counter() + spin_s
             while time.perf_counter() < stop:
                 if unpack_seq(mm, 0)[0] != seen:
+                    self.woke = time.perf_counter()
                     return True
                 YIELD()
         while True:
             if unpack_seq(mm, 0)[0] != seen:
+                self.woke = time.perf_counter()
                 return True
             for fd, _events in self._poll.poll():
                 if fd == self._channel_fd:
@@ -350,7 +356,8 @@ class WorkerChannel:
         base = self.req_bytes
         if len(arrays) > MAX_TENSORS or not _write_tensors(self.view, self.mm, base, self.rep_bytes, arrays):
             return False
-        CALL_REST.pack_into(self.mm, base + SEQ.size, MAGIC, len(arrays), 0, 0, run_us)
+        busy_us = max(0, min(int((time.perf_counter() - self.woke) * 1e6) - run_us, 0xFFFFFFFF))
+        CALL_REST.pack_into(self.mm, base + SEQ.size, MAGIC, len(arrays), 0, busy_us, run_us)
         SEQ.pack_into(self.mm, base, seq)
         _ring(self.bell)
         return True
