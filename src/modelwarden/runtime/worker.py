@@ -163,6 +163,7 @@ class Worker:
         self.specs: dict[str, dict[str, list[dict]]] = {}
         self._input_specs: dict[str, dict[str, protocol.TensorSpec]] = {}
         self._output_order: dict[str, dict[str, int]] = {}
+        self._fast_names: list[tuple[str, list[str]]] | None = None
 
     def handle(self, op: Any, header: dict, body: bytearray) -> tuple[dict, list]:
         if op == "load":
@@ -268,14 +269,16 @@ class Worker:
         """A shared-memory request: signature and inputs by position in the table the load reply sent."""
         if self.model is None:
             raise WorkerError("sandbox_error", "no model loaded")
-        names = list(self.specs)
-        if not 0 <= sig_index < len(names):
+        if self._fast_names is None:  # the table as the load reply sent it: (signature, input names)
+            self._fast_names = [(n, [s["name"] for s in spec["inputs"]]) for n, spec in self.specs.items()]
+        if not 0 <= sig_index < len(self._fast_names):
             raise WorkerError("invalid_input", f"no signature #{sig_index}")
-        name = names[sig_index]
-        in_names = [s["name"] for s in self.specs[name]["inputs"]]
-        if any(not 0 <= i < len(in_names) for i, _a in tensors):
-            raise WorkerError("invalid_input", "input index out of range")
-        outputs, run_us = self._checked_run(name, {in_names[i]: arr for i, arr in tensors})
+        name, in_names = self._fast_names[sig_index]
+        try:
+            inputs = {in_names[i]: arr for i, arr in tensors}
+        except IndexError:
+            raise WorkerError("invalid_input", "input index out of range") from None
+        outputs, run_us = self._checked_run(name, inputs)
         return name, outputs, run_us
 
     def output_order(self, name: str) -> dict[str, int]:

@@ -39,10 +39,10 @@ REPLY_HEADER_MAX = 256 * 1024
 SPIN_MAX_S = 0.0  # >0: calls faster than this are awaited by polling, not sleeping (see FrameReader);
 #                   off by default: on a loaded 2-core host polling steals the CPU TensorFlow needs
 WORKER_SPIN_S = 0.0  # >0: the worker polls this long for the next request before sleeping
-# Shared-memory fast path (shmchannel): with a second core, the parent polls the reply's sequence
-# number (yielding the CPU at every turn) for calls shorter than FAST_SPIN_MAX_S, at most twice the
-# last call, before sleeping on the doorbell; MODELWARDEN_SANDBOX_SPIN_US sets that bound (0: never
-# spin).  The worker does not spin by default (WORKER_FAST_SPIN_S): measured on the shared 2-vCPU
+# Shared-memory fast path (shmchannel): with a spare core (shmchannel.spare_core: 2+ CPUs, load
+# average below their number - 0.5), the parent polls the reply's sequence number (yielding the CPU
+# at every turn) for calls shorter than FAST_SPIN_MAX_S, at most twice the last call, before
+# sleeping on the doorbell; MODELWARDEN_SANDBOX_SPIN_US sets that bound (0: never spin).  The worker does not spin by default (WORKER_FAST_SPIN_S): measured on the shared 2-vCPU
 # host, a worker polling for the next request took the CPU the parent needed to send it (3.3x
 # instead of 1.7x for the dense model; docs/sandbox.md).
 
@@ -501,7 +501,7 @@ class _Worker:
         t0 = time.monotonic()
         deadline = t0 + timeout
         last = self._last_call_s
-        spin = min(2 * last, FAST_SPIN_MAX_S) if fast.spin and 0 < last < FAST_SPIN_MAX_S else 0.0
+        spin = min(2 * last, FAST_SPIN_MAX_S) if 0 < last < FAST_SPIN_MAX_S and shmchannel.spare_core() else 0.0
         try:
             res = fast.call(sig, arrays, deadline, spin, max_output_bytes)
         except shmchannel.ShmTimeout:
@@ -522,7 +522,7 @@ class _Worker:
         chan = shmchannel.ParentChannel()
         try:
             self.request({"op": "shm", "req_bytes": chan.req_bytes, "rep_bytes": chan.rep_bytes,
-                          "spin_s": WORKER_FAST_SPIN_S if chan.spin else 0.0}, [], timeout, "shared-memory set-up", 0)
+                          "spin_s": WORKER_FAST_SPIN_S}, [], timeout, "shared-memory set-up", 0)
             try:
                 socket.send_fds(self.sock, [b"F"], chan.handover_fds())
             except OSError:

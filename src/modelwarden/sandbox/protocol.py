@@ -104,9 +104,18 @@ def aligned(n: int) -> int:
 _aligned = aligned
 
 
+_NAMES: dict[np.dtype, str] = {}  # numpy computes dtype.name in Python (microseconds): cached per dtype
+
+
 def dtype_name(arr: np.ndarray) -> str:
     """``arr``'s dtype as the signatures name it: ``"string"`` for object/bytes/str arrays."""
-    return STRING if arr.dtype.kind in "OSU" else arr.dtype.name
+    dt = arr.dtype
+    name = _NAMES.get(dt)
+    if name is None:
+        name = STRING if dt.kind in "OSU" else dt.name
+        if len(_NAMES) < 256:
+            _NAMES[dt] = name
+    return name
 
 
 def spec_dtype_name(dtype: np.dtype) -> str:

@@ -74,12 +74,24 @@ class ShmTimeout(Exception):
     """The deadline passed before the worker answered."""
 
 
+_spare: tuple[float, bool] = (-10.0, False)
+
+
 def spare_core() -> bool:
-    """Spinning only makes sense when the peer can run on another core at the same time."""
+    """Spinning only makes sense when the peer can run on another core at the same time: at least
+    two usable CPUs and a one-minute load average below their number minus a half (a caller and
+    its worker taking turns count about 1).  Re-read at most once a second."""
+    global _spare
+    now = time.monotonic()
+    if now - _spare[0] < 1.0:
+        return _spare[1]
     try:
-        return SPIN_OK and len(os.sched_getaffinity(0)) >= 2
+        cpus = len(os.sched_getaffinity(0))
+        ok = SPIN_OK and cpus >= 2 and os.getloadavg()[0] < cpus - 0.5
     except OSError:
-        return False
+        ok = False
+    _spare = (now, ok)
+    return ok
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,8 @@ def _write_tensors(view: memoryview, mm: mmap.mmap, base: int, size: int, tensor
         if n:
             view[base + off:base + off + n] = arr.reshape(-1).view(np.uint8)
         dims = (*arr.shape, *(0,) * (MAX_RANK - arr.ndim))
-        ENTRY.pack_into(mm, base + CALL.size + i * ENTRY.size, index, CODE_OF[arr.dtype.name], arr.ndim, off, n, *dims)
+        ENTRY.pack_into(mm, base + CALL.size + i * ENTRY.size, index, CODE_OF[protocol.dtype_name(arr)], arr.ndim, off, n,
+                        *dims)
         pos = off + n
     return True
 
@@ -171,7 +184,6 @@ class ParentChannel:
         self.seq = 0
         self.replies = 0  # calls answered in the region (the rest came on the JSON channel)
         self.last_worker_busy_us = 0  # worker-reported, unchecked: for benchmarks only
-        self.spin = spare_core()
         self._poll = select.poll()
         self._channel_fd = -1
 
@@ -349,7 +361,7 @@ class WorkerChannel:
         """Write the reply and ring; False (nothing rung) when it must go on the channel instead."""
         arrays = []
         for index, arr in outputs:
-            name = arr.dtype.name
+            name = protocol.dtype_name(arr)
             if name not in CODE_OF:
                 return False
             arrays.append((index, np.require(arr, protocol.DTYPES[name], "C")))
