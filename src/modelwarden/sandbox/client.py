@@ -684,10 +684,11 @@ class SandboxedModel:
             raise InvalidInput("; ".join(problems))
         lim = self._sandbox.limits
         worker = self._sandbox._require_worker()
-        fast = self._fast.get(sig.name) if worker.fast is not None else None
-        if fast is not None:
+        chan = worker.fast  # read once: the CPU watchdog may kill the worker (and drop it) meanwhile
+        fast = self._fast.get(sig.name) if chan is not None else None
+        if chan is not None and fast is not None:
             ordered = [np.require(arrays[s.name], dt, "C") for s, dt in zip(fast.inputs, fast.in_dtypes)]
-            if worker.fast.fits(fast, ordered) and sum(a.nbytes for a in ordered) <= lim.max_input_bytes:
+            if chan.fits(fast, ordered) and sum(a.nbytes for a in ordered) <= lim.max_input_bytes:
                 reply, body, out = worker.fast_request(fast, ordered, timeout or lim.timeout_s, f"predict({sig.name})",
                                                        lim.max_output_bytes)
                 return self._outputs(worker, sig, reply, body, out)
