@@ -150,6 +150,51 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
     return out
 
 
+def breakdown(models: Path, calls: int = 3000) -> dict:
+    """Where a warm dense call through shared memory goes: timers wrapped around the parent's
+    doorbell and reply reading, plus the worker-reported model time and own time (medians, µs)."""
+    import numpy as np
+
+    from modelwarden.sandbox import Sandbox, SandboxLimits, shmchannel
+
+    t: dict[str, list[float]] = {k: [] for k in ("total", "before_ring", "ring", "wait", "read", "run", "worker_busy")}
+    mark = {"start": 0.0, "rung": 0.0}
+    ring, read = shmchannel._ring, shmchannel.ParentChannel._read_reply
+
+    def timed_ring(sock):
+        t0 = time.perf_counter()
+        t["before_ring"].append(t0 - mark["start"])
+        ring(sock)
+        mark["rung"] = time.perf_counter()
+        t["ring"].append(mark["rung"] - t0)
+
+    def timed_read(self, *args):
+        t0 = time.perf_counter()
+        t["wait"].append(t0 - mark["rung"])
+        out = read(self, *args)
+        t["read"].append(time.perf_counter() - t0)
+        return out
+
+    shmchannel._ring, shmchannel.ParentChannel._read_reply = timed_ring, timed_read
+    try:
+        with Sandbox(SandboxLimits(timeout_s=60, load_timeout_s=300)) as sb:
+            model = sb.load(models / "dense", scan=False)
+            x = inputs_for("dense")
+            for _ in range(300):
+                model.predict(x)
+            for v in t.values():
+                v.clear()
+            for _ in range(calls):
+                mark["start"] = time.perf_counter()
+                model.predict(x)
+                t["total"].append(time.perf_counter() - mark["start"])
+                t["run"].append((model.last_run_us or 0) / 1e6)
+                t["worker_busy"].append(sb._worker.fast.last_worker_busy_us / 1e6)
+    finally:
+        shmchannel._ring, shmchannel.ParentChannel._read_reply = ring, read
+    return {k: statistics.median(v) * 1e6 for k, v in t.items()}
+
+
 # -- cold ------------------------------------------------------------------------------------------
 
 BASELINE = r"""
@@ -290,6 +335,8 @@ def main() -> int:
     ap.add_argument("--warm-only", action="store_true", help="skip the cold-start, memory and template parts")
     ap.add_argument("--no-socket", action="store_true",
                     help="do not also measure a sandbox with the shared-memory fast path off")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the parts of a warm dense call through shared memory (instrumented)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.build:
@@ -310,6 +357,8 @@ def main() -> int:
         if full and i == 0:
             results["memory"] = memory(models)
         results["warm" + suffix] = warm(models, args.rounds, args.calls, backend, socket_too=not args.no_socket)
+    if args.breakdown:
+        results["breakdown_us"] = breakdown(models)
     results["host"]["loadavg_end"] = os.getloadavg()
     print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f} at the start, "
           f"{results['host']['loadavg_end'][0]:.2f} at the end")
@@ -329,6 +378,10 @@ def main() -> int:
             print(f"[{backend}] cold start: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> "
                   f"{c['ratio']:.3f}x (target <= 1.2x); with the scan gate {c['sandbox_with_scan_s']:.2f} s -> "
                   f"{c['ratio_with_scan']:.3f}x")
+    if "breakdown_us" in results:
+        b = results["breakdown_us"]
+        print("warm dense call through shared memory, medians: " + ", ".join(f"{k} {v:.0f} us" for k, v in b.items())
+              + " (wait = worker run + worker_busy + the two wake-ups)")
     if "memory" in results:
         m = results["memory"]
         print(f"memory: unsandboxed RSS {m['unsandboxed_rss_mib']:.0f} MiB, worker {m['worker_rss_mib']:.0f} MiB + boot "
