@@ -137,8 +137,9 @@ def _write_tensors(view: memoryview, mm: mmap.mmap, base: int, size: int, tensor
 
 
 def _drain(sock: socket.socket) -> bool:
-    """Empty a doorbell; False when the other end closed it."""
-    while True:
+    """Empty a doorbell (at most 64 KiB per call, so a peer refilling it cannot keep the caller here
+    past its deadline); False when the other end closed it."""
+    for _ in range(16):
         try:
             data = sock.recv(4096, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -149,6 +150,7 @@ def _drain(sock: socket.socket) -> bool:
             return False
         if len(data) < 4096:
             return True
+    return True
 
 
 def _ring(sock: socket.socket) -> None:
