@@ -40,11 +40,11 @@ SPIN_MAX_S = 0.0  # >0: calls faster than this are awaited by polling, not sleep
 #                   off by default: on a loaded 2-core host polling steals the CPU TensorFlow needs
 WORKER_SPIN_S = 0.0  # >0: the worker polls this long for the next request before sleeping
 # Shared-memory fast path (shmchannel): with a spare core (shmchannel.spare_core: 2+ CPUs, load
-# average below their number - 0.5), the parent polls the reply's sequence number (yielding the CPU
-# at every turn) for calls shorter than FAST_SPIN_MAX_S, at most twice the last call, before
-# sleeping on the doorbell; MODELWARDEN_SANDBOX_SPIN_US sets that bound (0: never spin).  The worker does not spin by default (WORKER_FAST_SPIN_S): measured on the shared 2-vCPU
-# host, a worker polling for the next request took the CPU the parent needed to send it (3.3x
-# instead of 1.7x for the dense model; docs/sandbox.md).
+# average below their number - 0.5), the parent polls the reply's sequence number (yielding the
+# CPU at every turn) for calls shorter than FAST_SPIN_MAX_S, at most twice the last call, before
+# sleeping on the doorbell; MODELWARDEN_SANDBOX_SPIN_US sets that bound (0: never spin).  The
+# worker does not spin (WORKER_FAST_SPIN_S): measured on the shared 2-vCPU host, a worker polling
+# for the next request made warm calls slower, loaded or quiet (docs/sandbox.md).
 
 
 def _spin_env(default_us: float) -> float:
@@ -519,7 +519,10 @@ class _Worker:
 
     def attach_fast(self, timeout: float) -> None:
         """Hand the worker a shared-memory region and a doorbell; on any refusal keep the JSON path."""
-        chan = shmchannel.ParentChannel()
+        try:
+            chan = shmchannel.ParentChannel()
+        except OSError:  # no memfd/sealing here: every call stays on the JSON channel
+            return
         try:
             self.request({"op": "shm", "req_bytes": chan.req_bytes, "rep_bytes": chan.rep_bytes,
                           "spin_s": WORKER_FAST_SPIN_S}, [], timeout, "shared-memory set-up", 0)
