@@ -1,14 +1,17 @@
 """Sandbox speed and memory, with every ratio measured in the same run.
 
-    python bench/bench_sandbox.py [--rounds 15] [--calls 100] [--cold 3] [--backend auto] [--json OUT.json]
+    python bench/bench_sandbox.py [--rounds 15] [--calls 100] [--cold 3] [--backend auto] [--warm-only]
+                                  [--no-socket] [--json OUT.json]
 
 ``--backend`` (repeatable: ``--backend auto --backend gvisor``) measures warm and cold
 overhead per sandbox backend, each against in-process/unsandboxed runs of the same run;
 memory and the template experiment use the first one.
 
-1. warm predict: the same signature called in-process (TensorFlow imported in this process)
-   and through a warm sandbox, interleaved round by round (tiny dense model, MobileNetV2
-   alpha=0.35 96x96, weights random - no download);
+1. warm predict: the same signature called in-process (TensorFlow imported in this process),
+   through a warm sandbox (shared-memory fast path where the backend has it) and through a
+   second sandbox with the fast path off (JSON channel only; ``--no-socket`` skips it),
+   interleaved round by round (tiny dense model, MobileNetV2 alpha=0.35 96x96, weights random
+   - no download);  ``--warm-only`` measures only this part;
 2. cold start to first prediction: a fresh ``python -c "import tensorflow; load; predict"``
    vs a fresh ``python -c "Sandbox().load(...).predict(...)"`` (scan skipped, and with the
    scan gate), alternating;
@@ -99,7 +102,9 @@ def inputs_for(name: str):
 # -- warm ------------------------------------------------------------------------------------------
 
 
-def warm(models: Path, rounds: int, calls: int, backend: str = "auto") -> dict:
+def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_too: bool = True) -> dict:
+    """In-process vs sandboxed calls, interleaved round by round.  ``socket_too``: also a second
+    sandbox with the shared-memory fast path off (every call on the JSON channel), same rounds."""
     import numpy as np
     import tensorflow as tf
 
@@ -113,30 +118,92 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto") -> dict:
         def inproc():
             return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in x.items()}).items()}
 
-        with Sandbox(SandboxLimits(timeout_s=60, load_timeout_s=300), backend=backend) as sb:
-            model = sb.load(models / name, scan=False)
-            ref, got = inproc(), model.predict(x)
-            np.testing.assert_allclose(got["y"], ref["y"], rtol=1e-4, atol=1e-5)
+        limits = SandboxLimits(timeout_s=60, load_timeout_s=300)
+        boxes = {"sandbox": Sandbox(limits, backend=backend)}
+        if socket_too:
+            boxes["socket"] = Sandbox(limits, backend=backend, shared_memory=False)
+        try:
+            loaded = {k: sb.load(models / name, scan=False) for k, sb in boxes.items()}
+            ref = inproc()
+            for model in loaded.values():
+                np.testing.assert_allclose(model.predict(x)["y"], ref["y"], rtol=1e-4, atol=1e-5)
             for _ in range(max(20, n // 2)):
                 inproc()
-                model.predict(x)
-            a, b, w = [], [], []
+                for model in loaded.values():
+                    model.predict(x)
+            times: dict[str, list[float]] = {"inprocess": [], **{k: [] for k in loaded}}
+            compute: dict[str, list[float]] = {k: [] for k in loaded}
             for _ in range(rounds):
                 t = time.perf_counter()
                 for _ in range(n):
                     inproc()
-                a.append((time.perf_counter() - t) / n)
-                t = time.perf_counter()
-                runs = []
-                for _ in range(n):
-                    model.predict(x)
-                    runs.append(model.last_run_us or 0)
-                b.append((time.perf_counter() - t) / n)
-                w.append(statistics.median(runs) / 1e6)
-            ia, sb_, wr = statistics.median(a), statistics.median(b), statistics.median(w)
-            out[name] = {"inprocess_ms": ia * 1e3, "sandbox_ms": sb_ * 1e3, "ratio": sb_ / ia,
-                         "worker_compute_ms": wr * 1e3, "boundary_overhead_ms": (sb_ - wr) * 1e3}
+                times["inprocess"].append((time.perf_counter() - t) / n)
+                for k, model in loaded.items():
+                    t = time.perf_counter()
+                    runs = []
+                    for _ in range(n):
+                        model.predict(x)
+                        runs.append(model.last_run_us or 0)
+                    times[k].append((time.perf_counter() - t) / n)
+                    compute[k].append(statistics.median(runs) / 1e6)
+            fast = {k: sb._worker.fast is not None for k, sb in boxes.items()}
+        finally:
+            for sb in boxes.values():
+                sb.close()
+        ia = statistics.median(times["inprocess"])
+        sb_, wr = statistics.median(times["sandbox"]), statistics.median(compute["sandbox"])
+        out[name] = {"inprocess_ms": ia * 1e3, "sandbox_ms": sb_ * 1e3, "ratio": sb_ / ia,
+                     "worker_compute_ms": wr * 1e3, "boundary_overhead_ms": (sb_ - wr) * 1e3,
+                     "shared_memory": fast["sandbox"]}
+        if socket_too:
+            so = statistics.median(times["socket"])
+            out[name].update(socket_ms=so * 1e3, socket_ratio=so / ia)
     return out
+
+
+def breakdown(models: Path, calls: int = 3000) -> dict:
+    """Where a warm dense call through shared memory goes: timers wrapped around the parent's
+    doorbell and reply reading, plus the worker-reported model time and own time (medians, µs)."""
+    import numpy as np
+
+    from modelwarden.sandbox import Sandbox, SandboxLimits, shmchannel
+
+    t: dict[str, list[float]] = {k: [] for k in ("total", "before_ring", "ring", "wait", "read", "run", "worker_busy")}
+    mark = {"start": 0.0, "rung": 0.0}
+    ring, read = shmchannel._ring, shmchannel.ParentChannel._read_reply
+
+    def timed_ring(sock):
+        t0 = time.perf_counter()
+        t["before_ring"].append(t0 - mark["start"])
+        ring(sock)
+        mark["rung"] = time.perf_counter()
+        t["ring"].append(mark["rung"] - t0)
+
+    def timed_read(self, *args):
+        t0 = time.perf_counter()
+        t["wait"].append(t0 - mark["rung"])
+        out = read(self, *args)
+        t["read"].append(time.perf_counter() - t0)
+        return out
+
+    shmchannel._ring, shmchannel.ParentChannel._read_reply = timed_ring, timed_read
+    try:
+        with Sandbox(SandboxLimits(timeout_s=60, load_timeout_s=300)) as sb:
+            model = sb.load(models / "dense", scan=False)
+            x = inputs_for("dense")
+            for _ in range(300):
+                model.predict(x)
+            for v in t.values():
+                v.clear()
+            for _ in range(calls):
+                mark["start"] = time.perf_counter()
+                model.predict(x)
+                t["total"].append(time.perf_counter() - mark["start"])
+                t["run"].append((model.last_run_us or 0) / 1e6)
+                t["worker_busy"].append(sb._worker.fast.last_worker_busy_us / 1e6)
+    finally:
+        shmchannel._ring, shmchannel.ParentChannel._read_reply = ring, read
+    return {k: statistics.median(v) * 1e6 for k, v in t.items()}
 
 
 # -- cold ------------------------------------------------------------------------------------------
@@ -347,15 +414,20 @@ def replacement(models: Path, n: int, use_template: bool) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=100)
-    ap.add_argument("--cold", type=int, default=3)
+    ap.add_argument("--cold", type=int, default=3, help="cold starts per variant (0: skip the cold-start part)")
     ap.add_argument("--backend", action="append", default=None,
                     help="sandbox backend to measure (repeatable; default: auto)")
     ap.add_argument("--only", default="", help="comma-separated: cold, cold-template, replace (default: everything)")
     ap.add_argument("--replace-rounds", type=int, default=5)
+    ap.add_argument("--warm-only", action="store_true", help="skip the cold-start, memory and template parts")
+    ap.add_argument("--no-socket", action="store_true",
+                    help="do not also measure a sandbox with the shared-memory fast path off")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the parts of a warm dense call through shared memory (instrumented)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.build:
@@ -364,35 +436,55 @@ def main() -> int:
     os.environ.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     sys.path.insert(0, str(ROOT / "src"))
     models = ensure_models()
-    results = {"host": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
+    results: dict = {"host": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
     if args.only:
         return only(args, models, results)
-    results["template"] = template(models)
+    full = not args.warm_only
+    if full:
+        results["template"] = template(models)
     backends = args.backend or ["auto"]
-    results["cold"] = cold(models, args.cold, backends[0])
-    results["memory"] = memory(models)
-    results["warm"] = warm(models, args.rounds, args.calls, backends[0])
-    for extra in backends[1:]:
-        results[f"cold_{extra}"] = cold(models, args.cold, extra)
-        results[f"warm_{extra}"] = warm(models, args.rounds, args.calls, extra)
-    m = results["memory"]
-    print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f}")
     for i, backend in enumerate(backends):
-        w, c = (results["warm"], results["cold"]) if i == 0 else (results[f"warm_{backend}"], results[f"cold_{backend}"])
+        suffix = "" if i == 0 else f"_{backend}"
+        if full and args.cold > 0:
+            results["cold" + suffix] = cold(models, args.cold, backend)
+        if full and i == 0:
+            results["memory"] = memory(models)
+        results["warm" + suffix] = warm(models, args.rounds, args.calls, backend, socket_too=not args.no_socket)
+    if args.breakdown:
+        results["breakdown_us"] = breakdown(models)
+    results["host"]["loadavg_end"] = os.getloadavg()
+    print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f} at the start, "
+          f"{results['host']['loadavg_end'][0]:.2f} at the end")
+    for i, backend in enumerate(backends):
+        suffix = "" if i == 0 else f"_{backend}"
         for name, target in (("dense", 1.10), ("mobilenet", 1.03)):
-            r = w[name]
-            print(f"[{backend}] warm predict {name:9}: in-process {r['inprocess_ms']:.3f} ms, sandbox "
-                  f"{r['sandbox_ms']:.3f} ms -> {r['ratio']:.3f}x (target <= {target}x); worker compute "
-                  f"{r['worker_compute_ms']:.3f} ms, boundary {r['boundary_overhead_ms']:.3f} ms")
-        print(f"[{backend}] cold start: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> "
-              f"{c['ratio']:.3f}x (target <= 1.2x); with the scan gate {c['sandbox_with_scan_s']:.2f} s -> "
-              f"{c['ratio_with_scan']:.3f}x")
-    print(f"memory: unsandboxed RSS {m['unsandboxed_rss_mib']:.0f} MiB, worker {m['worker_rss_mib']:.0f} MiB + boot "
-          f"{m['boot_rss_mib']:.0f} MiB -> overhead {m['overhead_rss_mib']:.1f} MiB RSS, "
-          f"{m['overhead_pss_mib']:.1f} MiB PSS (target <= 50 MiB)")
-    t = results["template"]
-    print(f"template: {t['threads_after_import']} threads right after `import tensorflow`; fork() child: {t['forked_child']}")
-    if backends[0] in ("auto", "namespaces"):  # the worker template forks namespaces workers only
+            r = results["warm" + suffix][name]
+            transport = "shared memory" if r["shared_memory"] else "JSON channel"
+            line = (f"[{backend}] warm predict {name:9}: in-process {r['inprocess_ms']:.3f} ms, sandbox ({transport}) "
+                    f"{r['sandbox_ms']:.3f} ms -> {r['ratio']:.3f}x (target <= {target}x); worker compute "
+                    f"{r['worker_compute_ms']:.3f} ms, boundary {r['boundary_overhead_ms']:.3f} ms")
+            if "socket_ms" in r:
+                line += f"; JSON channel only {r['socket_ms']:.3f} ms -> {r['socket_ratio']:.3f}x"
+            print(line)
+        c = results.get("cold" + suffix)
+        if c:
+            print(f"[{backend}] cold start: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> "
+                  f"{c['ratio']:.3f}x (target <= 1.2x); with the scan gate {c['sandbox_with_scan_s']:.2f} s -> "
+                  f"{c['ratio_with_scan']:.3f}x")
+    if "breakdown_us" in results:
+        b = results["breakdown_us"]
+        print("warm dense call through shared memory, medians: " + ", ".join(f"{k} {v:.0f} us" for k, v in b.items())
+              + " (wait = worker run + worker_busy + the two wake-ups)")
+    if "memory" in results:
+        m = results["memory"]
+        print(f"memory: unsandboxed RSS {m['unsandboxed_rss_mib']:.0f} MiB, worker {m['worker_rss_mib']:.0f} MiB + boot "
+              f"{m['boot_rss_mib']:.0f} MiB -> overhead {m['overhead_rss_mib']:.1f} MiB RSS, "
+              f"{m['overhead_pss_mib']:.1f} MiB PSS (target <= 50 MiB)")
+    if "template" in results:
+        t = results["template"]
+        print(f"template: {t['threads_after_import']} threads right after `import tensorflow`; "
+              f"fork() child: {t['forked_child']}")
+    if full and backends[0] in ("auto", "namespaces"):  # the worker template forks namespaces workers only
         return only(args, models, results, {"cold-template", "replace"})
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Runs inside the worker: the channel socket and a frame writer (the real wire format, written raw).
 FORGE = """
-import json, os, struct
+import json, os, struct, time
 CHANNEL = None
 for f in sorted(os.listdir('/proc/self/fd'), key=int):
     try:
-        if os.readlink('/proc/self/fd/' + f).startswith('socket:'):
-            CHANNEL = int(f)
+        if os.readlink('/proc/self/fd/' + f).startswith('socket:') and CHANNEL is None:
+            CHANNEL = int(f)  # the first socket: the channel (the fast path's doorbell comes later)
     except OSError:
         pass
 def frame(header, body=b'', blen=None):
@@ -43,6 +43,10 @@ def frame(header, body=b'', blen=None):
         data = data[os.write(CHANNEL, data):]
 """
 
+# Each forger then stalls (SETTLE) so the parent - waiting on the shared-memory region and the
+# channel together - finds the forged frame before the Lambda's own reply.
+SETTLE = "time.sleep(2)\n"
+
 ATTACKS = {
     # positive control: a well-formed forged reply is what the parent returns
     "forged_ok": FORGE + """
@@ -50,12 +54,15 @@ import numpy
 raw = json.dumps('forged').encode()
 frame({'ok': True, 'tensors': [{'name': OUT, 'dtype': 'float32', 'shape': [1, len(raw)]}]},
       numpy.array([list(raw)], dtype='<f4').tobytes())
+time.sleep(2)
 result = 'real'
 """,
-    "zero_size": FORGE + "frame({'ok': True, 'tensors': [{'name': OUT, 'dtype': 'float32', 'shape': [1 << 24, 0]}]})\n",
+    "zero_size": FORGE + "frame({'ok': True, 'tensors': [{'name': OUT, 'dtype': 'float32', 'shape': [1 << 24, 0]}]})\n"
+                         + SETTLE,
     "zero_size_overflow": FORGE + (
-        "frame({'ok': True, 'tensors': [{'name': OUT, 'dtype': 'float32', 'shape': [1 << 40, 1 << 40, 0]}]})\n"),
-    "forged_dtype": FORGE + "frame({'ok': True, 'tensors': [{'name': OUT, 'dtype': '(8192,8192)f8', 'shape': [1]}]})\n",
+        "frame({'ok': True, 'tensors': [{'name': OUT, 'dtype': 'float32', 'shape': [1 << 40, 1 << 40, 0]}]})\n") + SETTLE,
+    "forged_dtype": FORGE + "frame({'ok': True, 'tensors': [{'name': OUT, 'dtype': '(8192,8192)f8', 'shape': [1]}]})\n"
+                            + SETTLE,
     # announces the largest body the parent accepts, sends a little of it, then stalls
     "announce_and_stall": FORGE + "import time\nframe({'ok': True, 'tensors': []}, b'x' * 4096, blen=LIMIT)\n"
                                   "time.sleep(120)\n",

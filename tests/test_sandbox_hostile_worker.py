@@ -113,6 +113,7 @@ class FakeBackend(Backend):
 
     name = "fake"
     boot_frame = False
+    shared_memory = False  # it speaks the JSON frames only (the region has tests/test_sandbox_shm.py)
 
     def __init__(self, mode: str) -> None:
         self.mode = mode

@@ -7,13 +7,14 @@ a CODE from :data:`modelwarden.sandbox.errors.WORKER_REPORTABLE`.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Any
 
 import numpy as np
 
-from modelwarden.sandbox import protocol
+from modelwarden.sandbox import protocol, shmchannel
 
 
 class WorkerError(Exception):
@@ -43,7 +44,12 @@ def main(fd: int, cfg: dict, layers: dict | None = None) -> int:
     max_in = int(cfg.get("max_input_bytes", 1 << 30))
     reader = protocol.FrameReader(sock)
     spin_s = float(cfg.get("spin_s", 0.0))
+    fast: shmchannel.WorkerChannel | None = None  # the shared-memory fast path, once the parent sets it up
+    fast_spin_s = 0.0
     while True:
+        if fast is not None and not reader.buffered() and fast.wait(sock, fast_spin_s):
+            _serve_fast(tf, worker, fast, sock)
+            continue
         try:
             header, body = reader.recv(max_body=max_in, spin_s=spin_s)
         except protocol.ChannelClosed:
@@ -51,16 +57,58 @@ def main(fd: int, cfg: dict, layers: dict | None = None) -> int:
         op = header.get("op")
         if op == "close":
             return 0
+        if op == "shm" and fast is None:
+            fast, reply = _attach_fast(sock, header)
+            fast_spin_s = float(header.get("spin_s") or 0.0)
+            protocol.send_frame(sock, reply)
+            continue
         try:
             reply, chunks = worker.handle(op, header, body)
-        except WorkerError as exc:
-            reply, chunks = {"ok": False, "error": exc.code, "message": str(exc)[:8000], **exc.details}, []
-        except MemoryError as exc:
-            reply, chunks = {"ok": False, "error": "memory_limit", "message": f"out of memory: {exc}"[:2000]}, []
         except Exception as exc:  # noqa: BLE001 - every model error goes back as a message
-            reply, chunks = _classify(tf, exc), []
+            reply, chunks = _error_reply(tf, exc), []
         del body
         protocol.send_frame(sock, reply, chunks)
+
+
+def _error_reply(tf: Any, exc: BaseException) -> dict:
+    if isinstance(exc, WorkerError):
+        return {"ok": False, "error": exc.code, "message": str(exc)[:8000], **exc.details}
+    if isinstance(exc, MemoryError):
+        return {"ok": False, "error": "memory_limit", "message": f"out of memory: {exc}"[:2000]}
+    return _classify(tf, exc)
+
+
+def _attach_fast(sock: socket.socket, header: dict) -> tuple[shmchannel.WorkerChannel | None, dict]:
+    """Take the region and doorbell the parent sends next (SCM_RIGHTS); the reply says whether it worked."""
+    protocol.send_frame(sock, {"ok": True, "op": "shm"})  # the parent sends the descriptors after this
+    msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 2)
+    try:
+        if msg != b"F" or len(fds) != 2:
+            raise ValueError("expected a region and a doorbell")
+        chan = shmchannel.WorkerChannel(fds[0], fds[1], int(header["req_bytes"]), int(header["rep_bytes"]))
+    except Exception as exc:  # noqa: BLE001 - the parent keeps using the JSON channel
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return None, {"ok": False, "error": "sandbox_error", "message": f"shared memory unavailable: {exc}"[:2000]}
+    return chan, {"ok": True, "op": "shm"}
+
+
+def _serve_fast(tf: Any, worker: "Worker", fast: shmchannel.WorkerChannel, sock: socket.socket) -> None:
+    """One request from the region; the reply goes back there, or on the channel when it cannot."""
+    try:
+        seq, sig_index, tensors = fast.request()
+        name, outputs, run_us = worker.predict_fast(sig_index, tensors)
+        order = worker.output_order(name)
+        if outputs.keys() == order.keys() and fast.reply(seq, [(order[k], v) for k, v in outputs.items()], run_us):
+            return
+        entries, chunks, _n = protocol.encode_tensors(outputs)
+        reply = {"ok": True, "tensors": entries, "run_us": run_us}
+    except Exception as exc:  # noqa: BLE001
+        reply, chunks = _error_reply(tf, exc), []
+    protocol.send_frame(sock, reply, chunks)
 
 
 def _classify(tf: Any, exc: Exception) -> dict:
@@ -114,6 +162,8 @@ class Worker:
         self.signatures: dict[str, Any] = {}
         self.specs: dict[str, dict[str, list[dict]]] = {}
         self._input_specs: dict[str, dict[str, protocol.TensorSpec]] = {}
+        self._output_order: dict[str, dict[str, int]] = {}
+        self._fast_names: list[tuple[str, list[str]]] | None = None
 
     def handle(self, op: Any, header: dict, body: bytearray) -> tuple[dict, list]:
         if op == "load":
@@ -211,6 +261,35 @@ class Worker:
             inputs = protocol.decode_tensors(header.get("tensors"), body, max_bytes=len(body) + 1)
         except protocol.FrameError as exc:
             raise WorkerError("invalid_input", str(exc)) from None
+        outputs, run_us = self._checked_run(name, inputs)
+        entries, chunks, _n = protocol.encode_tensors(outputs)
+        return {"ok": True, "tensors": entries, "run_us": run_us}, chunks
+
+    def predict_fast(self, sig_index: int, tensors: list[tuple[int, np.ndarray]]) -> tuple[str, dict[str, np.ndarray], int]:
+        """A shared-memory request: signature and inputs by position in the table the load reply sent."""
+        if self.model is None:
+            raise WorkerError("sandbox_error", "no model loaded")
+        if self._fast_names is None:  # the table as the load reply sent it: (signature, input names)
+            self._fast_names = [(n, [s["name"] for s in spec["inputs"]]) for n, spec in self.specs.items()]
+        if not 0 <= sig_index < len(self._fast_names):
+            raise WorkerError("invalid_input", f"no signature #{sig_index}")
+        name, in_names = self._fast_names[sig_index]
+        try:
+            inputs = {in_names[i]: arr for i, arr in tensors}
+        except IndexError:
+            raise WorkerError("invalid_input", "input index out of range") from None
+        outputs, run_us = self._checked_run(name, inputs)
+        return name, outputs, run_us
+
+    def output_order(self, name: str) -> dict[str, int]:
+        """Output name -> position in the signature's declared outputs (the fast path's indices)."""
+        order = self._output_order.get(name)
+        if order is None:
+            order = self._output_order[name] = {s["name"]: i for i, s in enumerate(self.specs[name]["outputs"])}
+        return order
+
+    def _checked_run(self, name: str, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """Inputs checked against the signature, the model run, the output size bounded."""
         specs = self._input_specs.get(name)
         if specs is None:
             specs = self._input_specs[name] = protocol.specs_from_json(self.specs[name]["inputs"], "inputs")
@@ -224,8 +303,7 @@ class Worker:
         limit = int(self.cfg.get("max_output_bytes", 1 << 28))
         if total > limit:
             raise WorkerError("output_too_large", f"outputs total {total} bytes, above the limit of {limit}")
-        entries, chunks, _n = protocol.encode_tensors(outputs)
-        return {"ok": True, "tensors": entries, "run_us": run_us}, chunks
+        return outputs, run_us
 
     def _run(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tf = self.tf

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from modelwarden.errors import UsageError
-from modelwarden.sandbox import cgroups, protocol, snapshot
+from modelwarden.sandbox import cgroups, protocol, shmchannel, snapshot
 from modelwarden.sanitize import printable
 from modelwarden.sandbox.errors import (
     ERRORS_BY_CODE, WORKER_REPORTABLE, DeadlineExceeded, InvalidInput, MemoryLimitExceeded, OutputTooLarge,
@@ -39,6 +39,23 @@ REPLY_HEADER_MAX = 256 * 1024
 SPIN_MAX_S = 0.0  # >0: calls faster than this are awaited by polling, not sleeping (see FrameReader);
 #                   off by default: on a loaded 2-core host polling steals the CPU TensorFlow needs
 WORKER_SPIN_S = 0.0  # >0: the worker polls this long for the next request before sleeping
+# Shared-memory fast path (shmchannel): with a spare core (shmchannel.spare_core: 2+ CPUs, load
+# average below their number - 0.5), the parent polls the reply's sequence number (yielding the
+# CPU at every turn) for calls shorter than FAST_SPIN_MAX_S, at most twice the last call, before
+# sleeping on the doorbell; MODELWARDEN_SANDBOX_SPIN_US sets that bound (0: never spin).  The
+# worker does not spin (WORKER_FAST_SPIN_S): measured on the shared 2-vCPU host, a worker polling
+# for the next request made warm calls slower, loaded or quiet (docs/sandbox.md).
+
+
+def _spin_env(default_us: float) -> float:
+    try:
+        return max(0.0, min(float(os.environ.get("MODELWARDEN_SANDBOX_SPIN_US", default_us)), 100_000.0)) / 1e6
+    except ValueError:
+        return default_us / 1e6
+
+
+FAST_SPIN_MAX_S = _spin_env(2000)
+WORKER_FAST_SPIN_S = 0.0
 
 
 def model_kind(path: str | os.PathLike) -> str:
@@ -254,6 +271,7 @@ class _Worker:
         self._lock = threading.Lock()  # kill() vs the CPU watchdog
         self._pidfd: int | None = None
         self.init_pid: int | None = None
+        self.fast: shmchannel.ParentChannel | None = None  # the shared-memory fast path (attach_fast)
         self.ready_info: dict = {}
         self.cg = (cgroups.create(limits.memory_bytes, limits.max_processes, limits.cpus) if use_cgroups
                    else cgroups.WorkerCgroups(reason="cgroups disabled by the caller"))
@@ -495,6 +513,67 @@ class _Worker:
             self._died(what)
         reply, body = self._recv(deadline, what, max_body)
         self._last_call_s = time.monotonic() - t0
+        return self._checked_reply(reply, body)
+
+    def fast_request(self, sig: shmchannel.FastSignature, arrays: list[np.ndarray], timeout: float, what: str,
+                     max_output_bytes: int) -> tuple[dict, bytearray, dict[str, np.ndarray] | None]:
+        """One predict through the shared-memory region: (reply, body, outputs).
+
+        ``outputs`` are already validated when the worker answered in the region; ``None`` when it
+        answered on the JSON channel instead (errors, string outputs, outputs too big for the region):
+        then ``reply``/``body`` are that frame, to decode like any JSON reply.
+        """
+        fast = self.fast
+        if self.dead or fast is None:
+            raise WorkerCrashed("the sandbox worker is no longer running (an earlier call killed it)")
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        last = self._last_call_s
+        spin = min(2 * last, FAST_SPIN_MAX_S) if 0 < last < FAST_SPIN_MAX_S and shmchannel.spare_core() else 0.0
+        try:
+            res = fast.call(sig, arrays, deadline, spin, max_output_bytes)
+        except shmchannel.ShmTimeout:
+            self.kill()
+            raise DeadlineExceeded(f"{what} did not finish within its deadline; the worker was killed") from None
+        except (shmchannel.ShmViolation, protocol.FrameError, *protocol.DECODE_ERRORS) as exc:
+            self._violation(f"invalid reply in shared memory: {printable(str(exc), 300)}")
+        if res is shmchannel.FRAME:
+            reply, body = self._recv(deadline, what, max_output_bytes)
+            self._last_call_s = time.monotonic() - t0
+            return self._checked_reply(reply, body) + (None,)
+        self._last_call_s = time.monotonic() - t0
+        outputs, run_us = res
+        return {"ok": True, "run_us": run_us}, bytearray(), outputs
+
+    def attach_fast(self, timeout: float) -> None:
+        """Hand the worker a shared-memory region and a doorbell; on any refusal keep the JSON path."""
+        try:
+            chan = shmchannel.ParentChannel()
+        except OSError:  # no memfd/sealing here: every call stays on the JSON channel
+            return
+        try:
+            self.request({"op": "shm", "req_bytes": chan.req_bytes, "rep_bytes": chan.rep_bytes,
+                          "spin_s": WORKER_FAST_SPIN_S}, [], timeout, "shared-memory set-up", 0)
+            try:
+                socket.send_fds(self.sock, [b"F"], chan.handover_fds())
+            except OSError:
+                self._died("shared-memory set-up")
+            self.request_reply(time.monotonic() + timeout, "shared-memory set-up")
+        except SandboxError:
+            chan.close()
+            if self.dead:
+                raise
+            return  # the worker could not map it: the JSON channel still works
+        chan.handed_over(self.sock)
+        self.fast = chan
+
+    def request_reply(self, deadline: float, what: str) -> tuple[dict, bytearray]:
+        """Receive and check the reply to a request already sent."""
+        reply, body = self._recv(deadline, what, 0)
+        return self._checked_reply(reply, body)
+
+    def _checked_reply(self, reply: dict, body: bytearray) -> tuple[dict, bytearray]:
+        """``(reply, body)`` of a successful reply; a worker-reported error raised as its SandboxError."""
         if reply.get("ok") is True:
             return reply, body
         code = reply.get("error")
@@ -591,6 +670,7 @@ class _Worker:
             os.close(self._pidfd)
             self._pidfd = None
         self.sock.close()
+        self.fast = None  # unmapped when the last call holding it returns (never under a reader's feet)
         self.cg.remove()
         _LIVE.discard(self)
         self._status = status
@@ -609,6 +689,8 @@ class SandboxedModel:
         self.kind = kind
         self.signatures = signatures
         self.last_run_us: int | None = None
+        # position in the worker's signature table = position in the load reply (JSON keeps order)
+        self._fast = {name: shmchannel.plan(i, sig.inputs, sig.outputs) for i, (name, sig) in enumerate(signatures.items())}
 
     def signature(self, name: str | None) -> Signature:
         if name is None:
@@ -631,16 +713,34 @@ class SandboxedModel:
         problems = protocol.check_inputs(arrays, sig.inputs, sig.name)
         if problems:
             raise InvalidInput("; ".join(problems))
+        lim = self._sandbox.limits
+        worker = self._sandbox._require_worker()
+        chan = worker.fast  # read once: the CPU watchdog may kill the worker (and drop it) meanwhile
+        fast = self._fast.get(sig.name) if chan is not None else None
+        if chan is not None and fast is not None:
+            ordered = [np.require(arrays[s.name], dt, "C") for s, dt in zip(fast.inputs, fast.in_dtypes)]
+            if chan.fits(fast, ordered) and sum(a.nbytes for a in ordered) <= lim.max_input_bytes:
+                reply, body, out = worker.fast_request(fast, ordered, timeout or lim.timeout_s, f"predict({sig.name})",
+                                                       lim.max_output_bytes)
+                return self._outputs(worker, sig, reply, body, out)
         try:
             entries, chunks, total = protocol.encode_tensors(arrays)
         except protocol.FrameError as exc:
             raise InvalidInput(str(exc)) from None
-        lim = self._sandbox.limits
         if total > lim.max_input_bytes:
             raise InvalidInput(f"inputs total {total} bytes, above the limit of {lim.max_input_bytes}")
-        worker = self._sandbox._require_worker()
         reply, body = worker.request({"op": "predict", "signature": sig.name, "tensors": entries}, chunks,
                                      timeout or lim.timeout_s, f"predict({sig.name})", lim.max_output_bytes)
+        return self._outputs(worker, sig, reply, body, None)
+
+    def _outputs(self, worker: _Worker, sig: Signature, reply: dict, body: bytearray,
+                 out: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """Decode and check a JSON reply (``out`` None), note the worker's compute time, return the outputs."""
+        run_us = reply.get("run_us")
+        self.last_run_us = run_us if type(run_us) is int else None  # worker-reported compute time (bench)
+        if out is not None:  # checked against the signature while copied out of shared memory
+            return out
+        lim = self._sandbox.limits
         try:
             out = protocol.decode_tensors(reply.get("tensors"), body, max_bytes=lim.max_output_bytes)
             problem = protocol.check_outputs(out, sig.outputs)
@@ -650,8 +750,6 @@ class SandboxedModel:
         if problem:
             worker.kill()
             raise ProtocolViolation(f"the worker {problem}; it was killed")
-        run_us = reply.get("run_us")
-        self.last_run_us = run_us if type(run_us) is int else None  # worker-reported compute time (bench)
         return out
 
 
@@ -669,8 +767,9 @@ class Sandbox:
 
     def __init__(self, limits: SandboxLimits | None = None, *, backend: str = "auto", policy: Any = None,
                  fail_on: str | None = None, debug: bool | None = None, use_cgroups: bool = True,
-                 template: bool | None = None) -> None:
+                 template: bool | None = None, shared_memory: bool = True) -> None:
         self.limits = limits or SandboxLimits()
+        self.shared_memory = shared_memory  # False: every call on the JSON channel (the fallback path)
         self.backend_name = backend
         self.policy = policy
         self.fail_on = fail_on
@@ -761,6 +860,8 @@ class Sandbox:
                                              protocol.specs_from_json(sig.get("outputs"), "outputs"))
         except (protocol.FrameError, *protocol.DECODE_ERRORS) as exc:
             worker._violation(printable(str(exc), 300))
+        if self.shared_memory and backend.shared_memory:
+            worker.attach_fast(max(0.1, deadline - time.monotonic()))
         self._model = SandboxedModel(self, kind, signatures)
         return self._model
 

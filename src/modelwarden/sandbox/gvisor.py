@@ -245,6 +245,7 @@ class GvisorBackend(Backend):
     name = "gvisor"
     description = "gVisor runsc (user-space kernel) + the worker's own seccomp filter and limits"
     boot_frame = False
+    shared_memory = False  # the channel is a donated host fd; a host memfd mapped by the guest is untested
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:

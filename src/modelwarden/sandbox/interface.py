@@ -251,11 +251,13 @@ class Backend(ABC):
 
     ``copies_model``: the worker receives the model (and policy file) as descriptors and copies
     them into its own tmpfs (:mod:`snapshot`) instead of binding the host paths.
+    ``shared_memory``: warm calls may use the shared-memory fast path (:mod:`shmchannel`).
     """
 
     name: str = ""
     description: str = ""
     copies_model: bool = False
+    shared_memory: bool = True
 
     @classmethod
     @abstractmethod

@@ -96,13 +96,26 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
 
 
-def _aligned(n: int) -> int:
+def aligned(n: int) -> int:
+    """``n`` rounded up to the tensor alignment (ALIGN)."""
     return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+_aligned = aligned
+
+
+_NAMES: dict[np.dtype, str] = {}  # numpy computes dtype.name in Python (microseconds): cached per dtype
 
 
 def dtype_name(arr: np.ndarray) -> str:
     """``arr``'s dtype as the signatures name it: ``"string"`` for object/bytes/str arrays."""
-    return STRING if arr.dtype.kind in "OSU" else arr.dtype.name
+    dt = arr.dtype
+    name = _NAMES.get(dt)
+    if name is None:
+        name = STRING if dt.kind in "OSU" else dt.name
+        if len(_NAMES) < 256:
+            _NAMES[dt] = name
+    return name
 
 
 def spec_dtype_name(dtype: np.dtype) -> str:
@@ -237,19 +250,12 @@ def decode_tensors(entries: object, body: bytes | bytearray | memoryview, *, max
         if name in out:
             raise FrameError(f"duplicate tensor name {name!r}")
         count = math.prod(shape)
-        if not count and shape:  # zero bytes on the wire, but formatting walks every other dimension
-            slots += extent(shape)
-            total += extent(shape) * EMPTY_SLOT_BYTES
-            if total > max_bytes or slots > MAX_EMPTY_SLOTS:
-                raise FrameError(f"tensor {name!r}: zero-size shape {list(shape)[:8]} describes "
-                                 f"{extent(shape)} slots, above the output limit")
         if dtype is None:
+            total, slots = charge(name, shape, 0, total, slots, max_bytes)
             out[name], offset, total = _decode_strings(name, shape, count, view, offset, total, max_bytes)
             continue
         nbytes = count * dtype.itemsize
-        total += nbytes
-        if total > max_bytes:
-            raise FrameError(f"tensors total {total} bytes, above the limit of {max_bytes}")
+        total, slots = charge(name, shape, nbytes, total, slots, max_bytes)
         start = _aligned(offset)
         if start > len(view) or start + nbytes > len(view):
             raise FrameError(f"tensor {name!r} ({nbytes} bytes) extends past the end of the body ({len(view)} bytes)")
@@ -259,6 +265,24 @@ def decode_tensors(entries: object, body: bytes | bytearray | memoryview, *, max
     if offset != len(view):
         raise FrameError(f"body has {len(view) - offset} unexpected trailing bytes")
     return out
+
+
+def charge(name: str, shape: Sequence[int], nbytes: int, total: int, slots: int, max_bytes: int) -> tuple[int, int]:
+    """Add one tensor to a reply's running ``(total bytes, zero-size slots)``; FrameError above the limits.
+
+    A zero-size tensor holds no bytes but formatting walks every other dimension of its shape,
+    so each slot of its :func:`extent` costs EMPTY_SLOT_BYTES (at most MAX_EMPTY_SLOTS slots).
+    """
+    if shape and not math.prod(shape):
+        slots += extent(shape)
+        total += extent(shape) * EMPTY_SLOT_BYTES
+        if total > max_bytes or slots > MAX_EMPTY_SLOTS:
+            raise FrameError(f"tensor {name!r}: zero-size shape {list(shape)[:8]} describes "
+                             f"{extent(shape)} slots, above the output limit")
+    total += nbytes
+    if total > max_bytes:
+        raise FrameError(f"tensors total {total} bytes, above the limit of {max_bytes}")
+    return total, slots
 
 
 def _decode_strings(name: str, shape: tuple[int, ...], count: int, view: memoryview, offset: int, total: int,
@@ -345,6 +369,10 @@ class FrameReader:
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
+
+    def buffered(self) -> bool:
+        """Bytes of a next frame are already buffered (a poll on the socket would not see them)."""
+        return self._start != self._end
 
     def _fill(self, deadline: float | None, spin_s: float) -> None:
         """Read more bytes into the buffer (at least one), honouring the deadline."""
