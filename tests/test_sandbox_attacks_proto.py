@@ -28,12 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Runs inside the worker: the channel socket and a frame writer (the real wire format, written raw).
 FORGE = """
-import json, os, struct, time
+import gc, json, os, struct, time
+# the fast path's doorbell is a socket too, and its descriptor number may come before the channel's
+# (a template-forked worker keeps the channel's number from the template): ask the runtime's objects
+BELLS = {o.bell.fileno() for o in gc.get_objects() if type(o).__name__ == 'WorkerChannel'}
 CHANNEL = None
 for f in sorted(os.listdir('/proc/self/fd'), key=int):
     try:
-        if os.readlink('/proc/self/fd/' + f).startswith('socket:') and CHANNEL is None:
-            CHANNEL = int(f)  # the first socket: the channel (the fast path's doorbell comes later)
+        if os.readlink('/proc/self/fd/' + f).startswith('socket:') and CHANNEL is None and int(f) not in BELLS:
+            CHANNEL = int(f)
     except OSError:
         pass
 def frame(header, body=b'', blen=None):
