@@ -500,6 +500,8 @@ class _Worker:
     # -- requests ------------------------------------------------------------------------------------
 
     def request(self, header: Mapping, chunks: list, timeout: float, what: str, max_body: int) -> tuple[dict, bytearray]:
+        if self.cpu_exhausted:  # the watchdog's kill may still be landing: never use this worker again
+            self._died(what)
         if self.dead:
             raise WorkerCrashed("the sandbox worker is no longer running (an earlier call killed it)")
         t0 = time.monotonic()
@@ -524,6 +526,8 @@ class _Worker:
         then ``reply``/``body`` are that frame, to decode like any JSON reply.
         """
         fast = self.fast
+        if self.cpu_exhausted:
+            self._died(what)
         if self.dead or fast is None:
             raise WorkerCrashed("the sandbox worker is no longer running (an earlier call killed it)")
         t0 = time.monotonic()
