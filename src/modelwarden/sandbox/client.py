@@ -499,11 +499,16 @@ class _Worker:
 
     # -- requests ------------------------------------------------------------------------------------
 
-    def request(self, header: Mapping, chunks: list, timeout: float, what: str, max_body: int) -> tuple[dict, bytearray]:
-        if self.cpu_exhausted:  # the watchdog's kill may still be landing: never use this worker again
+    def _check_usable(self, what: str) -> None:
+        """Refuse a call to a worker that is dead or that the CPU watchdog condemned (its kill may still
+        be landing: the worker is never used again; this reaps it and reports the budget)."""
+        if self.cpu_exhausted:
             self._died(what)
         if self.dead:
             raise WorkerCrashed("the sandbox worker is no longer running (an earlier call killed it)")
+
+    def request(self, header: Mapping, chunks: list, timeout: float, what: str, max_body: int) -> tuple[dict, bytearray]:
+        self._check_usable(what)
         t0 = time.monotonic()
         deadline = t0 + timeout
         try:
@@ -526,9 +531,8 @@ class _Worker:
         then ``reply``/``body`` are that frame, to decode like any JSON reply.
         """
         fast = self.fast
-        if self.cpu_exhausted:
-            self._died(what)
-        if self.dead or fast is None:
+        self._check_usable(what)
+        if fast is None:  # dropped by a kill since the caller looked
             raise WorkerCrashed("the sandbox worker is no longer running (an earlier call killed it)")
         t0 = time.monotonic()
         deadline = t0 + timeout
