@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from modelwarden.runtime import leancall
 from modelwarden.sandbox import protocol, shmchannel
 
 
@@ -164,6 +165,8 @@ class Worker:
         self._input_specs: dict[str, dict[str, protocol.TensorSpec]] = {}
         self._output_order: dict[str, dict[str, int]] = {}
         self._fast_names: list[tuple[str, list[str]]] | None = None
+        self.lean: dict[str, leancall.LeanSignature] = {}  # signatures called through their flat function
+        self.lean_skipped: dict[str, str] = {}  # signature -> why it keeps the standard call
 
     def handle(self, op: Any, header: dict, body: bytearray) -> tuple[dict, list]:
         if op == "load":
@@ -217,6 +220,11 @@ class Worker:
                     for k, v in sorted(fn.structured_outputs.items())]
             self.signatures[name] = fn
             self.specs[name] = {"inputs": ins, "outputs": outs}
+            lean, why = leancall.plan(tf, fn)
+            if lean is not None:
+                self.lean[name] = lean
+            else:
+                self.lean_skipped[name] = why
 
     def _load_keras(self, path: str, safe_mode: bool) -> None:
         import keras
@@ -306,12 +314,15 @@ class Worker:
         return outputs, run_us
 
     def _run(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        lean = self.lean.get(name)
+        if lean is not None:
+            return lean(inputs)
         tf = self.tf
         fn = self.signatures[name]
         if self.kind == "saved_model":
             out = fn(**{k: tf.constant(v, dtype=tf.string) if v.dtype.kind == "O" else tf.constant(v)
                         for k, v in inputs.items()})
-            return {k: _to_numpy(tf, v) for k, v in out.items()}
+            return {k: leancall.to_numpy(tf, v) for k, v in out.items()}
         if self.kind == "keras":
             args = [inputs[n] for n in self.keras_inputs]
             out = self.model(args[0] if len(args) == 1 else args, training=False)
@@ -331,14 +342,6 @@ class Worker:
             interp.set_tensor(d["index"], arr)
         interp.invoke()
         return {d["name"]: np.array(interp.get_tensor(d["index"])) for d in interp.get_output_details()}
-
-
-def _to_numpy(tf: Any, t: Any) -> np.ndarray:
-    """A TF tensor as numpy; tf.string becomes an object array of bytes (also for scalars)."""
-    value = t.numpy()
-    if t.dtype == tf.string:
-        return np.array(value, dtype=object) if isinstance(value, np.ndarray) else protocol.string_array([value], ())
-    return np.asarray(value)
 
 
 def _keras_name(t: Any) -> str:

@@ -1,0 +1,159 @@
+"""A SavedModel signature called through its flat TensorFlow function, inside the worker.
+
+``signature(x=tf.constant(x))`` spends ~80-100 µs per call in TensorFlow's Python argument
+handling (binding keyword arguments to the function type, casting each tensor to its spec,
+flattening the captured variables, re-packing the outputs) — a third of a small model's call.
+For a signature whose inputs and outputs are a flat dict of plain tensors all of that is
+fixed at load time: the flat input order, the captured variable handles, the flat output
+names.  :func:`plan` resolves them once, from TensorFlow's own objects, and
+:meth:`LeanSignature.__call__` then hands tensors in that order straight to the eager runtime.
+
+**Private TensorFlow API** (``ConcreteFunction._inference_function``, ``._captured_inputs``,
+``FunctionType._sorted_parameters``, ``AtomicFunction._call_options`` / ``._bound_context``,
+``context.call_function``), every piece checked by :func:`plan` at load: when one is missing
+or the structure is not a flat dict of ``TensorSpec`` inputs and plain tensor outputs,
+:func:`plan` returns ``None`` with the reason and the worker keeps the standard call.
+``tests/test_leancall.py`` checks the outputs are identical to the standard call's on real
+models (variables, several inputs and outputs, strings, scalars, integer dtypes, TF1 graphs).
+
+Input dtypes and shapes are *not* checked here: the worker checks every input against the
+signature's published specs first (``protocol.check_inputs``), the same specs :func:`plan`
+verified to equal the function's own, so what TensorFlow's cast would reject never gets here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelwarden.sandbox import protocol
+
+
+@dataclass(frozen=True)
+class LeanSignature:
+    """One signature, resolved: inputs by name in flat order, captures, outputs by name in flat order."""
+
+    inputs: tuple[str, ...]
+    strings_in: tuple[bool, ...]  # per input: a tf.string tensor (object arrays need the dtype spelled out)
+    captures: tuple[Any, ...]  # the captured variable handles and constants, appended to every call
+    outputs: tuple[str, ...]
+    strings_out: tuple[bool, ...]
+    invoke: Callable[[list], Sequence[Any]]  # flat tensors (inputs + captures) -> flat output tensors
+    constant: Callable[..., Any]  # tf.constant
+    string: Any  # tf.string
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        const, string = self.constant, self.string
+        args = [const(inputs[k], string) if s else const(inputs[k]) for k, s in zip(self.inputs, self.strings_in)]
+        args.extend(self.captures)
+        flat = self.invoke(args)
+        return {name: _string_numpy(t) if s else np.asarray(t.numpy())
+                for name, t, s in zip(self.outputs, flat, self.strings_out)}
+
+
+def to_numpy(tf: Any, t: Any) -> np.ndarray:
+    """A TF tensor as numpy; tf.string becomes an object array of bytes (also for scalars)."""
+    return _string_numpy(t) if t.dtype == tf.string else np.asarray(t.numpy())
+
+
+def _string_numpy(t: Any) -> np.ndarray:
+    value = t.numpy()
+    return np.array(value, dtype=object) if isinstance(value, np.ndarray) else protocol.string_array([value], ())
+
+
+class _Unsupported(Exception):
+    """The signature takes the standard call (the message says why)."""
+
+
+def plan(tf: Any, fn: Any) -> tuple[LeanSignature | None, str]:
+    """The lean call of a loaded SavedModel signature, or ``(None, reason)`` for the standard call."""
+    try:
+        return _plan(tf, fn), ""
+    except _Unsupported as exc:
+        return None, str(exc)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:  # TF internals moved
+        return None, f"TensorFlow internals not as expected: {type(exc).__name__}: {exc}"[:300]
+
+
+def _plan(tf: Any, fn: Any) -> LeanSignature:
+    from tensorflow.core.function.polymorphism.function_type import sanitize_arg_name
+    from tensorflow.python.eager import context
+
+    if not tf.executing_eagerly():
+        raise _Unsupported("not executing eagerly")
+    args, kwargs = fn.structured_input_signature
+    if args or not isinstance(kwargs, dict) or not all(type(s) is tf.TensorSpec for s in kwargs.values()):
+        raise _Unsupported("inputs are not a flat dict of TensorSpecs")
+    by_param = {sanitize_arg_name(k): k for k in kwargs}
+    if len(by_param) != len(kwargs):
+        raise _Unsupported("input names collide once sanitized")
+    ftype = fn.function_type
+    params = list(ftype._sorted_parameters)  # the order unpack_inputs flattens them in
+    flat_in = list(ftype.flat_inputs)
+    if len(params) != len(kwargs) or len(flat_in) != len(params):
+        raise _Unsupported("the function's parameters are not one tensor per input")
+    names = []
+    for p, flat in zip(params, flat_in):
+        key = by_param.get(p.name)
+        spec = kwargs.get(key) if key is not None else None
+        tc = p.type_constraint
+        if spec is None or type(tc) is not tf.TensorSpec or not (flat is tc or flat == tc):
+            raise _Unsupported(f"parameter {p.name!r} is not a plain TensorSpec input")
+        if tc.dtype != spec.dtype or tc.shape != spec.shape or tc.dtype in (tf.resource, tf.variant):
+            raise _Unsupported(f"parameter {p.name!r} differs from the signature's spec")
+        names.append(key)
+    if any(callable(c) for c in fn._captured_inputs):
+        raise _Unsupported("deferred captures (resolved at every call)")
+    captures = tuple(fn.captured_inputs)
+    if not all(isinstance(c, tf.Tensor) for c in captures):
+        raise _Unsupported("a capture is not a tensor")
+    atomic = fn._inference_function
+    if len(atomic.cached_definition.signature.input_arg) != len(names) + len(captures):
+        raise _Unsupported("the flat function does not take inputs + captures")
+    outs, strings_out = _outputs(tf, fn, ftype, atomic)
+    return LeanSignature(tuple(names), tuple(kwargs[k].dtype == tf.string for k in names), captures, outs,
+                         strings_out, _invoker(context, atomic, len(outs)), tf.constant, tf.string)
+
+
+def _outputs(tf: Any, fn: Any, ftype: Any, atomic: Any) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """Flat output names, in the order the flat function returns them (TensorFlow's own packing)."""
+    structured = fn.structured_outputs
+    if not isinstance(structured, dict) or not structured:
+        raise _Unsupported("outputs are not a dict")
+    flat_out = list(atomic.function_type.flat_outputs)
+    if list(ftype.flat_outputs) != flat_out or len(flat_out) != len(structured):
+        raise _Unsupported("outputs are not one tensor each")
+    for spec in flat_out:
+        if type(spec) is not tf.TensorSpec or spec.dtype in (tf.resource, tf.variant):
+            raise _Unsupported("an output is not a plain tensor")
+    packed = ftype.pack_output(list(range(len(flat_out))))  # where TensorFlow puts flat output i
+    if not isinstance(packed, dict) or set(packed) != set(structured) \
+            or sorted(i for i in packed.values() if type(i) is int) != list(range(len(flat_out))):
+        raise _Unsupported("outputs do not pack into a flat dict")
+    names = [""] * len(flat_out)
+    for name, i in packed.items():
+        names[i] = name
+    for name, spec in zip(names, flat_out):
+        if structured[name].dtype != spec.dtype:
+            raise _Unsupported(f"output {name!r}: flat dtype differs from the structured one")
+    if not all(isinstance(n, str) for n in names):
+        raise _Unsupported("output names are not strings")
+    return tuple(names), tuple(spec.dtype == tf.string for spec in flat_out)
+
+
+def _invoker(context: Any, atomic: Any, n_out: int) -> Callable[[list], Sequence[Any]]:
+    """The eager runtime's call of the flat function, or the atomic function's own ``call_flat``.
+
+    ``call_flat`` adds, around ``context.call_function``, a pause of gradient recording (no tape
+    exists in the worker), control dependencies (empty: checked) and error-message interpolation.
+    """
+    ctx = context.context()
+    name = atomic.name
+    if atomic._call_options.control_captures or atomic._bound_context is not ctx or not n_out:
+        call_flat = atomic.call_flat
+        return lambda args: call_flat(*args)
+    call_function = ctx.call_function
+    return lambda args: call_function(name, args, n_out)
