@@ -7,11 +7,14 @@
 overhead per sandbox backend, each against in-process/unsandboxed runs of the same run;
 memory and the template experiment use the first one.
 
-1. warm predict: the same signature called in-process (TensorFlow imported in this process),
-   through a warm sandbox (shared-memory fast path where the backend has it) and through a
-   second sandbox with the fast path off (JSON channel only; ``--no-socket`` skips it),
-   interleaved round by round (tiny dense model, MobileNetV2 alpha=0.35 96x96, weights random
-   - no download);  ``--warm-only`` measures only this part;
+1. warm predict: the same signature called in-process (TensorFlow imported in this process)
+   two ways - the standard call ``signature(x=tf.constant(x))`` + ``.numpy()`` (the issue's
+   baseline) and the lean flat-function call the worker itself uses (runtime/leancall.py; the
+   ratio against it is the cost of the boundary alone) - through a warm sandbox (shared-memory
+   fast path where the backend has it) and through a second sandbox with the fast path off
+   (JSON channel only; ``--no-socket`` skips it), interleaved round by round (tiny dense model,
+   MobileNetV2 alpha=0.35 96x96, weights random - no download);  ``--warm-only`` measures only
+   this part;
 2. cold start to first prediction: a fresh ``python -c "import tensorflow; load; predict"``
    vs a fresh ``python -c "Sandbox().load(...).predict(...)"`` (scan skipped, and with the
    scan gate), alternating;
@@ -108,6 +111,7 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
     import numpy as np
     import tensorflow as tf
 
+    from modelwarden.runtime import leancall
     from modelwarden.sandbox import Sandbox, SandboxLimits
 
     out = {}
@@ -117,6 +121,12 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
 
         def inproc():
             return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in x.items()}).items()}
+
+        lean, why = leancall.plan(tf, fn)
+        if lean is None:
+            raise RuntimeError(f"the lean call does not apply to {name}: {why}")
+        np.testing.assert_array_equal(lean(x)["y"], inproc()["y"])
+        baselines = {"inprocess": inproc, "inprocess_lean": lambda: lean(x)}
 
         limits = SandboxLimits(timeout_s=60, load_timeout_s=300)
         boxes = {"sandbox": Sandbox(limits, backend=backend)}
@@ -128,16 +138,18 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
             for model in loaded.values():
                 np.testing.assert_allclose(model.predict(x)["y"], ref["y"], rtol=1e-4, atol=1e-5)
             for _ in range(max(20, n // 2)):
-                inproc()
+                for call in baselines.values():
+                    call()
                 for model in loaded.values():
                     model.predict(x)
-            times: dict[str, list[float]] = {"inprocess": [], **{k: [] for k in loaded}}
+            times: dict[str, list[float]] = {**{k: [] for k in baselines}, **{k: [] for k in loaded}}
             compute: dict[str, list[float]] = {k: [] for k in loaded}
             for _ in range(rounds):
-                t = time.perf_counter()
-                for _ in range(n):
-                    inproc()
-                times["inprocess"].append((time.perf_counter() - t) / n)
+                for k, call in baselines.items():
+                    t = time.perf_counter()
+                    for _ in range(n):
+                        call()
+                    times[k].append((time.perf_counter() - t) / n)
                 for k, model in loaded.items():
                     t = time.perf_counter()
                     runs = []
@@ -150,9 +162,10 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
         finally:
             for sb in boxes.values():
                 sb.close()
-        ia = statistics.median(times["inprocess"])
+        ia, il = statistics.median(times["inprocess"]), statistics.median(times["inprocess_lean"])
         sb_, wr = statistics.median(times["sandbox"]), statistics.median(compute["sandbox"])
         out[name] = {"inprocess_ms": ia * 1e3, "sandbox_ms": sb_ * 1e3, "ratio": sb_ / ia,
+                     "inprocess_lean_ms": il * 1e3, "ratio_vs_lean": sb_ / il,
                      "worker_compute_ms": wr * 1e3, "boundary_overhead_ms": (sb_ - wr) * 1e3,
                      "shared_memory": fast["sandbox"]}
         if socket_too:
@@ -460,8 +473,10 @@ def main() -> int:
         for name, target in (("dense", 1.10), ("mobilenet", 1.03)):
             r = results["warm" + suffix][name]
             transport = "shared memory" if r["shared_memory"] else "JSON channel"
-            line = (f"[{backend}] warm predict {name:9}: in-process {r['inprocess_ms']:.3f} ms, sandbox ({transport}) "
-                    f"{r['sandbox_ms']:.3f} ms -> {r['ratio']:.3f}x (target <= {target}x); worker compute "
+            line = (f"[{backend}] warm predict {name:9}: in-process {r['inprocess_ms']:.3f} ms (lean call "
+                    f"{r['inprocess_lean_ms']:.3f} ms), sandbox ({transport}) {r['sandbox_ms']:.3f} ms -> "
+                    f"{r['ratio']:.3f}x the standard in-process call (target <= {target}x), {r['ratio_vs_lean']:.3f}x "
+                    f"the lean in-process call (the boundary alone); worker compute "
                     f"{r['worker_compute_ms']:.3f} ms, boundary {r['boundary_overhead_ms']:.3f} ms")
             if "socket_ms" in r:
                 line += f"; JSON channel only {r['socket_ms']:.3f} ms -> {r['socket_ratio']:.3f}x"
