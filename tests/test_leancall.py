@@ -72,7 +72,9 @@ for path in json.loads(sys.argv[1]):
         entry = report[f"{path}:{name}"] = {"lean": name in w.lean, "why": w.lean_skipped.get(name, ""),
                                             "problems": [], "outputs": {}}
         lean = w.lean.get(name)
-        for _ in range(2):  # interleaved, twice
+        # interleaved; the lean call's first 2 * (TUNE_CALLS + 1) calls alternate between the default
+        # and the single-threaded executor, so both are compared, then the one it settled on
+        for _ in range(2 * (leancall.TUNE_CALLS + 1) + 2):
             fast, _us = w._checked_run(name, inputs)
             w.lean.pop(name, None)
             standard, _us = w._checked_run(name, inputs)
@@ -83,6 +85,7 @@ for path in json.loads(sys.argv[1]):
                 entry["problems"].append(problem)
         entry["outputs"] = {k: [str(v.dtype), list(v.shape)] for k, v in fast.items()}
         entry["declared"] = [s["name"] for s in spec["outputs"]]
+        entry["executor"] = lean.executor if lean is not None else None
 
 spec = tf.TensorSpec([None], tf.float32)
 nested = tf.function(lambda d: {"y": d["a"] + d["b"][0]}).get_concrete_function({"a": spec, "b": [spec]})
@@ -115,12 +118,16 @@ def test_every_fixture_signature_takes_the_lean_call(report):
     assert len(sigs) == 13  # 7 single-signature models, mixed (3 signatures), examples (3)
     skipped = {k: v["why"] for k, v in sigs.items() if not v["lean"]}
     assert not skipped
+    unsettled = {k for k, v in sigs.items() if v["executor"] not in ("default", "single-threaded")}
+    assert not unsettled  # each settled on an executor after its first calls
+    slow = next(v for k, v in sigs.items() if k.endswith("slow/1:serving_default"))
+    assert slow["executor"] == "default"  # its while loop is v1 control flow: the single-threaded executor refuses it
 
 
 def test_lean_outputs_are_identical_to_the_standard_call(report):
-    """Values, dtypes, shapes and names equal on every signature: variables (dense, mixed), several
-    inputs and outputs (multi, mixed), strings in and out (strings, mixed, the TF1 examples graph),
-    0-d tensors (slow, big_output, mixed), int8/uint8/int32/int64/bool/float64."""
+    """Values, dtypes, shapes and names equal on every signature, on both executors: variables
+    (dense, mixed), several inputs and outputs (multi, mixed), strings in and out (strings, mixed,
+    the TF1 examples graph), 0-d tensors (slow, big_output, mixed), int8/uint8/int32/int64/bool/float64."""
     for key, entry in _signatures(report).items():
         assert entry["problems"] == [], key
         assert sorted(entry["outputs"]) == sorted(entry["declared"]), key

@@ -10,11 +10,14 @@ names.  :func:`plan` resolves them once, from TensorFlow's own objects, and
 
 **Private TensorFlow API** (``ConcreteFunction._inference_function``, ``._captured_inputs``,
 ``FunctionType._sorted_parameters``, ``AtomicFunction._call_options`` / ``._bound_context``,
-``context.call_function``), every piece checked by :func:`plan` at load: when one is missing
+``execute.execute`` with the context's function-call attributes), every piece checked by :func:`plan` at load: when one is missing
 or the structure is not a flat dict of ``TensorSpec`` inputs and plain tensor outputs,
 :func:`plan` returns ``None`` with the reason and the worker keeps the standard call.
 ``tests/test_leancall.py`` checks the outputs are identical to the standard call's on real
 models (variables, several inputs and outputs, strings, scalars, integer dtypes, TF1 graphs).
+
+The first calls of a signature alternate between TensorFlow's default executor and its
+single-threaded one and keep the faster (:class:`LeanSignature`); both run the same kernels.
 
 Input dtypes and shapes are *not* checked here: the worker checks every input against the
 signature's published specs first (``protocol.check_inputs``), the same specs :func:`plan`
@@ -23,8 +26,9 @@ verified to equal the function's own, so what TensorFlow's cast would reject nev
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,26 +36,65 @@ import numpy as np
 from modelwarden.sandbox import protocol
 
 
-@dataclass(frozen=True)
-class LeanSignature:
-    """One signature, resolved: inputs by name in flat order, captures, outputs by name in flat order."""
+TUNE_CALLS = 9  # calls timed per executor before a signature settles on one (the first of each not counted)
+SINGLE = "SINGLE_THREADED_EXECUTOR"
 
-    inputs: tuple[str, ...]
-    strings_in: tuple[bool, ...]  # per input: a tf.string tensor (object arrays need the dtype spelled out)
-    captures: tuple[Any, ...]  # the captured variable handles and constants, appended to every call
-    outputs: tuple[str, ...]
-    strings_out: tuple[bool, ...]
-    invoke: Callable[[list], Sequence[Any]]  # flat tensors (inputs + captures) -> flat output tensors
-    constant: Callable[..., Any]  # tf.constant
-    string: Any  # tf.string
+
+class LeanSignature:
+    """One signature, resolved: inputs by name in flat order, captures, outputs by name in flat order.
+
+    Two executors can run the flat function: TensorFlow's default one (independent ops in parallel
+    on the inter-op thread pool) and its single-threaded one (every kernel inline on the calling
+    thread: no hand-off between threads, which on a small model costs more than the model).  The
+    first calls alternate between them and the signature keeps the faster by median; a failure
+    on the single-threaded executor (it refuses some graphs) settles on the default one.
+    """
+
+    __slots__ = ("inputs", "strings_in", "captures", "outputs", "strings_out", "_invokers", "_chosen", "_times",
+                 "_constant", "_string")
+
+    def __init__(self, tf: Any, inputs: tuple[str, ...], strings_in: tuple[bool, ...], captures: tuple[Any, ...],
+                 outputs: tuple[str, ...], strings_out: tuple[bool, ...],
+                 invokers: tuple[Callable[[list], Sequence[Any]], ...]) -> None:
+        self.inputs, self.strings_in, self.captures = inputs, strings_in, captures
+        self.outputs, self.strings_out = outputs, strings_out
+        self._invokers = invokers  # flat tensors (inputs + captures) -> flat outputs; [0]: default executor
+        self._chosen: Callable[[list], Sequence[Any]] | None = invokers[0] if len(invokers) == 1 else None
+        self._times: tuple[list[float], ...] = tuple([] for _ in invokers)
+        self._constant, self._string = tf.constant, tf.string
+
+    @property
+    def executor(self) -> str | None:
+        """``"default"`` or ``"single-threaded"`` once settled, None while still timing both."""
+        if self._chosen is None:
+            return None
+        return "default" if self._chosen is self._invokers[0] else "single-threaded"
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        const, string = self.constant, self.string
+        const, string = self._constant, self._string
         args = [const(inputs[k], string) if s else const(inputs[k]) for k, s in zip(self.inputs, self.strings_in)]
         args.extend(self.captures)
-        flat = self.invoke(args)
+        invoke = self._chosen
+        flat = invoke(args) if invoke is not None else self._timed(args)
         return {name: _string_numpy(t) if s else np.asarray(t.numpy())
                 for name, t, s in zip(self.outputs, flat, self.strings_out)}
+
+    def _timed(self, args: list) -> Sequence[Any]:
+        which = (len(self._times[0]) + len(self._times[1])) % 2
+        invoke = self._invokers[which]
+        t0 = time.perf_counter()
+        try:
+            flat = invoke(args)
+        except Exception:  # noqa: BLE001 - re-raised below unless the single-threaded executor refused
+            if which == 0:
+                raise
+            self._chosen = self._invokers[0]
+            return self._chosen(args)
+        self._times[which].append(time.perf_counter() - t0)
+        if len(self._times[1]) > TUNE_CALLS:
+            default, single = (statistics.median(t[1:]) for t in self._times)
+            self._chosen = self._invokers[1] if single < default else self._invokers[0]
+        return flat
 
 
 def to_numpy(tf: Any, t: Any) -> np.ndarray:
@@ -114,8 +157,8 @@ def _plan(tf: Any, fn: Any) -> LeanSignature:
     if len(atomic.cached_definition.signature.input_arg) != len(names) + len(captures):
         raise _Unsupported("the flat function does not take inputs + captures")
     outs, strings_out = _outputs(tf, fn, ftype, atomic)
-    return LeanSignature(tuple(names), tuple(kwargs[k].dtype == tf.string for k in names), captures, outs,
-                         strings_out, _invoker(context, atomic, len(outs)), tf.constant, tf.string)
+    return LeanSignature(tf, tuple(names), tuple(kwargs[k].dtype == tf.string for k in names), captures, outs,
+                         strings_out, _invokers(context, atomic, len(outs)))
 
 
 def _outputs(tf: Any, fn: Any, ftype: Any, atomic: Any) -> tuple[tuple[str, ...], tuple[bool, ...]]:
@@ -144,16 +187,29 @@ def _outputs(tf: Any, fn: Any, ftype: Any, atomic: Any) -> tuple[tuple[str, ...]
     return tuple(names), tuple(spec.dtype == tf.string for spec in flat_out)
 
 
-def _invoker(context: Any, atomic: Any, n_out: int) -> Callable[[list], Sequence[Any]]:
-    """The eager runtime's call of the flat function, or the atomic function's own ``call_flat``.
+def _invokers(context: Any, atomic: Any, n_out: int) -> tuple[Callable[[list], Sequence[Any]], ...]:
+    """The eager runtime's call of the flat function with the default executor and the single-threaded
+    one, or only the atomic function's own ``call_flat``.
 
-    ``call_flat`` adds, around ``context.call_function``, a pause of gradient recording (no tape
-    exists in the worker), control dependencies (empty: checked) and error-message interpolation.
+    ``call_flat`` adds, around the runtime's call, a pause of gradient recording (no tape exists in
+    the worker), control dependencies (empty: checked) and error-message interpolation; the
+    function-call attributes (executor, config) are the context's, fixed at load.
     """
+    from tensorflow.python.eager import execute
+
     ctx = context.context()
-    name = atomic.name
     if atomic._call_options.control_captures or atomic._bound_context is not ctx or not n_out:
         call_flat = atomic.call_flat
-        return lambda args: call_flat(*args)
-    call_function = ctx.call_function
-    return lambda args: call_function(name, args, n_out)
+        return (lambda args: call_flat(*args),)
+    name = atomic.name.decode("utf-8")
+    attrs = ctx.function_call_options.as_attrs()
+    if set(attrs) != {"executor_type", "config_proto"} or attrs["executor_type"]:
+        call_flat = atomic.call_flat
+        return (lambda args: call_flat(*args),)
+    run = execute.execute
+
+    def invoker(executor: str) -> Callable[[list], Sequence[Any]]:
+        flat_attrs = ("executor_type", executor, "config_proto", attrs["config_proto"])
+        return lambda args: run(name, n_out, args, flat_attrs, ctx)
+
+    return invoker(""), invoker(SINGLE)
