@@ -174,8 +174,8 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
     return out
 
 
-def breakdown(models: Path, calls: int = 3000) -> dict:
-    """Where a warm dense call through shared memory goes: timers wrapped around the parent's
+def breakdown(models: Path, calls: int = 3000, name: str = "dense") -> dict:
+    """Where a warm call through shared memory goes: timers wrapped around the parent's
     doorbell and reply reading, plus the worker-reported model time and own time (medians, µs)."""
     import numpy as np
 
@@ -202,9 +202,9 @@ def breakdown(models: Path, calls: int = 3000) -> dict:
     shmchannel._ring, shmchannel.ParentChannel._read_reply = timed_ring, timed_read
     try:
         with Sandbox(SandboxLimits(timeout_s=60, load_timeout_s=300)) as sb:
-            model = sb.load(models / "dense", scan=False)
-            x = inputs_for("dense")
-            for _ in range(300):
+            model = sb.load(models / name, scan=False)
+            x = inputs_for(name)
+            for _ in range(min(300, calls)):
                 model.predict(x)
             for v in t.values():
                 v.clear()
@@ -440,7 +440,7 @@ def main() -> int:
     ap.add_argument("--no-socket", action="store_true",
                     help="do not also measure a sandbox with the shared-memory fast path off")
     ap.add_argument("--breakdown", action="store_true",
-                    help="also time the parts of a warm dense call through shared memory (instrumented)")
+                    help="also time the parts of a warm call through shared memory (instrumented; dense, then MobileNet)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.build:
@@ -465,6 +465,7 @@ def main() -> int:
         results["warm" + suffix] = warm(models, args.rounds, args.calls, backend, socket_too=not args.no_socket)
     if args.breakdown:
         results["breakdown_us"] = breakdown(models)
+        results["breakdown_mobilenet_us"] = breakdown(models, max(30, args.calls), "mobilenet")
     results["host"]["loadavg_end"] = os.getloadavg()
     print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f} at the start, "
           f"{results['host']['loadavg_end'][0]:.2f} at the end")
@@ -486,10 +487,11 @@ def main() -> int:
             print(f"[{backend}] cold start: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> "
                   f"{c['ratio']:.3f}x (target <= 1.2x); with the scan gate {c['sandbox_with_scan_s']:.2f} s -> "
                   f"{c['ratio_with_scan']:.3f}x")
-    if "breakdown_us" in results:
-        b = results["breakdown_us"]
-        print("warm dense call through shared memory, medians: " + ", ".join(f"{k} {v:.0f} us" for k, v in b.items())
-              + " (wait = worker run + worker_busy + the two wake-ups)")
+    for name in ("dense", "mobilenet"):
+        b = results.get("breakdown_us" if name == "dense" else "breakdown_mobilenet_us")
+        if b:
+            print(f"warm {name} call through shared memory, medians: " + ", ".join(f"{k} {v:.0f} us" for k, v in b.items())
+                  + " (wait = worker run + worker_busy + the two wake-ups)")
     if "memory" in results:
         m = results["memory"]
         print(f"memory: unsandboxed RSS {m['unsandboxed_rss_mib']:.0f} MiB, worker {m['worker_rss_mib']:.0f} MiB + boot "
