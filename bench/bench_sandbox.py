@@ -9,12 +9,13 @@ memory and the template experiment use the first one.
 
 1. warm predict: the same signature called in-process (TensorFlow imported in this process)
    two ways - the standard call ``signature(x=tf.constant(x))`` + ``.numpy()`` (the issue's
-   baseline) and the lean flat-function call the worker itself uses (runtime/leancall.py; the
-   ratio against it is the cost of the boundary alone) - through a warm sandbox (shared-memory
-   fast path where the backend has it) and through a second sandbox with the fast path off
-   (JSON channel only; ``--no-socket`` skips it), interleaved round by round (tiny dense model,
-   MobileNetV2 alpha=0.35 96x96, weights random - no download);  ``--warm-only`` measures only
-   this part;
+   baseline) and the lean flat-function call the worker itself uses (runtime/leancall.py) -, the
+   worker's own call with the worker's TensorFlow settings (thread pools not spinning, which is
+   process-wide) in an unsandboxed child process (the ratio against it is the cost of the
+   boundary alone), through a warm sandbox (shared-memory fast path where the backend has it)
+   and through a second sandbox with the fast path off (JSON channel only; ``--no-socket``
+   skips it), interleaved round by round (tiny dense model, MobileNetV2 alpha=0.35 96x96,
+   weights random - no download);  ``--warm-only`` measures only this part;
 2. cold start to first prediction: a fresh ``python -c "import tensorflow; load; predict"``
    vs a fresh ``python -c "Sandbox().load(...).predict(...)"`` (scan skipped, and with the
    scan gate), alternating;
@@ -104,6 +105,52 @@ def inputs_for(name: str):
 
 # -- warm ------------------------------------------------------------------------------------------
 
+LEAN_CHILD = r"""
+import sys, time
+import tensorflow as tf
+from modelwarden.runtime import leancall
+sys.path.insert(0, sys.argv[3])
+from bench_sandbox import inputs_for
+why = leancall.no_spinning(tf)  # the worker's TensorFlow settings
+assert not why, why
+fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+lean, why = leancall.plan(tf, fn)
+assert lean is not None, why
+x = inputs_for(sys.argv[2])
+print("READY", float(lean(x)["y"].sum()), flush=True)
+for line in sys.stdin:
+    n = int(line)
+    t = time.perf_counter()
+    for _ in range(n):
+        lean(x)
+    print((time.perf_counter() - t) / n, flush=True)
+"""
+
+
+class LeanProcess:
+    """The worker's own call (lean flat function, TensorFlow's pools not spinning) in an unsandboxed
+    child process: the baseline whose ratio is the boundary alone.  ``run(n)`` -> seconds per call."""
+
+    def __init__(self, model: Path, name: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", LEAN_CHILD, str(model), name, str(ROOT / "bench")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env=dict(ENV, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), *sys.path])),
+                                     cwd=ROOT, text=True)
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "READY":
+            self.close()
+            raise RuntimeError("the lean-call baseline process did not start")
+        self.checksum = float(line[1])
+
+    def run(self, n: int) -> float:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
 
 def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_too: bool = True) -> dict:
     """In-process vs sandboxed calls, interleaved round by round.  ``socket_too``: also a second
@@ -127,6 +174,8 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
             raise RuntimeError(f"the lean call does not apply to {name}: {why}")
         np.testing.assert_array_equal(lean(x)["y"], inproc()["y"])
         baselines = {"inprocess": inproc, "inprocess_lean": lambda: lean(x)}
+        child = LeanProcess(models / name, name)
+        np.testing.assert_allclose(child.checksum, float(inproc()["y"].sum()), rtol=1e-5)
 
         limits = SandboxLimits(timeout_s=60, load_timeout_s=300)
         boxes = {"sandbox": Sandbox(limits, backend=backend)}
@@ -142,7 +191,9 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
                     call()
                 for model in loaded.values():
                     model.predict(x)
-            times: dict[str, list[float]] = {**{k: [] for k in baselines}, **{k: [] for k in loaded}}
+            child.run(max(20, n // 2))
+            times: dict[str, list[float]] = {**{k: [] for k in baselines}, "lean_process": [],
+                                             **{k: [] for k in loaded}}
             compute: dict[str, list[float]] = {k: [] for k in loaded}
             for _ in range(rounds):
                 for k, call in baselines.items():
@@ -150,6 +201,7 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
                     for _ in range(n):
                         call()
                     times[k].append((time.perf_counter() - t) / n)
+                times["lean_process"].append(child.run(n))
                 for k, model in loaded.items():
                     t = time.perf_counter()
                     runs = []
@@ -160,12 +212,14 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
                     compute[k].append(statistics.median(runs) / 1e6)
             fast = {k: sb._worker.fast is not None for k, sb in boxes.items()}
         finally:
+            child.close()
             for sb in boxes.values():
                 sb.close()
         ia, il = statistics.median(times["inprocess"]), statistics.median(times["inprocess_lean"])
+        lp = statistics.median(times["lean_process"])
         sb_, wr = statistics.median(times["sandbox"]), statistics.median(compute["sandbox"])
         out[name] = {"inprocess_ms": ia * 1e3, "sandbox_ms": sb_ * 1e3, "ratio": sb_ / ia,
-                     "inprocess_lean_ms": il * 1e3, "ratio_vs_lean": sb_ / il,
+                     "inprocess_lean_ms": il * 1e3, "lean_process_ms": lp * 1e3, "ratio_vs_lean": sb_ / lp,
                      "worker_compute_ms": wr * 1e3, "boundary_overhead_ms": (sb_ - wr) * 1e3,
                      "shared_memory": fast["sandbox"]}
         if socket_too:
@@ -475,9 +529,10 @@ def main() -> int:
             r = results["warm" + suffix][name]
             transport = "shared memory" if r["shared_memory"] else "JSON channel"
             line = (f"[{backend}] warm predict {name:9}: in-process {r['inprocess_ms']:.3f} ms (lean call "
-                    f"{r['inprocess_lean_ms']:.3f} ms), sandbox ({transport}) {r['sandbox_ms']:.3f} ms -> "
+                    f"{r['inprocess_lean_ms']:.3f} ms; lean call with the worker's TF settings, unsandboxed "
+                    f"process {r['lean_process_ms']:.3f} ms), sandbox ({transport}) {r['sandbox_ms']:.3f} ms -> "
                     f"{r['ratio']:.3f}x the standard in-process call (target <= {target}x), {r['ratio_vs_lean']:.3f}x "
-                    f"the lean in-process call (the boundary alone); worker compute "
+                    f"the worker's own call unsandboxed (the boundary alone); worker compute "
                     f"{r['worker_compute_ms']:.3f} ms, boundary {r['boundary_overhead_ms']:.3f} ms")
             if "socket_ms" in r:
                 line += f"; JSON channel only {r['socket_ms']:.3f} ms -> {r['socket_ratio']:.3f}x"

@@ -63,9 +63,12 @@ def same(a, b):
             return f"{k}: {x!r} vs {y!r}"
     return ""
 
-report = {}
+report = {"spinning": []}
 for path in json.loads(sys.argv[1]):
     w = Worker(tf, {}, {})
+    report["spinning"].append(w.no_spinning_skipped)
+    from tensorflow.python.eager import context
+    report["spinning_disabled"] = context.context().config.experimental.disable_thread_spinning
     w.load({"path": path, "kind": "saved_model"})
     for name, spec in w.specs.items():
         inputs = {s["name"]: make(s, path) for s in spec["inputs"]}
@@ -111,6 +114,13 @@ def report():
 
 def _signatures(report: dict) -> dict:
     return {k: v for k, v in report.items() if ":" in k}
+
+
+def test_thread_pools_do_not_spin(report):
+    """The first worker of the process configures the eager context before it starts; later ones
+    (same process, context running) report that they could not."""
+    assert report["spinning_disabled"] is True
+    assert report["spinning"][0] == "" and all("already initialized" in why for why in report["spinning"][1:])
 
 
 def test_every_fixture_signature_takes_the_lean_call(report):

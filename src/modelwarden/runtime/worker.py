@@ -167,6 +167,7 @@ class Worker:
         self._fast_names: list[tuple[str, list[str]]] | None = None
         self.lean: dict[str, leancall.LeanSignature] = {}  # signatures called through their flat function
         self.lean_skipped: dict[str, str] = {}  # signature -> why it keeps the standard call
+        self.no_spinning_skipped = leancall.no_spinning(tf)  # why TF's thread pools may still spin ("": they sleep)
 
     def handle(self, op: Any, header: dict, body: bytearray) -> tuple[dict, list]:
         if op == "load":
