@@ -90,6 +90,19 @@ for path in json.loads(sys.argv[1]):
         entry["declared"] = [s["name"] for s in spec["outputs"]]
         entry["executor"] = lean.executor if lean is not None else None
 
+# the lean call relies on the worker's input checks: what TensorFlow's cast would refuse never reaches it
+from modelwarden.runtime.worker import WorkerError
+w = Worker(tf, {}, {})
+w.load({"path": json.loads(sys.argv[1])[0], "kind": "saved_model"})
+refused = []
+for bad in ({"x": np.zeros((2, 5), np.float32)}, {"x": np.zeros((2, 4), np.float64)}, {"x": np.zeros(4, np.float32)},
+            {}, {"x": np.zeros((2, 4), np.float32), "extra": np.zeros(1, np.float32)}):
+    try:
+        w._checked_run("serving_default", bad)
+    except WorkerError as exc:
+        refused.append(exc.code)
+report["refused"] = {"lean": "serving_default" in w.lean, "codes": refused}
+
 spec = tf.TensorSpec([None], tf.float32)
 nested = tf.function(lambda d: {"y": d["a"] + d["b"][0]}).get_concrete_function({"a": spec, "b": [spec]})
 report["nested"] = {"lean": leancall.plan(tf, nested)[0] is not None, "why": leancall.plan(tf, nested)[1]}
@@ -151,6 +164,11 @@ def test_flat_output_order_is_mapped_to_names(report):
     assert strings["outputs"] == {"echo_bytes": ["object", [3]], "length": ["int32", [3]], "upper": ["object", [3]]}
     single = next(v for k, v in report.items() if k.endswith("mixed:single"))
     assert single["outputs"] == {"output_0": ["float64", [3, 3]]}
+
+
+def test_inputs_tensorflow_would_refuse_are_refused_before_the_lean_call(report):
+    """Wrong inner dimension, wrong dtype, wrong rank, missing and unknown inputs on a lean signature."""
+    assert report["refused"] == {"lean": True, "codes": ["invalid_input"] * 5}
 
 
 def test_structures_it_cannot_flatten_keep_the_standard_call(report):
