@@ -43,9 +43,16 @@ def make_store(cache: "ResultStore | str | os.PathLike[str] | None") -> "ResultS
 def run_ordered(candidates: Sequence[Candidate], job: ScanJob, *, engine: Engine | None = None,
                 store: "ResultStore | None" = None, progress: Progress | None = None) -> Iterator[ArtifactResult]:
     """Every candidate's result in candidate order; stored results are reused, new ones stored."""
+    import contextlib
+
     from modelwarden.engine.local import SerialEngine
 
-    engine = engine or SerialEngine()
+    with store.batch() if store is not None else contextlib.nullcontext():
+        yield from _run_ordered(candidates, job, engine or SerialEngine(), store, progress)
+
+
+def _run_ordered(candidates: Sequence[Candidate], job: ScanJob, engine: Engine, store: "ResultStore | None",
+                 progress: Progress | None) -> Iterator[ArtifactResult]:
     total = len(candidates)
     results: dict[int, ArtifactResult] = {}
     keys: dict[int, str] = {}

@@ -13,12 +13,14 @@ by user space, so an in-place rewrite changes it).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from modelwarden import __version__
@@ -30,6 +32,7 @@ from modelwarden.ir import ArtifactFormat
 
 DB_NAME = "scan-cache.sqlite3"
 MAX_FILES_PER_ARTIFACT = 100_000
+BATCH_WRITES = 256  # writes per transaction: one commit per artifact cost more than its analysis
 _CHUNK = 1 << 20
 # what decides a result: the readers, the rules, the catalog and policy profiles, the pipeline
 _CODE_DIRS = ("formats", "analysis", "catalog", "policy")
@@ -89,6 +92,8 @@ class ResultStore:
         self._job_key: tuple[ScanJob, str] | None = None  # the job itself is held: an id() could be reused
         self.hits = 0
         self.misses = 0
+        self._batched = False
+        self._writes = 0
 
     def _check_dir(self) -> None:
         try:
@@ -104,6 +109,31 @@ class ResultStore:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the writes made inside into transactions of up to BATCH_WRITES (not one per
+        statement); a crash loses at most the open transaction, and a concurrent scan of the
+        same store waits for one batch, not for the whole scan."""
+        if self._batched:
+            yield
+            return
+        self._batched, self._writes = True, 0
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._batched = False
+            self.db.execute("COMMIT")
+
+    def _write(self, sql: str, params: tuple[str, ...]) -> None:
+        self.db.execute(sql, params)
+        if self._batched:
+            self._writes += 1
+            if self._writes >= BATCH_WRITES:
+                self.db.execute("COMMIT")
+                self.db.execute("BEGIN")
+                self._writes = 0
 
     # -- keys ----------------------------------------------------------------------------------------
 
@@ -180,7 +210,7 @@ class ResultStore:
         if row and row[0] == sig:
             return row[1]
         digest = _file_digest(path)
-        self.db.execute("INSERT OR REPLACE INTO files (path, sig, digest) VALUES (?, ?, ?)", (real, sig, digest))
+        self._write("INSERT OR REPLACE INTO files (path, sig, digest) VALUES (?, ?, ?)", (real, sig, digest))
         return digest
 
     def _checkpoint_digest(self, prefix: str) -> str | None:
@@ -199,7 +229,7 @@ class ResultStore:
         try:
             result = records.loads(row[0])
         except records.RecordError:
-            self.db.execute("DELETE FROM results WHERE key = ?", (key,))
+            self._write("DELETE FROM results WHERE key = ?", (key,))
             self.misses += 1
             return None
         self.hits += 1
@@ -208,4 +238,4 @@ class ResultStore:
     def put(self, key: str, result: ArtifactResult) -> None:
         if result.errors or result.summary is None:
             return  # errors may be transient (resources, a worker lost): always try again
-        self.db.execute("INSERT OR REPLACE INTO results (key, record) VALUES (?, ?)", (key, records.dumps(result)))
+        self._write("INSERT OR REPLACE INTO results (key, record) VALUES (?, ?)", (key, records.dumps(result)))
