@@ -184,16 +184,20 @@ class ResultStore:
         if not stat.S_ISDIR(st.st_mode):
             return None
         out: list[tuple[str, ...]] = []
+        # the walk joins plain names onto cand.path: relative and absolute paths are string work
+        # (os.path.relpath/abspath would ask the kernel for the working directory per file)
+        top, absolute = len(cand.path), os.path.abspath(cand.path)
         for dirpath, dirnames, filenames in os.walk(cand.path, followlinks=False):
             dirnames.sort()
             for name in sorted(dirnames + filenames):
                 full = os.path.join(dirpath, name)
-                out.append(self._entry(full, os.path.relpath(full, cand.path)))
+                rel = full[top:].lstrip("/")
+                out.append(self._entry(full, rel, os.path.join(absolute, rel)))
                 if len(out) > MAX_FILES_PER_ARTIFACT:
                     return None
         return out
 
-    def _entry(self, path: str, rel: str) -> tuple[str, ...]:
+    def _entry(self, path: str, rel: str, absolute: str = "") -> tuple[str, ...]:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
             return ("L", rel, os.readlink(path))
@@ -201,10 +205,10 @@ class ResultStore:
             return ("D", rel)
         if not stat.S_ISREG(st.st_mode):
             return ("O", rel, oct(st.st_mode))
-        return ("F", rel, self._digest(path, st))
+        return ("F", rel, self._digest(path, st, absolute))
 
-    def _digest(self, path: str, st: os.stat_result) -> str:
-        real = os.path.abspath(path)
+    def _digest(self, path: str, st: os.stat_result, absolute: str = "") -> str:
+        real = absolute or os.path.abspath(path)
         sig = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
         row = self.db.execute("SELECT sig, digest FROM files WHERE path = ?", (real,)).fetchone()
         if row and row[0] == sig:

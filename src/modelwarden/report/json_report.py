@@ -6,11 +6,10 @@ added, never removed, renamed or retyped.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from modelwarden.analysis.interface import Finding, Severity
-from modelwarden.report import clean
+from modelwarden.report import clean, jsontext
 from modelwarden.report.interface import EXIT_EMPTY, ArtifactSummary, Renderer, Report
 
 SCHEMA_VERSION = "1.1"
@@ -132,4 +131,4 @@ class JsonRenderer(Renderer):
         self.verbose = verbose  # list every file that was not scanned
 
     def render(self, report: Report) -> str:
-        return json.dumps(report_dict(report, self.verbose), indent=self.indent, ensure_ascii=False) + "\n"
+        return jsontext.dumps(report_dict(report, self.verbose), self.indent) + "\n"
