@@ -102,6 +102,31 @@ def test_store_serves_unchanged_artifacts_and_reanalyses_changed_ones(corpus, co
     assert norm(strict) == norm(scan(corpus, policy="strict", engine=ForkPoolEngine(1)))
 
 
+def test_pool_takes_store_misses_while_the_store_hashes_the_rest(copies, tmp_path):
+    """The store looks artifacts up while the pool already analyses the first misses: a partly
+    warm store through two workers gives the serial report, with every hit served and every miss
+    (changed bytes; a non-UTF-8 directory name crosses the pipe and the store) analysed once."""
+    tree = tmp_path / "tree"
+    shutil.copytree(copies, tree)
+    odd = os.fsdecode(b"odd-\xff-name")  # a lone surrogate in the path crosses the task pipe
+    shutil.copytree(EXAMPLES / "dense_savedmodel", tree / odd)
+    store_dir = tmp_path / "store"
+    expected = norm(scan(tree, engine=ForkPoolEngine(1)))
+    assert any("odd-" in a["path"] for a in expected["artifacts"])  # (reports escape the surrogate)
+    cold = ForkPoolEngine(2)
+    assert norm(scan(tree, cache=store_dir, engine=cold)) == expected
+    assert cold.stats.workers == 2 and cold.stats.cached == 0
+    for name, other in (("dense_savedmodel-03", "evil_savedmodel"), ("evil_savedmodel-11", "dense_savedmodel")):
+        shutil.rmtree(tree / name)
+        shutil.copytree(EXAMPLES / other, tree / name)  # other bytes, still a valid model
+    expected = norm(scan(tree, engine=ForkPoolEngine(1)))
+    warm = ForkPoolEngine(2)
+    report = scan(tree, cache=store_dir, engine=warm)
+    assert norm(report) == expected
+    assert warm.stats.analysed == 2 + len(report.errors)  # (errors are never stored)
+    assert warm.stats.cached == len(report.artifacts) - 2
+
+
 def test_a_corrupt_store_record_is_analysed_again(copies, tmp_path):
     store_dir = tmp_path / "store"
     scan(copies, cache=store_dir)

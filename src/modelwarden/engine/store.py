@@ -156,7 +156,8 @@ class ResultStore:
         content = self.content_digest(cand)
         if content is None:
             return None
-        return hashlib.sha256(f"{self.job_key(job)}\0{cand.format.value}\0{cand.display}\0{content}".encode()).hexdigest()
+        text = f"{self.job_key(job)}\0{cand.format.value}\0{cand.display}\0{content}"
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()  # names need not be UTF-8
 
     def content_digest(self, cand: Candidate) -> str | None:
         """Digest of every byte the reader of ``cand`` can look at (names, link targets, contents)."""
@@ -208,7 +209,8 @@ class ResultStore:
         return ("F", rel, self._digest(path, st, absolute))
 
     def _digest(self, path: str, st: os.stat_result, absolute: str = "") -> str:
-        real = absolute or os.path.abspath(path)
+        # a name that is not UTF-8 (lone surrogates from the file system) keyed by its escaped bytes
+        real = (absolute or os.path.abspath(path)).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         sig = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
         row = self.db.execute("SELECT sig, digest FROM files WHERE path = ?", (real,)).fetchone()
         if row and row[0] == sig:
@@ -242,4 +244,4 @@ class ResultStore:
     def put(self, key: str, result: ArtifactResult) -> None:
         if result.errors or result.summary is None:
             return  # errors may be transient (resources, a worker lost): always try again
-        self._write("INSERT OR REPLACE INTO results (key, record) VALUES (?, ?)", (key, records.dumps(result)))
+        self._write("INSERT OR REPLACE INTO results (key, record) VALUES (?, ?)", (key, records.dumps(result, ascii_only=True)))
