@@ -63,26 +63,30 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, dict]:
 
 
 _IN_PROCESS = r"""
-import sys, time
+import os, sys, time
 from modelwarden.scanner import scan
 tree, jobs, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 scan([tree], jobs=1)  # warm: rules, catalog and lazily compiled classes, as a long-running caller has them
-t = time.perf_counter()
+t, c = time.perf_counter(), os.times()
 report = scan([tree], jobs=jobs)
-dt = time.perf_counter() - t
+dt, c2 = time.perf_counter() - t, os.times()
 assert len(report.artifacts) == n and not report.errors, (len(report.artifacts), report.errors[:2])
-print(dt)
+cpu = sum(c2[:4]) - sum(c[:4])  # this process and its pool's workers, user + system
+print(dt, cpu)
 """
 
 
 def in_process(tree: Path, n: int, env: dict[str, str]) -> dict[str, float]:
     """One repetition of ``modelwarden.scan(DIR)`` timed inside one process (no interpreter
-    start-up, no report rendering): serial, then the fork pool."""
+    start-up, no report rendering): serial, then the fork pool; with the CPU seconds each used
+    (the pool's workers included), which other load on the host changes far less than wall time."""
     out = {}
     for name, jobs in (("in-process serial", 1), (f"in-process pool (-j {os.cpu_count()})", os.cpu_count() or 1)):
         res = subprocess.run([sys.executable, "-c", _IN_PROCESS, str(tree), str(jobs), str(n)], env=env,
                              capture_output=True, text=True, timeout=1800, check=True).stdout
-        out[name] = float(res)
+        wall, cpu = (float(x) for x in res.split())
+        out[name] = wall
+        out["cpu: " + name] = cpu
     return out
 
 
@@ -188,6 +192,8 @@ def main() -> int:
           f"{load_after:.2f} after, medians of {args.reps}")
     print(f"{'engine':34} {'seconds':>8} {'models/s':>9} {'vs serial':>10}")
     for name, t in med.items():
+        if "cpu: " in name:
+            continue
         tag = "old: " if name.startswith("old: ") else ""
         baseline = med[tag + ("in-process serial" if "in-process" in name else "serial (-j 1)")]
         print(f"{name:34} {t:8.2f} {args.models / t:9.0f} {baseline / t:9.2f}x")
@@ -196,10 +202,16 @@ def main() -> int:
             serial, par = med.get(f"{tag}{kind}serial" + ("" if kind else " (-j 1)")), med.get(f"{tag}{kind}{pool}")
             if serial and par:
                 print(f"{tag}scaling {kind or 'whole-process '}-j 1 -> -j {os.cpu_count()}: {serial / par:.2f}x")
+    for tag in trees:
+        serial, par = med.get(f"{tag}cpu: in-process serial"), med.get(f"{tag}cpu: in-process {pool}")
+        if serial and par:
+            print(f"{tag}CPU per artifact, in-process: serial {serial / args.models * 1e3:.2f} ms, pool "
+                  f"{par / args.models * 1e3:.2f} ms (parent and workers; {serial / par:.2f}x of serial's "
+                  f"efficiency: the scaling with free cores)")
     if args.compare:
         print("new / old throughput (> 1: faster):")
         for name in (k for k in med if not k.startswith("old: ") and f"old: {k}" in med):
-            print(f"  {name:32} {med['old: ' + name] / med[name]:.2f}x")
+            print(f"  {name:32} {med['old: ' + name] / med[name]:.2f}x" + (" (CPU)" if "cpu: " in name else ""))
     return 0
 
 
