@@ -102,7 +102,7 @@ def _worker_loop(tasks: int, results: int, job: ScanJob) -> None:
             payload = records.dumps(scan_candidate(cand, job)).encode("utf-8", "surrogatepass")
         except Exception as exc:  # noqa: BLE001 - scan_candidate already catches input errors
             payload = records.dumps(ArtifactResult(None, errors=(ScanError(
-                cand.path, f"internal error while scanning ({type(exc).__name__})"),))).encode()
+                cand.path, f"internal error while scanning ({type(exc).__name__})"),))).encode("utf-8", "surrogatepass")
         _write_all(results, _LEN.pack(len(payload)) + payload)
 
 
