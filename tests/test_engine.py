@@ -60,7 +60,10 @@ def test_pool_gives_the_serial_report(corpus, serial_report):
     assert report.engine["workers"] == 2
 
 
-def test_a_scanner_process_killed_mid_scan_loses_nothing(corpus, serial_report):
+@pytest.mark.parametrize("stored", [False, True])
+def test_a_scanner_process_killed_mid_scan_loses_nothing(corpus, serial_report, stored, tmp_path):
+    """Also with the results store on, where candidates reach the pool while it runs: the killed
+    worker's artifact is retried once in a fresh worker, nothing is lost or counted twice."""
     killed: list[int] = []
 
     def progress(done: int, total: int, current: str) -> None:
@@ -71,7 +74,7 @@ def test_a_scanner_process_killed_mid_scan_loses_nothing(corpus, serial_report):
             os.kill(killed[0], signal.SIGKILL)
 
     eng = ForkPoolEngine(2)
-    report = scan(corpus, engine=eng, progress=progress)
+    report = scan(corpus, engine=eng, progress=progress, cache=tmp_path / "store" if stored else None)
     assert killed
     assert norm(report) == norm(serial_report)  # every artifact exactly once, same findings
     assert eng.stats.retried == 1  # the one in-flight artifact went to a fresh worker
