@@ -233,7 +233,11 @@ def _add(found: dict[str, Candidate], cand: Candidate, real_top: str = "", top: 
     """Keep ``cand`` unless its file was found already (by real path).  Below a walked ``top``
     every component is a real directory (links are never followed), so the real path is
     ``real_top`` joined with the rest: one ``realpath`` per walk instead of one per artifact."""
-    key = os.path.join(real_top, _below(cand.path, top)) if real_top else os.path.realpath(cand.path)
+    if real_top:
+        rel = _below(cand.path, top)
+        key = os.path.join(real_top, rel) if rel else real_top
+    else:
+        key = os.path.realpath(cand.path)
     found.setdefault(key, cand)
 
 
