@@ -15,7 +15,7 @@ from typing import Any
 from modelwarden.errors import InputError
 from modelwarden.formats import safeio, tfproto
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
-from modelwarden.formats.tfgraph import embedded_graphs, graph_body, shape_dims
+from modelwarden.formats.tfgraph import embedded_graphs, graph_body, may_embed_graphs, shape_dims
 from modelwarden.ir import (
     Artifact,
     ArtifactFormat,
@@ -285,7 +285,8 @@ class SavedModelReader(Reader):
             for i, mg in enumerate(sm.meta_graphs):
                 g = meta_graph_to_ir(mg, i, rel, gf, limits)
                 graphs.append(g)
-                graphs.extend(embedded_graphs(mg.graph_def, g.name, gf, limits))
+                if may_embed_graphs(g.main, g.functions, mg.graph_def):
+                    graphs.extend(embedded_graphs(mg.graph_def, g.name, gf, limits))
                 if g.tf_version:
                     metadata.setdefault("tensorflow_version", g.tf_version)
                 if g.producer is not None:
