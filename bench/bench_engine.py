@@ -6,13 +6,17 @@
 A directory of N small SavedModels (copies of the bundled dense example, written by real
 TensorFlow) is scanned whole-process (``modelwarden scan DIR --no-progress -f json``) with:
 one process (``-j 1 --no-cache``, the baseline), a fork pool of one process per core
-(``--no-cache``), the results store warm (a second run over an unchanged tree), and, when Ray is
+(``--no-cache``), the results store cold (empty: every artifact hashed, analysed and stored) and
+warm (a second run over an unchanged tree), and, when Ray is
 installed, ``--ray`` on a local cluster of 1, 2 and 4 nodes (each one CPU) started inside a
 private network namespace with only loopback (root and ``unshare`` needed).  Runs are
 interleaved per repetition and medians reported; every figure is a ratio to the baseline of
 the same run.  ``--in-process`` adds ``modelwarden.scan(DIR)`` timed inside one process
-(serial and the pool): the per-artifact cost without interpreter start-up.  Issue #13's
-target: >= 1,000 small models/s on this 2-core machine and linear scaling with cores.
+(serial and the pool): the per-artifact cost without interpreter start-up.  ``--compare SRC``
+runs every series a second time with another source tree (e.g. ``/work/main/src``: the code
+before a change), interleaved with this one in each repetition, and prints new/old ratios.
+"pool / serial" is the scaling from one process to one per core, measured in the same run.
+Issue #13's target: >= 1,000 small models/s on this 2-core machine and linear scaling with cores.
 """
 
 from __future__ import annotations
@@ -40,6 +44,15 @@ def build(n: int, where: Path) -> Path:
     return out
 
 
+def bench_env(src: Path) -> dict[str, str]:
+    """Children run ``src``'s code with cached bytecode in a bench-private cache for every tree
+    alike (with PYTHONDONTWRITEBYTECODE set, a tree without __pycache__ would compile every
+    module on every start and lose to one that has it)."""
+    env = dict(os.environ, PYTHONPATH=str(src), PYTHONPYCACHEPREFIX=str(ROOT / "bench" / ".work" / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, dict]:
     t = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
@@ -50,28 +63,45 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, dict]:
 
 
 _IN_PROCESS = r"""
-import sys, time
+import os, sys, time
 from modelwarden.scanner import scan
 tree, jobs, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 scan([tree], jobs=1)  # warm: rules, catalog and lazily compiled classes, as a long-running caller has them
-t = time.perf_counter()
+t, c = time.perf_counter(), os.times()
 report = scan([tree], jobs=jobs)
-dt = time.perf_counter() - t
+dt, c2 = time.perf_counter() - t, os.times()
 assert len(report.artifacts) == n and not report.errors, (len(report.artifacts), report.errors[:2])
-print(dt)
+cpu = sum(c2[:4]) - sum(c[:4])  # this process and its pool's workers, user + system
+print(dt, cpu)
 """
 
 
-def in_process(tree: Path, n: int, reps: int, env: dict[str, str]) -> dict[str, float]:
-    """``modelwarden.scan(DIR)`` timed inside one process (no interpreter start-up, no report
-    rendering): serial and the fork pool, interleaved, medians."""
-    series: dict[str, list[float]] = {"in-process serial": [], f"in-process pool (-j {os.cpu_count()})": []}
-    for _ in range(reps):
-        for name, jobs in zip(series, (1, os.cpu_count() or 1)):
-            out = subprocess.run([sys.executable, "-c", _IN_PROCESS, str(tree), str(jobs), str(n)], env=env,
-                                 capture_output=True, text=True, timeout=1800, check=True).stdout
-            series[name].append(float(out))
-    return {k: statistics.median(v) for k, v in series.items()}
+def in_process(tree: Path, n: int, env: dict[str, str]) -> dict[str, float]:
+    """One repetition of ``modelwarden.scan(DIR)`` timed inside one process (no interpreter
+    start-up, no report rendering): serial, then the fork pool; with the CPU seconds each used
+    (the pool's workers included), which other load on the host changes far less than wall time."""
+    out = {}
+    for name, jobs in (("in-process serial", 1), (f"in-process pool (-j {os.cpu_count()})", os.cpu_count() or 1)):
+        res = subprocess.run([sys.executable, "-c", _IN_PROCESS, str(tree), str(jobs), str(n)], env=env,
+                             capture_output=True, text=True, timeout=1800, check=True).stdout
+        wall, cpu = (float(x) for x in res.split())
+        out[name] = wall
+        out["cpu: " + name] = cpu
+    return out
+
+
+def whole_process(tree: Path, n: int, env: dict[str, str], cache: Path) -> dict[str, float]:
+    """One repetition of ``modelwarden scan DIR`` as a user runs it: serial, the pool, the results
+    store empty (every artifact hashed, analysed and stored) and warm (nothing changed)."""
+    base = [sys.executable, "-m", "modelwarden", "scan", str(tree), "--no-progress", "-f", "json"]
+    out = {"serial (-j 1)": timed(base + ["-j", "1", "--no-cache"], env)[0],
+           f"pool (-j {os.cpu_count()})": timed(base + ["--no-cache"], env)[0]}
+    shutil.rmtree(cache, ignore_errors=True)
+    out["store cold (fills it)"] = timed(base + ["--cache-dir", str(cache)], env)[0]
+    dt, rep = timed(base + ["--cache-dir", str(cache)], env)
+    assert rep["engine"]["cached"] == n, rep["engine"]
+    out["store warm"] = dt
+    return out
 
 
 def ray_series(tree: Path, nodes: list[int], reps: int, env: dict[str, str]) -> dict[int, float]:
@@ -115,6 +145,8 @@ def main() -> int:
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--in-process", action="store_true",
                     help="also time modelwarden.scan(DIR) inside one process (no start-up), serial and pool")
+    ap.add_argument("--compare", metavar="SRC", default=None,
+                    help="also run every series with this source tree (e.g. the code before a change), interleaved")
     ap.add_argument("--_ray")
     ap.add_argument("--_out")
     args = ap.parse_args()
@@ -125,35 +157,61 @@ def main() -> int:
     work = ROOT / "bench" / ".work"
     work.mkdir(parents=True, exist_ok=True)
     tree = build(args.models, work)
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    cache = Path(tempfile.mkdtemp(prefix="mw-bench-cache-"))
-    base = [sys.executable, "-m", "modelwarden", "scan", str(tree), "--no-progress", "-f", "json"]
-    series: dict[str, list[float]] = {"serial (-j 1)": [], f"pool (-j {os.cpu_count()})": [], "store warm": []}
+    trees = {"": ROOT / "src"}
+    if args.compare:
+        trees["old: "] = Path(args.compare).resolve()
+    envs = {tag: bench_env(src) for tag, src in trees.items()}
+    for env in envs.values():  # untimed: compiles each tree's bytecode into the bench's cache
+        timed([sys.executable, "-m", "modelwarden", "scan", str(tree / "m00000"), "--no-progress", "-f", "json"], env)
+    load_before = os.getloadavg()[0]
+    series: dict[str, list[float]] = {}
     for _ in range(args.reps):
-        series["serial (-j 1)"].append(timed(base + ["-j", "1", "--no-cache"], env)[0])
-        series[f"pool (-j {os.cpu_count()})"].append(timed(base + ["--no-cache"], env)[0])
-        timed(base + ["--cache-dir", str(cache)], env)  # fill
-        dt, rep = timed(base + ["--cache-dir", str(cache)], env)
-        assert rep["engine"]["cached"] == args.models, rep["engine"]
-        series["store warm"].append(dt)
-    shutil.rmtree(cache, ignore_errors=True)
+        for tag, env in envs.items():  # interleaved: background noise hits old and new alike
+            cache = Path(tempfile.mkdtemp(prefix="mw-bench-cache-"))
+            try:
+                results = whole_process(tree, args.models, env, cache)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+            if args.in_process:
+                results.update(in_process(tree, args.models, env))
+            for name, t in results.items():
+                series.setdefault(tag + name, []).append(t)
     med = {k: statistics.median(v) for k, v in series.items()}
-    if args.in_process:
-        med.update(in_process(tree, args.models, args.reps, env))
     if not args.no_ray:
         try:
             import ray  # noqa: F401
         except ImportError:
             print("Ray not installed: Ray series skipped")
         else:
+            env = envs[""]
             for n, t in ray_series(tree, nodes, args.reps, env).items():
                 med[f"ray, {n} node(s) x 1 CPU"] = t
-    baseline = med["serial (-j 1)"]
-    load = os.getloadavg()[0]
-    print(f"{args.models} small SavedModels, {os.cpu_count()} cores, load average {load:.2f}, medians of {args.reps}")
-    print(f"{'engine':28} {'seconds':>8} {'models/s':>9} {'vs serial':>10}")
+    load_after = os.getloadavg()[0]
+    pool = f"pool (-j {os.cpu_count()})"
+    print(f"{args.models} small SavedModels, {os.cpu_count()} cores, load average {load_before:.2f} before, "
+          f"{load_after:.2f} after, medians of {args.reps}")
+    print(f"{'engine':34} {'seconds':>8} {'models/s':>9} {'vs serial':>10}")
     for name, t in med.items():
-        print(f"{name:28} {t:8.2f} {args.models / t:9.0f} {baseline / t:9.2f}x")
+        if "cpu: " in name:
+            continue
+        tag = "old: " if name.startswith("old: ") else ""
+        baseline = med[tag + ("in-process serial" if "in-process" in name else "serial (-j 1)")]
+        print(f"{name:34} {t:8.2f} {args.models / t:9.0f} {baseline / t:9.2f}x")
+    for tag in trees:
+        for kind in ("", "in-process "):
+            serial, par = med.get(f"{tag}{kind}serial" + ("" if kind else " (-j 1)")), med.get(f"{tag}{kind}{pool}")
+            if serial and par:
+                print(f"{tag}scaling {kind or 'whole-process '}-j 1 -> -j {os.cpu_count()}: {serial / par:.2f}x")
+    for tag in trees:
+        serial, par = med.get(f"{tag}cpu: in-process serial"), med.get(f"{tag}cpu: in-process {pool}")
+        if serial and par:
+            print(f"{tag}CPU per artifact, in-process: serial {serial / args.models * 1e3:.2f} ms, pool "
+                  f"{par / args.models * 1e3:.2f} ms (parent and workers; {serial / par:.2f}x of serial's "
+                  f"efficiency: the scaling with free cores)")
+    if args.compare:
+        print("new / old throughput (> 1: faster):")
+        for name in (k for k in med if not k.startswith("old: ") and f"old: {k}" in med):
+            print(f"  {name:32} {med['old: ' + name] / med[name]:.2f}x" + (" (CPU)" if "cpu: " in name else ""))
     return 0
 
 

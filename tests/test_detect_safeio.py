@@ -89,3 +89,23 @@ def test_walk_tree_reports_links_without_following(tmp_path):
     assert entries["hard"].nlink == 2
     with pytest.raises(LimitExceeded):
         safeio.walk_tree(str(tmp_path), 2)
+
+
+def test_discover_finds_each_artifact_once_however_it_is_named(tmp_path, monkeypatch):
+    """The walk keys artifacts by real path without a realpath per artifact: a model named as a
+    directory, with a trailing slash, through its saved_model.pb, through a symlinked parent or
+    inside a walked tree is still one candidate, displayed as the walk names it."""
+    import shutil
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "models" / "dense_savedmodel"
+    tree = tmp_path / "tree"
+    shutil.copytree(example, tree / "a" / "m1")
+    shutil.copytree(example, tree / "m2")
+    (tmp_path / "link").symlink_to(tree)
+    monkeypatch.chdir(tmp_path)
+    paths = ["tree", "tree/", "./tree//a", "link", "tree/m2/saved_model.pb", "tree/a/m1/", str(tree / "m2")]
+    found, errors = discover(paths)
+    assert not errors
+    assert sorted(c.display for c in found) == ["tree/a/m1", "tree/m2"]
+    assert all(c.format is ArtifactFormat.SAVEDMODEL for c in found)

@@ -60,7 +60,10 @@ def test_pool_gives_the_serial_report(corpus, serial_report):
     assert report.engine["workers"] == 2
 
 
-def test_a_scanner_process_killed_mid_scan_loses_nothing(corpus, serial_report):
+@pytest.mark.parametrize("stored", [False, True])
+def test_a_scanner_process_killed_mid_scan_loses_nothing(corpus, serial_report, stored, tmp_path):
+    """Also with the results store on, where candidates reach the pool while it runs: the killed
+    worker's artifact is retried once in a fresh worker, nothing is lost or counted twice."""
     killed: list[int] = []
 
     def progress(done: int, total: int, current: str) -> None:
@@ -71,7 +74,7 @@ def test_a_scanner_process_killed_mid_scan_loses_nothing(corpus, serial_report):
             os.kill(killed[0], signal.SIGKILL)
 
     eng = ForkPoolEngine(2)
-    report = scan(corpus, engine=eng, progress=progress)
+    report = scan(corpus, engine=eng, progress=progress, cache=tmp_path / "store" if stored else None)
     assert killed
     assert norm(report) == norm(serial_report)  # every artifact exactly once, same findings
     assert eng.stats.retried == 1  # the one in-flight artifact went to a fresh worker
@@ -100,6 +103,31 @@ def test_store_serves_unchanged_artifacts_and_reanalyses_changed_ones(corpus, co
     strict = scan(corpus, cache=store_dir, policy="strict")
     assert strict.engine["cached"] == 0
     assert norm(strict) == norm(scan(corpus, policy="strict", engine=ForkPoolEngine(1)))
+
+
+def test_pool_takes_store_misses_while_the_store_hashes_the_rest(copies, tmp_path):
+    """The store looks artifacts up while the pool already analyses the first misses: a partly
+    warm store through two workers gives the serial report, with every hit served and every miss
+    (changed bytes; a non-UTF-8 directory name crosses the pipe and the store) analysed once."""
+    tree = tmp_path / "tree"
+    shutil.copytree(copies, tree)
+    odd = os.fsdecode(b"odd-\xff-name")  # a lone surrogate in the path crosses the task pipe
+    shutil.copytree(EXAMPLES / "dense_savedmodel", tree / odd)
+    store_dir = tmp_path / "store"
+    expected = norm(scan(tree, engine=ForkPoolEngine(1)))
+    assert any("odd-" in a["path"] for a in expected["artifacts"])  # (reports escape the surrogate)
+    cold = ForkPoolEngine(2)
+    assert norm(scan(tree, cache=store_dir, engine=cold)) == expected
+    assert cold.stats.workers == 2 and cold.stats.cached == 0
+    for name, other in (("dense_savedmodel-03", "evil_savedmodel"), ("evil_savedmodel-11", "dense_savedmodel")):
+        shutil.rmtree(tree / name)
+        shutil.copytree(EXAMPLES / other, tree / name)  # other bytes, still a valid model
+    expected = norm(scan(tree, engine=ForkPoolEngine(1)))
+    warm = ForkPoolEngine(2)
+    report = scan(tree, cache=store_dir, engine=warm)
+    assert norm(report) == expected
+    assert warm.stats.analysed == 2 + len(report.errors)  # (errors are never stored)
+    assert warm.stats.cached == len(report.artifacts) - 2
 
 
 def test_a_corrupt_store_record_is_analysed_again(copies, tmp_path):

@@ -204,6 +204,49 @@ def test_json_hostile_strings_stay_valid_utf8() -> None:
     assert "\x1b" not in data["findings"][0]["message"]
 
 
+@pytest.mark.parametrize("fmt", ["json", "sarif"])
+def test_rendered_text_is_the_standard_encoders(fmt: str) -> None:
+    """jsontext writes exactly what json.dumps(indent=2, ensure_ascii=False) writes (reports
+    whose keys and values are plain data; the hostile strings included)."""
+    hostile = Finding("MW106", Severity.HIGH, HOSTILE_NAME, Location(HOSTILE_NAME, node=HOSTILE_NAME),
+                      evidence={"k": "\udcff", "q": 'a"b\\c\u2028'})
+    for report in (make_report(), make_report(errors=ERRORS), Report("0.1.0", "default", Severity.MEDIUM, (), (hostile,))):
+        text = renderer(fmt).render(report)
+        assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize("data", [
+    {}, [], {"a": [], "b": {}}, [1, -0.0, 1e-07, 10**30, None, True, False, "é\x00\ud800"],
+    {"x": [float("nan"), float("inf"), -float("inf")]}, {"deep": [[[[{"k": (1, "2")}]]]]},
+    {1: "non-string key"}, {"set": {1}},
+])
+def test_jsontext_matches_json_dumps(data: object) -> None:
+    from modelwarden.report import jsontext
+
+    for indent in (0, 2, 4):
+        try:
+            expected = json.dumps(data, indent=indent, ensure_ascii=False)
+        except TypeError:
+            with pytest.raises(TypeError):
+                jsontext.dumps(data, indent)
+            continue
+        assert jsontext.dumps(data, indent) == expected
+
+
+def test_json_counts_per_artifact_for_many_artifacts() -> None:
+    """Per-artifact counts come from one pass over the findings (a directory of n models is not O(n^2))."""
+    n = 300
+    arts = tuple(ArtifactSummary(f"m{i}", f"m{i}", "tf-savedmodel", 1, 1, 1, {}) for i in range(n))
+    found = tuple(Finding("MW104", Severity.MEDIUM if i % 2 else Severity.LOW, "x", Location(f"m{i}", node=f"n{j}"))
+                  for i in range(n) for j in range(i % 3))
+    sup = (Finding("MW101", Severity.HIGH, "y", Location("m7"), suppressed_by="ok"),)
+    data = json.loads(renderer("json").render(Report("0.1.0", "default", Severity.MEDIUM, arts, found, suppressed=sup)))
+    for i, a in enumerate(data["artifacts"]):
+        sev = "medium" if i % 2 else "low"
+        assert a["counts"][sev] == i % 3 and sum(a["counts"].values()) == i % 3
+        assert a["suppressed"] == (1 if i == 7 else 0)
+
+
 # ---------------------------------------------------------------- sarif
 
 

@@ -214,8 +214,12 @@ def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, c
     job = ScanJob(pol, ScanOptions(tf_version=tf_version, checkpoint=checkpoint), limits, callgraphs)
     from modelwarden.engine.run import run_ordered
 
+    seen = set(errors)  # (not a scan of the list per error: a mirror can hold thousands of broken files)
     for result in run_ordered(candidates, job, engine=engine, store=store, progress=progress):
-        errors.extend(e for e in result.errors if e not in errors)  # a bad --checkpoint: said once
+        for e in result.errors:
+            if e not in seen:  # a bad --checkpoint: said once
+                seen.add(e)
+                errors.append(e)
         if result.summary is not None:
             artifacts.append(result.summary)
             findings.extend(result.findings)

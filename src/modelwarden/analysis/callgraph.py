@@ -99,6 +99,9 @@ class CallGraph:
     cycles: list[tuple[str, ...]] = field(default_factory=list)
     main_index: dict[str, Node] = field(default_factory=dict)
     callable: dict[str, Function] = field(default_factory=dict)  # library (+ a TFLite main subgraph)
+    # id(node) -> every (attr, callee) the node names, for the nodes that name any: read once from
+    # the attributes here and shared by the passes that walk calls (BFS, dataflow)
+    node_calls: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ queries
     def bodies(self) -> Iterator[Function]:
@@ -110,17 +113,21 @@ class CallGraph:
             return self.main_reach.get(node.name, NOT_REACHED)
         return self.function_reach.get(fn.name, NOT_REACHED)
 
+    def calls(self, node: Node) -> tuple[tuple[str, str], ...]:
+        """``(attr, callee)`` for every function ``node`` names (``attr`` "" when its op is one)."""
+        return self.node_calls.get(id(node), ())
+
     def kinds(self, fn: Function, node: Node) -> set[EntryKind]:
         if fn is self.graph.main:
             return self.main_kinds.get(node.name, set())
         return self.function_kinds.get(fn.name, set())
 
 
-def _callees(node: Node, functions: dict[str, Function] | object) -> Iterator[tuple[str, str]]:
-    if node.op in functions:  # type: ignore[operator]
-        yield "", node.op
-    for attr, ref in node.func_refs():
-        yield attr, ref.name
+def _callees(node: Node, functions: dict[str, Function]) -> tuple[tuple[str, str], ...]:
+    refs = node.func_refs()
+    if node.op in functions:
+        return (("", node.op), *((attr, ref.name) for attr, ref in refs))
+    return tuple((attr, ref.name) for attr, ref in refs) if refs else ()
 
 
 def build(graph: Graph, is_stock_op=lambda op: False) -> CallGraph:  # noqa: C901 - one linear pass
@@ -130,10 +137,15 @@ def build(graph: Graph, is_stock_op=lambda op: False) -> CallGraph:  # noqa: C90
         functions.setdefault(graph.main.name, graph.main)
     cg.callable = functions
     cg.main_index = {n.name: n for n in graph.main.nodes}
+    node_calls = cg.node_calls
     for fn in (graph.main, *graph.functions.values()):
         out: list[CallEdge] = []
         for node in fn.nodes:
-            for attr, callee in _callees(node, functions):
+            calls = _callees(node, functions)
+            if not calls:
+                continue
+            node_calls[id(node)] = calls
+            for attr, callee in calls:
                 edge = CallEdge(fn.name, node.name, attr, callee)
                 if callee in functions:
                     out.append(edge)
@@ -189,7 +201,7 @@ def _bfs(cg: CallGraph, kind: EntryKind, entries: list[EntryPoint]) -> None:
             node = cg.main_index[name]
             for inp in node.inputs:
                 visit_main(tensor_node(inp), reach, node_queue)
-            for attr, callee in _callees(node, cg.callable):
+            for attr, callee in cg.calls(node):
                 edge = CallEdge(main.name, name, attr, callee)
                 enter_fn(callee, reach.hop(edge, _step(edge)))
         for fname in ep.functions:

@@ -93,7 +93,8 @@ class Dataflow:
 
     # ------------------------------------------------------------------ local analysis
     def _tensor(self, fn: Function, tensor: str) -> Taint:
-        tensor = tensor.lstrip("^")
+        if tensor[:1] == "^":
+            tensor = tensor.lstrip("^")
         name, _, rest = tensor.partition(":")
         if not rest and fn is not self.graph.main:
             syms = self._argsyms.get(fn.name)
@@ -101,26 +102,30 @@ class Dataflow:
                 syms = self._argsyms[fn.name] = {a.name: frozenset({("arg", str(j))}) for j, a in enumerate(fn.args)}
             if name in syms:
                 return syms[name]
-        outs = self._local.get(fn.name, {}).get(name)
+        table = self._local.get(fn.name)
+        outs = table.get(name) if table is not None else None
         if not outs:
             return EMPTY
+        if len(outs) == 1:  # one output: every index reads it (an index past the end too)
+            return outs[0]
         idx = 0
         if rest:
             tail = rest.rsplit(":", 1)[-1]
             idx = int(tail) if tail.isdigit() else 0
-        return outs[idx] if idx < len(outs) else outs[0] if len(outs) == 1 else frozenset().union(*outs)
+        return outs[idx] if idx < len(outs) else frozenset().union(*outs)
 
     def _plan(self, fn: Function) -> list[tuple[Node, tuple[str, ...], list[str]]]:
         """Each node with its data inputs and the library functions it calls (computed once)."""
         plan = self._plans.get(fn.name)
         if plan is None:
             functions = self.graph.functions
+            calls = self.view.cg.calls
             plan = []
             for node in fn.nodes:
                 if node.op in functions:
                     callees = [node.op]
-                else:
-                    callees = [ref.name for _, ref in node.func_refs() if ref.name in functions]
+                else:  # the call graph read the node's function attributes already
+                    callees = [callee for attr, callee in calls(node) if attr and callee in functions]
                 plan.append((node, node.data_inputs, callees))
             plan, acyclic = _topological(plan)
             self._plans[fn.name] = plan
@@ -304,9 +309,28 @@ class Dataflow:
         return frozenset(out)
 
 
+def _in_order(plan: list, names: set[str]) -> bool:
+    """Does every node come after the producers of its data inputs (names unique)?  Then the
+    order as written is topological already (TensorFlow usually writes bodies that way)."""
+    if len(names) != len(plan):
+        return False
+    seen: set[str] = set()
+    for node, data, _ in plan:
+        name = node.name
+        for t in data:
+            producer = t.split(":", 1)[0]  # data inputs carry no "^"
+            if producer in names and producer not in seen and producer != name:
+                return False
+        seen.add(name)
+    return True
+
+
 def _topological(plan: list) -> tuple[list, bool]:
-    """Order nodes so data inputs come first (Kahn); (original order, False) if there is a cycle."""
+    """Order nodes so data inputs come first (Kahn); (original order, False) if there is a cycle.
+    Every topological order gives the same one-sweep result, so a body already in order is kept."""
     names = {entry[0].name for entry in plan}
+    if _in_order(plan, names):
+        return plan, True
     deps: dict[str, set[str]] = {}
     users: dict[str, list[str]] = {}
     for node, data, _ in plan:

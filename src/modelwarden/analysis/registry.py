@@ -11,6 +11,7 @@ from modelwarden.analysis.interface import Rule, RuleMeta
 _RULES: dict[str, type[Rule]] = {}
 _META: dict[str, RuleMeta] = {}
 _loaded = False
+_ordered: list[type[Rule]] | None = None  # rule_classes(), until the next register()
 
 
 def register(cls: type[Rule]) -> type[Rule]:
@@ -20,6 +21,8 @@ def register(cls: type[Rule]) -> type[Rule]:
             raise RuntimeError(f"duplicate rule id {meta.id}")
         _META[meta.id] = meta
         _RULES[meta.id] = cls
+    global _ordered
+    _ordered = None
     return cls
 
 
@@ -37,12 +40,15 @@ def _load_builtin() -> None:
 
 
 def rule_classes() -> list[type[Rule]]:
-    """Every registered rule class, once, in id order."""
+    """Every registered rule class, once, in id order (sorted once, not per artifact)."""
+    global _ordered
     _load_builtin()
-    seen: dict[type[Rule], None] = {}
-    for rid in sorted(_RULES):
-        seen.setdefault(_RULES[rid], None)
-    return list(seen)
+    if _ordered is None:
+        seen: dict[type[Rule], None] = {}
+        for rid in sorted(_RULES):
+            seen.setdefault(_RULES[rid], None)
+        _ordered = list(seen)
+    return list(_ordered)
 
 
 def all_meta() -> list[RuleMeta]:

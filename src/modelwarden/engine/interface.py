@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from modelwarden.analysis.interface import Finding, ScanOptions
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
@@ -57,6 +57,12 @@ class Engine(ABC):
     @abstractmethod
     def run(self, candidates: Sequence[Candidate], job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
         """Every candidate's result exactly once, in completion order (the caller re-orders)."""
+
+    def run_lazily(self, candidates: Iterable[Candidate], expected: int,
+                   job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
+        """:meth:`run` over candidates produced while it runs (at most ``expected``; indices in
+        the order they were produced).  Engines that can start before the last one override it."""
+        return self.run(list(candidates), job)
 
     def close(self) -> None:
         """Release workers (idempotent)."""

@@ -2,31 +2,35 @@
 
 The pool forks after the parent has imported the scanner and loaded the rules and the
 catalog, so a worker starts in about a millisecond with them already loaded.  Work is handed
-out one artifact index at a time over a pipe (the fastest worker takes the next one); results
-come back as length-prefixed JSON records (:mod:`records`), never pickles.  A worker that dies
+out one artifact at a time over a pipe (the fastest worker takes the next one), as soon as the
+caller produces it: candidates may still be arriving (the results store hashing the next
+artifact) while the workers analyse the first.  Results come back as length-prefixed JSON
+records (:mod:`records`), never pickles.  A worker that dies
 while scanning is replaced; the artifact is retried once in a fresh worker and then reported
 as an error, never lost and never counted twice.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from modelwarden.engine import records
 from modelwarden.engine.interface import ArtifactResult, Engine, ScanJob
 from modelwarden.formats.interface import Candidate
+from modelwarden.ir import ArtifactFormat
 from modelwarden.record import field, record
 from modelwarden.report.interface import ScanError
 
 _LEN = struct.Struct(">Q")
-_IDX = struct.Struct(">q")
+_TASK = struct.Struct(">I")  # length of a task: [index, path, format, display, claimed] as JSON
 POOL_MIN_ARTIFACTS = 16  # below this a pool's start-up costs more than it saves
 MAX_ATTEMPTS = 2
-QUEUE_DEPTH = 4  # indices queued per worker: it never waits for the parent between artifacts
+QUEUE_DEPTH = 4  # artifacts queued per worker: it never waits for the parent between artifacts
 
 
 def auto_jobs() -> int:
@@ -40,6 +44,10 @@ class SerialEngine(Engine):
     name = "serial"
 
     def run(self, candidates: Sequence[Candidate], job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
+        return self.run_lazily(candidates, len(candidates), job)
+
+    def run_lazily(self, candidates: Iterable[Candidate], expected: int,
+                   job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
         from modelwarden.scanner import scan_candidate
 
         for i, cand in enumerate(candidates):
@@ -50,7 +58,7 @@ class SerialEngine(Engine):
 @record(frozen=False, slots=False)
 class _Proc:
     pid: int
-    tasks: int  # fd: parent -> worker, artifact indices
+    tasks: int  # fd: parent -> worker, candidates
     results: int  # fd: worker -> parent, records
     buf: bytearray = field(default_factory=bytearray)
     queued: list[int] = field(default_factory=list)  # indices sent and not answered yet, in order
@@ -72,21 +80,29 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return bytes(out)
 
 
-def _worker_loop(tasks: int, results: int, candidates: Sequence[Candidate], job: ScanJob) -> None:
+def _task(idx: int, cand: Candidate) -> bytes:
+    """A candidate for a worker (ASCII JSON: a path's lone surrogates survive as escapes)."""
+    data = json.dumps([idx, cand.path, cand.format.value, cand.display, list(cand.claimed)]).encode("ascii")
+    return _TASK.pack(len(data)) + data
+
+
+def _worker_loop(tasks: int, results: int, job: ScanJob) -> None:
     from modelwarden.scanner import scan_candidate
 
     while True:
-        raw = _read_exact(tasks, _IDX.size)
+        raw = _read_exact(tasks, _TASK.size)
         if raw is None:
             return
-        (idx,) = _IDX.unpack(raw)
-        if idx < 0:
+        data = _read_exact(tasks, _TASK.unpack(raw)[0])
+        if data is None:
             return
+        _, path, fmt, display, claimed = json.loads(data)  # from the parent, which wrote it above
+        cand = Candidate(path, ArtifactFormat(fmt), display, tuple(claimed))
         try:
-            payload = records.dumps(scan_candidate(candidates[idx], job)).encode("utf-8", "surrogatepass")
+            payload = records.dumps(scan_candidate(cand, job)).encode("utf-8", "surrogatepass")
         except Exception as exc:  # noqa: BLE001 - scan_candidate already catches input errors
             payload = records.dumps(ArtifactResult(None, errors=(ScanError(
-                candidates[idx].path, f"internal error while scanning ({type(exc).__name__})"),))).encode()
+                cand.path, f"internal error while scanning ({type(exc).__name__})"),))).encode("utf-8", "surrogatepass")
         _write_all(results, _LEN.pack(len(payload)) + payload)
 
 
@@ -110,18 +126,27 @@ class ForkPoolEngine(Engine):
         self.jobs = jobs
 
     def run(self, candidates: Sequence[Candidate], job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
-        n = self.jobs if self.jobs is not None else (auto_jobs() if len(candidates) >= POOL_MIN_ARTIFACTS else 1)
-        n = min(n, len(candidates))
+        return self.run_lazily(candidates, len(candidates), job)
+
+    def run_lazily(self, candidates: Iterable[Candidate], expected: int,
+                   job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
+        """The pool starts with the first candidate and takes the others as they come."""
+        n = self.jobs if self.jobs is not None else (auto_jobs() if expected >= POOL_MIN_ARTIFACTS else 1)
+        n = min(n, expected)
         if n <= 1 or not hasattr(os, "fork"):
             serial = SerialEngine()
-            yield from serial.run(candidates, job)
+            yield from serial.run_lazily(candidates, expected, job)
             self.stats.analysed += serial.stats.analysed
+            return
+        source = iter(candidates)
+        first = next(source, None)
+        if first is None:  # nothing to analyse (every candidate was in the results store): no pool
             return
         self.stats.workers = n
         _warm_up()
-        yield from self._pool(candidates, job, n)
+        yield from self._pool(first, source, job, n)
 
-    def _spawn(self, candidates: Sequence[Candidate], job: ScanJob, keep: list[int]) -> _Proc:
+    def _spawn(self, job: ScanJob, keep: list[int]) -> _Proc:
         t_r, t_w = os.pipe()
         r_r, r_w = os.pipe()
         pid = os.fork()
@@ -131,7 +156,7 @@ class ForkPoolEngine(Engine):
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 for fd in (t_w, r_r, *keep):
                     os.close(fd)
-                _worker_loop(t_r, r_w, candidates, job)
+                _worker_loop(t_r, r_w, job)
             except BaseException:  # noqa: BLE001
                 code = 70
             os._exit(code)
@@ -140,30 +165,48 @@ class ForkPoolEngine(Engine):
         os.set_blocking(r_r, False)
         return _Proc(pid, t_w, r_r)
 
-    def _pool(self, candidates: Sequence[Candidate], job: ScanJob, n: int) -> Iterator[tuple[int, ArtifactResult]]:
-        pending = list(range(len(candidates)))[::-1]  # pop() hands out in order
-        attempts = [0] * len(candidates)  # times an artifact was being read when its worker died
+    def _pool(self, first: Candidate, source: Iterator[Candidate], job: ScanJob,
+              n: int) -> Iterator[tuple[int, ArtifactResult]]:
+        candidates = [first]  # every candidate taken from ``source`` so far, by index
+        pending = [0]  # indices to hand out next (pop() takes the last): retries, then the next new one
+        attempts = [0]  # times an artifact was being read when its worker died
+        exhausted = False
         procs: dict[int, _Proc] = {}
         sel = selectors.DefaultSelector()
+
+        def take() -> int | None:
+            """The next index to hand out: a retry, else the next candidate from ``source``."""
+            nonlocal exhausted
+            if pending:
+                return pending.pop()
+            if exhausted:
+                return None
+            cand = next(source, None)
+            if cand is None:
+                exhausted = True
+                return None
+            candidates.append(cand)
+            attempts.append(0)
+            return len(candidates) - 1
 
         def parent_fds() -> list[int]:
             return [fd for p in procs.values() for fd in (p.tasks, p.results)]
 
         def start() -> _Proc:
-            p = self._spawn(candidates, job, parent_fds())
+            p = self._spawn(job, parent_fds())
             procs[p.results] = p
             sel.register(p.results, selectors.EVENT_READ)
             return p
 
         def feed(p: _Proc) -> None:
-            """Top up ``p``'s queue; a worker with nothing queued and nothing pending is retired."""
+            """Top up ``p``'s queue; a worker with nothing queued and nothing left to hand out is retired."""
             batch = []
-            while pending and len(p.queued) + len(batch) < QUEUE_DEPTH:
-                batch.append(pending.pop())
+            while len(p.queued) + len(batch) < QUEUE_DEPTH and (idx := take()) is not None:
+                batch.append(idx)
             if batch:
                 p.queued.extend(batch)
                 try:
-                    _write_all(p.tasks, b"".join(_IDX.pack(i) for i in batch))
+                    _write_all(p.tasks, b"".join(_task(i, candidates[i]) for i in batch))
                 except OSError:  # it died: its EOF hands the queue back
                     pass
             elif not p.queued:
@@ -200,6 +243,8 @@ class ForkPoolEngine(Engine):
                     yield idx, ArtifactResult(None, errors=(ScanError(
                         candidates[idx].path, f"the scanner process died while reading it ({_how(status)}); "
                         f"tried {attempts[idx]} times"),))
+            if not pending and (idx := take()) is not None:
+                pending.append(idx)  # work is left in the source: a new worker takes it
             if pending:
                 feed(start())
 

@@ -44,8 +44,10 @@ def to_dict(result: ArtifactResult) -> dict[str, Any]:
     }
 
 
-def dumps(result: ArtifactResult) -> str:
-    return json.dumps(to_dict(result), separators=(",", ":"), ensure_ascii=False)
+def dumps(result: ArtifactResult, *, ascii_only: bool = False) -> str:
+    """The record as JSON text; ``ascii_only`` escapes everything outside ASCII, lone
+    surrogates from non-UTF-8 file names included (for stores that only take valid UTF-8)."""
+    return json.dumps(to_dict(result), separators=(",", ":"), ensure_ascii=ascii_only)
 
 
 # -- decoding ----------------------------------------------------------------------------------------

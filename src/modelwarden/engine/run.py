@@ -43,35 +43,48 @@ def make_store(cache: "ResultStore | str | os.PathLike[str] | None") -> "ResultS
 def run_ordered(candidates: Sequence[Candidate], job: ScanJob, *, engine: Engine | None = None,
                 store: "ResultStore | None" = None, progress: Progress | None = None) -> Iterator[ArtifactResult]:
     """Every candidate's result in candidate order; stored results are reused, new ones stored."""
+    import contextlib
+
     from modelwarden.engine.local import SerialEngine
 
-    engine = engine or SerialEngine()
+    with store.batch() if store is not None else contextlib.nullcontext():
+        yield from _run_ordered(candidates, job, engine or SerialEngine(), store, progress)
+
+
+def _run_ordered(candidates: Sequence[Candidate], job: ScanJob, engine: Engine, store: "ResultStore | None",
+                 progress: Progress | None) -> Iterator[ArtifactResult]:
     total = len(candidates)
     results: dict[int, ArtifactResult] = {}
     keys: dict[int, str] = {}
     todo: list[int] = []
-    for i, cand in enumerate(candidates):
-        key = store.key(cand, job) if store is not None else None
-        hit = store.get(key) if store is not None and key is not None else None
-        if hit is not None:
-            results[i] = hit
-            engine.stats.cached += 1
-        else:
+
+    def misses() -> Iterator[Candidate]:
+        """The candidates to analyse, found while the engine runs: each artifact is hashed and
+        looked up when the engine asks for more work, so hashing overlaps analysis."""
+        for i, cand in enumerate(candidates):
+            key = store.key(cand, job) if store is not None else None
+            hit = store.get(key) if store is not None and key is not None else None
+            if hit is not None:
+                results[i] = hit
+                engine.stats.cached += 1
+                continue
             todo.append(i)
             if key is not None:
                 keys[i] = key
-    done = len(results)
+            yield cand
+
+    done = 0
     nxt = 0
     # no progress call before the engine starts: a fork pool must fork before the bar's thread exists
     try:
-        for j, result in engine.run([candidates[i] for i in todo], job):
+        for j, result in engine.run_lazily(misses(), total, job):
             i = todo[j]
             results[i] = result
             if store is not None and i in keys:
                 store.put(keys[i], result)
             done += 1
             if progress:
-                progress(done, total, candidates[i].display)
+                progress(done + engine.stats.cached, total, candidates[i].display)
             while nxt in results:
                 yield results.pop(nxt)
                 nxt += 1

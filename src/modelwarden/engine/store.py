@@ -13,12 +13,14 @@ by user space, so an in-place rewrite changes it).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from modelwarden import __version__
@@ -30,6 +32,7 @@ from modelwarden.ir import ArtifactFormat
 
 DB_NAME = "scan-cache.sqlite3"
 MAX_FILES_PER_ARTIFACT = 100_000
+BATCH_WRITES = 256  # writes per transaction: one commit per artifact cost more than its analysis
 _CHUNK = 1 << 20
 # what decides a result: the readers, the rules, the catalog and policy profiles, the pipeline
 _CODE_DIRS = ("formats", "analysis", "catalog", "policy")
@@ -89,6 +92,8 @@ class ResultStore:
         self._job_key: tuple[ScanJob, str] | None = None  # the job itself is held: an id() could be reused
         self.hits = 0
         self.misses = 0
+        self._batched = False
+        self._writes = 0
 
     def _check_dir(self) -> None:
         try:
@@ -104,6 +109,31 @@ class ResultStore:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the writes made inside into transactions of up to BATCH_WRITES (not one per
+        statement); a crash loses at most the open transaction, and a concurrent scan of the
+        same store waits for one batch, not for the whole scan."""
+        if self._batched:
+            yield
+            return
+        self._batched, self._writes = True, 0
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._batched = False
+            self.db.execute("COMMIT")
+
+    def _write(self, sql: str, params: tuple[str, ...]) -> None:
+        self.db.execute(sql, params)
+        if self._batched:
+            self._writes += 1
+            if self._writes >= BATCH_WRITES:
+                self.db.execute("COMMIT")
+                self.db.execute("BEGIN")
+                self._writes = 0
 
     # -- keys ----------------------------------------------------------------------------------------
 
@@ -126,7 +156,8 @@ class ResultStore:
         content = self.content_digest(cand)
         if content is None:
             return None
-        return hashlib.sha256(f"{self.job_key(job)}\0{cand.format.value}\0{cand.display}\0{content}".encode()).hexdigest()
+        text = f"{self.job_key(job)}\0{cand.format.value}\0{cand.display}\0{content}"
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()  # names need not be UTF-8
 
     def content_digest(self, cand: Candidate) -> str | None:
         """Digest of every byte the reader of ``cand`` can look at (names, link targets, contents)."""
@@ -154,16 +185,20 @@ class ResultStore:
         if not stat.S_ISDIR(st.st_mode):
             return None
         out: list[tuple[str, ...]] = []
+        # the walk joins plain names onto cand.path: relative and absolute paths are string work
+        # (os.path.relpath/abspath would ask the kernel for the working directory per file)
+        top, absolute = len(cand.path), os.path.abspath(cand.path)
         for dirpath, dirnames, filenames in os.walk(cand.path, followlinks=False):
             dirnames.sort()
             for name in sorted(dirnames + filenames):
                 full = os.path.join(dirpath, name)
-                out.append(self._entry(full, os.path.relpath(full, cand.path)))
+                rel = full[top:].lstrip("/")
+                out.append(self._entry(full, rel, os.path.join(absolute, rel)))
                 if len(out) > MAX_FILES_PER_ARTIFACT:
                     return None
         return out
 
-    def _entry(self, path: str, rel: str) -> tuple[str, ...]:
+    def _entry(self, path: str, rel: str, absolute: str = "") -> tuple[str, ...]:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
             return ("L", rel, os.readlink(path))
@@ -171,16 +206,17 @@ class ResultStore:
             return ("D", rel)
         if not stat.S_ISREG(st.st_mode):
             return ("O", rel, oct(st.st_mode))
-        return ("F", rel, self._digest(path, st))
+        return ("F", rel, self._digest(path, st, absolute))
 
-    def _digest(self, path: str, st: os.stat_result) -> str:
-        real = os.path.abspath(path)
+    def _digest(self, path: str, st: os.stat_result, absolute: str = "") -> str:
+        # a name that is not UTF-8 (lone surrogates from the file system) keyed by its escaped bytes
+        real = (absolute or os.path.abspath(path)).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         sig = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
         row = self.db.execute("SELECT sig, digest FROM files WHERE path = ?", (real,)).fetchone()
         if row and row[0] == sig:
             return row[1]
         digest = _file_digest(path)
-        self.db.execute("INSERT OR REPLACE INTO files (path, sig, digest) VALUES (?, ?, ?)", (real, sig, digest))
+        self._write("INSERT OR REPLACE INTO files (path, sig, digest) VALUES (?, ?, ?)", (real, sig, digest))
         return digest
 
     def _checkpoint_digest(self, prefix: str) -> str | None:
@@ -199,7 +235,7 @@ class ResultStore:
         try:
             result = records.loads(row[0])
         except records.RecordError:
-            self.db.execute("DELETE FROM results WHERE key = ?", (key,))
+            self._write("DELETE FROM results WHERE key = ?", (key,))
             self.misses += 1
             return None
         self.hits += 1
@@ -208,4 +244,4 @@ class ResultStore:
     def put(self, key: str, result: ArtifactResult) -> None:
         if result.errors or result.summary is None:
             return  # errors may be transient (resources, a worker lost): always try again
-        self.db.execute("INSERT OR REPLACE INTO results (key, record) VALUES (?, ?)", (key, records.dumps(result)))
+        self._write("INSERT OR REPLACE INTO results (key, record) VALUES (?, ?)", (key, records.dumps(result, ascii_only=True)))

@@ -201,9 +201,15 @@ def _hdf5_at_userblock(path: str, size: int) -> bool:
     return False
 
 
+def _below(path: str, top: str) -> str:
+    """``path`` (``top`` joined with names a walk listed) relative to ``top`` ("" for ``top``):
+    string work, where ``os.path.relpath`` asks the kernel for the working directory twice."""
+    return path[len(top):].lstrip("/")
+
+
 def _display(path: str, base: str, top: str) -> str:
-    rel = os.path.relpath(path, base)
-    return top if rel == "." else os.path.join(top, rel)
+    rel = _below(path, base)
+    return os.path.join(top, rel) if rel else top
 
 
 def discover(paths: list[str], limits: Limits = DEFAULT_LIMITS,
@@ -223,8 +229,15 @@ def discover(paths: list[str], limits: Limits = DEFAULT_LIMITS,
     return list(found.values()), errors
 
 
-def _add(found: dict[str, Candidate], cand: Candidate) -> None:
-    key = os.path.realpath(cand.path)
+def _add(found: dict[str, Candidate], cand: Candidate, real_top: str = "", top: str = "") -> None:
+    """Keep ``cand`` unless its file was found already (by real path).  Below a walked ``top``
+    every component is a real directory (links are never followed), so the real path is
+    ``real_top`` joined with the rest: one ``realpath`` per walk instead of one per artifact."""
+    if real_top:
+        rel = _below(cand.path, top)
+        key = os.path.join(real_top, rel) if rel else real_top
+    else:
+        key = os.path.realpath(cand.path)
     found.setdefault(key, cand)
 
 
@@ -278,11 +291,12 @@ def _discover_one(top: str, found: dict[str, Candidate], limits: Limits,
     from modelwarden.formats.savedmodel import find_model_files
 
     count = 0
+    real_top = os.path.realpath(top)
     stack = [top]
     while stack:
         d = stack.pop()
         if find_model_files(d):
-            _add(found, Candidate(d, ArtifactFormat.SAVEDMODEL, _display(d, top, top)))
+            _add(found, Candidate(d, ArtifactFormat.SAVEDMODEL, _display(d, top, top)), real_top, top)
             continue  # the SavedModel owns everything below it
         try:
             with os.scandir(d) as it:
@@ -291,7 +305,7 @@ def _discover_one(top: str, found: dict[str, Candidate], limits: Limits,
             raise InputError(d, f"cannot list directory: {exc.strerror}") from None
         hub = _hub_directory(d, {e.name for e in entries if e.is_file(follow_symlinks=False)}, limits)
         if hub is not None:  # the directory is an artifact; its files are still scanned one by one
-            _add(found, Candidate(d, hub, _display(d, top, top)))
+            _add(found, Candidate(d, hub, _display(d, top, top)), real_top, top)
         for e in entries:
             count += 1
             if count > limits.max_dir_entries:
@@ -305,7 +319,7 @@ def _discover_one(top: str, found: dict[str, Candidate], limits: Limits,
             elif e.is_file(follow_symlinks=False):
                 fmt = sniff(e.path)
                 if fmt is not None:
-                    _add(found, Candidate(e.path, fmt, _display(e.path, top, top)))
+                    _add(found, Candidate(e.path, fmt, _display(e.path, top, top)), real_top, top)
                 else:
                     reason = SKIP_UNRECOGNISED
             else:

@@ -16,7 +16,7 @@ from modelwarden.errors import InputError
 from modelwarden.formats import safeio, tfproto
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
 from modelwarden.formats.protoschema import read_varint
-from modelwarden.formats.tfgraph import embedded_graphs, graph_body
+from modelwarden.formats.tfgraph import embedded_graphs, graph_body, may_embed_graphs
 from modelwarden.ir import Artifact, ArtifactFormat, EntryKind, EntryPoint, Graph
 
 # TensorFlow's own naming rules: node names (python/framework/ops.py), op names
@@ -145,5 +145,5 @@ class GraphDefReader(Reader):
             source_file="",
         )
         meta = {"producer": str(producer)} if producer is not None else {}
-        graphs = (graph, *embedded_graphs(gd, "graph", path, limits))
+        graphs = (graph, *embedded_graphs(gd, "graph", path, limits)) if may_embed_graphs(main, functions, gd) else (graph,)
         return Artifact(path=path, display=candidate.display, format=self.format, graphs=graphs, metadata=meta)

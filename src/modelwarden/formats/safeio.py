@@ -116,7 +116,7 @@ def load_json(data: bytes | str, path: str, *, max_bytes: int, max_depth: int, w
 def walk_tree(root: str, max_entries: int) -> tuple[FileEntry, ...]:
     """Every entry below ``root`` (not following symlinks), with link facts, bounded."""
     entries: list[FileEntry] = []
-    real_root = os.path.realpath(root)
+    real_root = ""  # resolved on the first symlink: most trees have none, and it costs a stat per component
     stack = [""]
     while stack:
         rel = stack.pop()
@@ -139,6 +139,7 @@ def walk_tree(root: str, max_entries: int) -> tuple[FileEntry, ...]:
                     target = os.readlink(entry.path)
                 except OSError:
                     target = ""
+                real_root = real_root or os.path.realpath(root)
                 resolved = os.path.realpath(entry.path)
                 inside = resolved == real_root or resolved.startswith(real_root + os.sep)
                 entries.append(FileEntry(relpath, FileKind.SYMLINK, 0, st.st_nlink, target, inside))

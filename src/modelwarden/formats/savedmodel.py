@@ -15,7 +15,7 @@ from typing import Any
 from modelwarden.errors import InputError
 from modelwarden.formats import safeio, tfproto
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
-from modelwarden.formats.tfgraph import embedded_graphs, graph_body, shape_dims
+from modelwarden.formats.tfgraph import embedded_graphs, graph_body, may_embed_graphs, shape_dims
 from modelwarden.ir import (
     Artifact,
     ArtifactFormat,
@@ -41,12 +41,16 @@ RESOURCE_LOAD_FUNCTIONS = ("_create_resource", "_initialize")
 MAX_ASSETS = 100_000
 
 
-def find_model_files(directory: str) -> list[str]:
-    """The graph files TensorFlow would consider in a SavedModel directory (.pb first)."""
+GRAPH_FILE_NAMES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+def find_model_files(directory: str, listed: "set[str] | None" = None) -> list[str]:
+    """The graph files TensorFlow would consider in a SavedModel directory (.pb first);
+    ``listed``: the names of the directory's entries, when already known (no stat each)."""
     return [
         os.path.join(directory, name)
-        for name in ("saved_model.pb", "saved_model.pbtxt")
-        if os.path.lexists(os.path.join(directory, name))
+        for name in GRAPH_FILE_NAMES
+        if (name in listed if listed is not None else os.path.lexists(os.path.join(directory, name)))
     ]
 
 
@@ -266,7 +270,8 @@ class SavedModelReader(Reader):
         root = candidate.path
         standalone = os.path.isfile(root)  # a SavedModel proto file outside its directory
         files = () if standalone else safeio.walk_tree(root, limits.max_dir_entries)
-        graph_files = [root] if standalone else find_model_files(root)
+        listed = {f.relpath for f in files}  # what the walk saw: the existence checks below need no stat
+        graph_files = [root] if standalone else find_model_files(root, listed)
         if not graph_files:
             raise InputError(root, "no saved_model.pb or saved_model.pbtxt in this directory")
         graphs: list[Graph] = []
@@ -280,37 +285,38 @@ class SavedModelReader(Reader):
             for i, mg in enumerate(sm.meta_graphs):
                 g = meta_graph_to_ir(mg, i, rel, gf, limits)
                 graphs.append(g)
-                graphs.extend(embedded_graphs(mg.graph_def, g.name, gf, limits))
+                if may_embed_graphs(g.main, g.functions, mg.graph_def):
+                    graphs.extend(embedded_graphs(mg.graph_def, g.name, gf, limits))
                 if g.tf_version:
                     metadata.setdefault("tensorflow_version", g.tf_version)
                 if g.producer is not None:
                     metadata.setdefault("producer", str(g.producer))
         if standalone:
             return Artifact(root, candidate.display, self.format, graphs=tuple(graphs), metadata=metadata)
-        metadata.update(self._fingerprint(root, limits))
+        metadata.update(self._fingerprint(root, limits, listed))
         return Artifact(
             path=root,
             display=candidate.display,
             format=self.format,
             graphs=tuple(graphs),
-            keras=self._keras_metadata(root, limits),
+            keras=self._keras_metadata(root, limits, listed),
             checkpoints=self._variables(root, candidate.display, limits),
             files=files,
             metadata=metadata,
         )
 
     @staticmethod
-    def _fingerprint(root: str, limits: Limits) -> dict[str, str]:
+    def _fingerprint(root: str, limits: Limits, listed: "set[str] | None" = None) -> dict[str, str]:
         path = os.path.join(root, "fingerprint.pb")
-        if not os.path.lexists(path):
+        if not ("fingerprint.pb" in listed if listed is not None else os.path.lexists(path)):
             return {}
         fp = tfproto.parse("FingerprintDef", safeio.read_file(path, 1 << 20, what="fingerprint"), path)
         return {"fingerprint_checksum": str(fp.saved_model_checksum)}
 
     @staticmethod
-    def _keras_metadata(root: str, limits: Limits) -> KerasModel | None:
+    def _keras_metadata(root: str, limits: Limits, listed: "set[str] | None" = None) -> KerasModel | None:
         path = os.path.join(root, "keras_metadata.pb")
-        if not os.path.lexists(path):
+        if not ("keras_metadata.pb" in listed if listed is not None else os.path.lexists(path)):
             return None
         from modelwarden.formats.keras_config import model_from_keras_metadata
 

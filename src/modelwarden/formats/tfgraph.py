@@ -228,6 +228,15 @@ MAX_EMBEDDED_DEPTH = 4
 MAX_EMBEDDED = 64
 
 
+def may_embed_graphs(main: Function, functions: dict[str, Function], graph_def: Any) -> bool:
+    """Could :func:`embedded_graphs` find anything in ``graph_def``?  Only a node whose op runs a
+    serialized graph carries one, and the IR built from ``graph_def`` holds every node unless its
+    library names a function twice (the IR keeps the first): then look at the protobuf itself."""
+    if len(functions) != len(graph_def.library.function):
+        return True
+    return any(n.op in GRAPH_DEF_INPUTS for fn in (main, *functions.values()) for n in fn.nodes)
+
+
 def embedded_graphs(graph_def: Any, owner: str, path: str, limits: Limits = DEFAULT_LIMITS,
                     depth: int = 0, budget: list[int] | None = None) -> list[Any]:
     """The serialized GraphDefs that graph-running ops of ``graph_def`` are given as constants,

@@ -29,6 +29,8 @@ def clean(text: object, *, newlines: bool = False) -> str:
     escape sequences or invalid UTF-8 into a report.
     """
     s = text if isinstance(text, str) else str(text)
+    if s.isascii() and s.isprintable():  # the common case: nothing to escape (no control, no surrogate)
+        return s
     s = s.encode("utf-8", "backslashreplace").decode("utf-8")
     pattern = _UNSAFE if newlines else _UNSAFE_OR_NEWLINE
     return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)

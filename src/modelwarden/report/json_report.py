@@ -6,11 +6,10 @@ added, never removed, renamed or retyped.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from modelwarden.analysis.interface import Finding, Severity
-from modelwarden.report import clean
+from modelwarden.report import clean, jsontext
 from modelwarden.report.interface import EXIT_EMPTY, ArtifactSummary, Renderer, Report
 
 SCHEMA_VERSION = "1.1"
@@ -71,11 +70,23 @@ def finding_dict(f: Finding, *, suppressed: bool = False) -> dict[str, Any]:
     return out
 
 
-def artifact_dict(a: ArtifactSummary, report: Report) -> dict[str, Any]:
-    counts = {s.label: 0 for s in Severity}
+def _counts_by_artifact(report: Report) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Findings per artifact and severity, and suppressed findings per artifact (one pass each)."""
+    counts: dict[str, dict[str, int]] = {}
     for f in report.findings:
-        if f.location.artifact == a.display:
-            counts[f.severity.label] += 1
+        per = counts.get(f.location.artifact)
+        if per is None:
+            per = counts[f.location.artifact] = {s.label: 0 for s in Severity}
+        per[f.severity.label] += 1
+    suppressed: dict[str, int] = {}
+    for f in report.suppressed:
+        suppressed[f.location.artifact] = suppressed.get(f.location.artifact, 0) + 1
+    return counts, suppressed
+
+
+def artifact_dict(a: ArtifactSummary, report: Report,
+                  tallies: tuple[dict[str, dict[str, int]], dict[str, int]] | None = None) -> dict[str, Any]:
+    counts, suppressed = tallies if tallies is not None else _counts_by_artifact(report)
     return {
         "display": _s(a.display),
         "path": _s(a.path),
@@ -84,13 +95,14 @@ def artifact_dict(a: ArtifactSummary, report: Report) -> dict[str, Any]:
         "functions": a.functions,
         "nodes": a.nodes,
         "metadata": {_s(k): _s(v) for k, v in a.metadata.items()},
-        "counts": counts,
-        "suppressed": sum(1 for f in report.suppressed if f.location.artifact == a.display),
+        "counts": dict(counts.get(a.display) or {s.label: 0 for s in Severity}),
+        "suppressed": suppressed.get(a.display, 0),
     }
 
 
 def report_dict(report: Report, verbose: bool = False) -> dict[str, Any]:
     """The report as plain JSON-ready data (schema ``SCHEMA_VERSION``)."""
+    tallies = _counts_by_artifact(report)  # not per artifact: a directory of n models is not O(n²)
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "modelwarden", "version": report.tool_version},
@@ -102,7 +114,7 @@ def report_dict(report: Report, verbose: bool = False) -> dict[str, Any]:
         "inputs": [_s(i) for i in report.inputs],
         "counts": report.counts(),
         "failing": len(report.failing()),
-        "artifacts": [artifact_dict(a, report) for a in report.artifacts],
+        "artifacts": [artifact_dict(a, report, tallies) for a in report.artifacts],
         "findings": [finding_dict(f) for f in report.findings],
         "suppressed": [finding_dict(f, suppressed=True) for f in report.suppressed],
         "errors": [{"path": _s(e.path), "message": _s(e.message)} for e in report.errors],
@@ -119,4 +131,4 @@ class JsonRenderer(Renderer):
         self.verbose = verbose  # list every file that was not scanned
 
     def render(self, report: Report) -> str:
-        return json.dumps(report_dict(report, self.verbose), indent=self.indent, ensure_ascii=False) + "\n"
+        return jsontext.dumps(report_dict(report, self.verbose), self.indent) + "\n"

@@ -9,13 +9,12 @@ inputs are ``toolExecutionNotifications``.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 from urllib.parse import quote
 
 from modelwarden.analysis.interface import Finding, RuleMeta, Severity
-from modelwarden.report import clean
+from modelwarden.report import clean, jsontext
 from modelwarden.report.interface import Renderer, Report
 
 SARIF_VERSION = "2.1.0"
@@ -216,4 +215,4 @@ class SarifRenderer(Renderer):
         self.verbose = verbose  # one notification per file that was not scanned
 
     def render(self, report: Report) -> str:
-        return json.dumps(sarif_dict(report, self.verbose), indent=self.indent, ensure_ascii=False) + "\n"
+        return jsontext.dumps(sarif_dict(report, self.verbose), self.indent) + "\n"
