@@ -7,7 +7,7 @@ Servers (all on 127.0.0.1, TensorFlow Serving / KServe V1 REST: POST /v1/models/
 - modelwarden: TLS off, auth ON (bearer token), sandbox ON (namespaces + seccomp + cgroups), scan gate on
                (the per-token rate limit is raised: its default, 1000/s, would cap the one bench token);
 - modelwarden+batch: the same with server-side batching ([batching] enabled, max 32 rows, 2 ms) (--batching);
-- baseline:    uvicorn + starlette + modelwarden's codec calling TensorFlow IN-PROCESS,
+- baseline:    uvicorn + starlette (the [bench] extra) + modelwarden's codec calling TensorFlow IN-PROCESS,
                no auth, no sandbox (what "just wrap TF in a web server" costs);
 - kserve:      KServe's Python model server (``kserve.ModelServer``, V1 protocol) with the same SavedModel
                loaded in-process; only if ``import kserve`` works in bench/.work/venv (never system-wide): ``python -m

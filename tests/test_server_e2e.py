@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 httpx = pytest.importorskip("httpx")
-for _mod in ("uvicorn", "starlette"):  # the [serve] extra: pip install -e '.[dev,tf,serve]'
+for _mod in ("uvicorn", "orjson", "grpc"):  # the [serve] extra: pip install -e '.[dev,tf,serve]'
     pytest.importorskip(_mod, reason=f"{_mod} missing: `modelwarden serve` needs the [serve] extra")
 
 from modelwarden.server.auth import TokenStore  # noqa: E402

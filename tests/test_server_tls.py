@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 httpx = pytest.importorskip("httpx")
-for _mod in ("uvicorn", "starlette"):  # the [serve] extra: pip install -e '.[dev,tf,serve]'
+for _mod in ("uvicorn", "orjson", "grpc"):  # the [serve] extra: pip install -e '.[dev,tf,serve]'
     pytest.importorskip(_mod, reason=f"{_mod} missing: `modelwarden serve` needs the [serve] extra")
 x509 = pytest.importorskip("cryptography.x509")
 

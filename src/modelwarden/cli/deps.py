@@ -31,7 +31,7 @@ class Requirement:
 
 RUN = (Requirement("tensorflow", "tf", "`modelwarden run` and `serve`"),
        Requirement("numpy", "tf", "`modelwarden run` and `serve`"))
-SERVE = (Requirement("starlette", "serve", "`modelwarden serve`"), Requirement("uvicorn", "serve", "`modelwarden serve`"))
+SERVE = tuple(Requirement(m, "serve", "`modelwarden serve`") for m in ("uvicorn", "orjson", "grpc"))
 
 
 class MissingDependency(ModelwardenError):
