@@ -28,7 +28,11 @@ memory and the template experiment use the first one.
    no spare) under a request loop; the worker (pid 1 of its sandbox) is SIGKILLed and the time until a
    request succeeds again is measured, with and without the template.
 
-``--only cold,cold-template,replace`` runs just those sections (each takes a minute or two);
+7. one-shot ``modelwarden run`` (``--only run``): whole processes from start to exit, a fresh
+   ``python -c "import tensorflow; load; predict; print"`` against ``python -m modelwarden run``
+   without and with the scan gate, alternating, plus where the time of one sandboxed run goes.
+
+``--only cold,run,cold-template,replace`` runs just those sections (each takes a minute or two);
 a full run ends with 5 and 6 when the first backend is ``auto`` or ``namespaces``.
 """
 
@@ -256,6 +260,69 @@ def cold(models: Path, n: int, backend: str = "auto") -> dict:
     return {"unsandboxed_s": b, "sandbox_s": s, "ratio": s / b, "sandbox_with_scan_s": c, "ratio_with_scan": c / b}
 
 
+# -- one-shot `modelwarden run` (issue 13) ---------------------------------------------------------
+
+BASELINE_EXIT = r"""
+import json, sys, numpy as np
+import tensorflow as tf
+f = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+x = np.asarray(json.loads(sys.argv[2])["x"], np.float32)
+print(json.dumps({"y": f(x=tf.constant(x))["y"].numpy().tolist()}))
+"""
+
+PARTS = r"""
+import json, sys, time
+t0 = time.monotonic()
+import numpy as np
+from modelwarden.sandbox import Sandbox, SandboxLimits
+import modelwarden.cli.run_cmd
+t1 = time.monotonic()
+with Sandbox(SandboxLimits(load_timeout_s=300), template=False) as sb:
+    m = sb.load(sys.argv[1], scan=sys.argv[2] == "scan")
+    t2 = time.monotonic()
+    m.predict({"x": np.asarray(json.loads(sys.argv[3])["x"], np.float32)})
+    t3 = time.monotonic()
+print(json.dumps({"cli_imports_s": t1 - t0, **sb.timings, "worker_tf_import_s": sb._worker.ready_info.get("import_s"),
+                  "predict_s": t3 - t2, "teardown_s": time.monotonic() - t3}))
+"""
+
+
+def _wall(cmd: list[str]) -> float:
+    """Seconds from start to exit of ``cmd`` (which must succeed and print something)."""
+    env = dict(ENV, PYTHONPATH=str(ROOT / "src"))  # this checkout's modelwarden, not an installed one
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=400)
+    elapsed = time.perf_counter() - t0
+    if res.returncode != 0 or not res.stdout.strip():
+        raise RuntimeError(f"{cmd[:4]} failed ({res.returncode}): {res.stderr[-500:]}")
+    return elapsed
+
+
+def oneshot(models: Path, n: int) -> dict:
+    """Whole processes, start to exit: ``python -c "import tensorflow; load; predict; print"`` against
+    ``python -m modelwarden run`` (without and with the scan gate), alternating; then where the
+    time of one sandboxed run goes (a library run that prints its own clock)."""
+    import numpy as np
+
+    dense = str(models / "dense")
+    x = json.dumps({"x": np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32).tolist()})
+    run = [sys.executable, "-m", "modelwarden", "run", dense, "--inputs", x, "--backend", "namespaces"]
+    base, plain, gated = [], [], []
+    for _ in range(n):
+        base.append(_wall([sys.executable, "-c", BASELINE_EXIT, dense, x]))
+        plain.append(_wall(run + ["--skip-scan"]))
+        gated.append(_wall(run))
+    parts = {}
+    for mode in ("noscan", "scan"):
+        env = dict(ENV, PYTHONPATH=str(ROOT / "src"))
+        res = subprocess.run([sys.executable, "-c", PARTS, dense, mode, x], capture_output=True, text=True, env=env,
+                             cwd=ROOT, timeout=400, check=True)
+        parts[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    b, s, c = statistics.median(base), statistics.median(plain), statistics.median(gated)
+    return {"unsandboxed_s": b, "run_s": s, "ratio": s / b, "run_with_scan_s": c, "ratio_with_scan": c / b,
+            "all_unsandboxed_s": base, "all_run_s": plain, "all_run_with_scan_s": gated, "parts": parts}
+
+
 # -- memory ----------------------------------------------------------------------------------------
 
 
@@ -421,7 +488,8 @@ def main() -> int:
     ap.add_argument("--cold", type=int, default=3, help="cold starts per variant (0: skip the cold-start part)")
     ap.add_argument("--backend", action="append", default=None,
                     help="sandbox backend to measure (repeatable; default: auto)")
-    ap.add_argument("--only", default="", help="comma-separated: cold, cold-template, replace (default: everything)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated: cold, run, cold-template, replace (default: everything but run)")
     ap.add_argument("--replace-rounds", type=int, default=5)
     ap.add_argument("--warm-only", action="store_true", help="skip the cold-start, memory and template parts")
     ap.add_argument("--no-socket", action="store_true",
@@ -500,6 +568,14 @@ def only(args: argparse.Namespace, models: Path, results: dict, parts: set[str] 
         c = results["cold"] = cold(models, args.cold)
         print(f"cold start, fresh processes: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> "
               f"{c['ratio']:.3f}x; with the scan gate {c['sandbox_with_scan_s']:.2f} s -> {c['ratio_with_scan']:.3f}x")
+    if "run" in parts:
+        c = results["run"] = oneshot(models, args.cold)
+        print(f"one-shot `modelwarden run`, whole processes: unsandboxed {c['unsandboxed_s']:.2f} s, run --skip-scan "
+              f"{c['run_s']:.2f} s -> {c['ratio']:.3f}x; run with the scan gate {c['run_with_scan_s']:.2f} s -> "
+              f"{c['ratio_with_scan']:.3f}x (target < 1.0x)")
+        for mode, p in c["parts"].items():
+            print(f"  where the time goes ({mode}, seconds since start unless noted): " + ", ".join(
+                f"{k} {v:.3f}" for k, v in p.items() if isinstance(v, (int, float))))
     if "cold-template" in parts:
         c = results["cold_template"] = cold_template(models, args.cold)
         print(f"cold start from a parent with a warm template: unsandboxed fresh process {c['unsandboxed_s']:.2f} s, "

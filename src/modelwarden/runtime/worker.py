@@ -26,18 +26,13 @@ class WorkerError(Exception):
 
 def main(fd: int, cfg: dict, layers: dict | None = None) -> int:
     sock = socket.socket(fileno=fd)
-    model = cfg.get("model") or {}
-    if model.get("recheck"):
-        # The second opinion runs before TensorFlow is even imported (and while the parent
-        # runs its own scan): no byte of the model reaches TensorFlow unless both agree.
-        try:
-            recheck(str(model["path"]), model.get("policy"), model.get("fail_on"))
-        except WorkerError as exc:
-            protocol.send_frame(sock, {"op": "ready", "ok": False, "error": exc.code, "message": str(exc)[:8000]})
-            return 0
+    # TensorFlow is imported before the model exists in here: the parent hands the model over
+    # only once its scan gate passed (the built-in backend copies it in meanwhile), and the
+    # in-sandbox re-check runs on the ``load`` request, before TensorFlow touches a byte of it.
     t0 = time.monotonic()
-    import tensorflow as tf  # noqa: F401 - the one place TF is imported
+    from modelwarden.runtime.imports import tensorflow_without_optional_extras
 
+    tf = tensorflow_without_optional_extras()  # the one place TF is imported
     import_s = time.monotonic() - t0
     protocol.send_frame(sock, {"op": "ready", "ok": True, "tf": tf.__version__, "import_s": round(import_s, 3)})
     worker = Worker(tf, cfg, layers or {})
@@ -175,7 +170,10 @@ class Worker:
         if op == "introspect":
             from modelwarden.runtime.introspect import introspect
 
-            return {"ok": True, "info": introspect(self.layers)}, []
+            model = self.cfg.get("model") or {}
+            path = str(model.get("path") or "")
+            return {"ok": True, "info": introspect(self.layers, path if model.get("kind") == "saved_model"
+                                                   else os.path.dirname(path))}, []
         raise WorkerError("sandbox_error", f"unknown op {str(op)[:40]!r}")
 
     # -- load ------------------------------------------------------------------------------------
@@ -185,6 +183,9 @@ class Worker:
             raise WorkerError("sandbox_error", "a model is already loaded in this worker")
         path = str(header["path"])
         kind = str(header["kind"])
+        model = self.cfg.get("model") or {}
+        if model.get("recheck"):  # the second opinion: no byte reaches TensorFlow unless both scans agree
+            recheck(str(model["path"]), model.get("policy"), model.get("fail_on"))
         try:
             if kind == "saved_model":
                 self._load_saved_model(path)
