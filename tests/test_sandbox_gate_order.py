@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from modelwarden.sandbox import Sandbox, SandboxLimits, ScanRefused, snapshot, template
+from modelwarden.sandbox import OpBlocked, Sandbox, SandboxLimits, ScanRefused, snapshot, template
 from modelwarden.sandbox.namespaces import probe_namespaces
 
 _NS_OK, _NS_WHY = probe_namespaces()
@@ -56,6 +56,15 @@ def watch(monkeypatch):
     return seen
 
 
+def test_a_model_the_in_sandbox_recheck_refuses_is_refused_and_the_worker_killed(fixture_dir, spawn):
+    """The re-check runs in a child of the worker while it imports TensorFlow; its verdict still
+    stops the load (scan gate off, re-check on: only the re-check can refuse)."""
+    with Sandbox(SandboxLimits(load_timeout_s=300), backend="namespaces") as sb:
+        with pytest.raises(OpBlocked, match="re-check refused"):
+            sb.load(fixture_dir("build_escape") / "fileops", scan=False, recheck=True)
+        assert not sb.alive
+
+
 def test_a_refused_model_never_reaches_the_worker(fixture_dir, spawn, watch):
     model = fixture_dir("build_escape") / "fileops"  # ReadFile/WriteFile: the gate refuses it
     sb = Sandbox(SandboxLimits(load_timeout_s=300), backend="namespaces")
@@ -77,6 +86,9 @@ def test_control_an_accepted_model_arrives_after_the_gate_and_runs(fixture_dir, 
         model = sb.load(d / "dense")
         assert watch["at_gate"]["model_dir"] == []
         assert watch["sent"] == [(True, watch["sent"][0][1])] and "saved_model.pb" in watch["sent"][0][1]
-        assert sb.introspect()["model_dir"] == sorted(os.listdir(d / "dense"))  # the same worker sees it now
+        info = sb.introspect()
+        assert info["model_dir"] == sorted(os.listdir(d / "dense"))  # the same worker sees it now
+        assert info["proc_pids"] == ["1"]  # the early re-check's child is gone (reaped at load)
+        assert any(m.startswith("tmpfs /model tmpfs ro,") for m in info["mounts"]), info["mounts"]  # read-only
         out = model.predict({"x": np.asarray(expected["x"], np.float32)})
         np.testing.assert_allclose(out["y"], expected["y"], rtol=1e-5)

@@ -142,6 +142,10 @@ def boot_main(fd: int, model_fd: int | None = None) -> None:
             raise RuntimeError("no channel to receive the model on")
         dests = _mount_copies(copies)  # directory fds: D's pivot_root detaches their paths before the copy
         sources.update({copy["root"]: dest for copy, dest in zip(copies, dests)})  # D binds them, then closes its copies
+        # "the model is all there": B writes one byte once the copy is complete and read-only, so the
+        # worker can re-check it while it is still importing TensorFlow (runtime/worker.py)
+        arrived_r, arrived_w = os.pipe() if copies else (None, None)
+        cfg["arrived_fd"] = arrived_r
         r, w = os.pipe()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
         _fatal(fd, "boot", exc)
@@ -158,18 +162,22 @@ def boot_main(fd: int, model_fd: int | None = None) -> None:
             _fatal(fd, "init", exc)
         os._exit(0)
     os.close(r)
+    if arrived_r is not None:
+        os.close(arrived_r)
     try:
         _send_json(fd, {"op": "boot", "pid": pid})
     except OSError:
         os._exit(70)
     os.write(w, b"g")
     os.close(w)
-    linux.close_fds_except({0, 1, 2} | ({model_fd, *dests} if copies and model_fd is not None else set()))
+    linux.close_fds_except({0, 1, 2} | ({model_fd, arrived_w, *dests} if copies and model_fd is not None else set()))
     if copies and model_fd is not None:
         try:
             _receive_copies(model_fd, copies, dests)
+            os.write(arrived_w, b"c")
         except BaseException as exc:  # noqa: BLE001 - reported to the parent; D dies with us
             _fatal(model_fd, "copying the model in", exc)
+        os.close(arrived_w)
         os.close(model_fd)
     while True:
         try:
@@ -394,7 +402,8 @@ def harden_and_run(fd: int, cfg: dict) -> None:
     apply_rlimits(lim, memory_by_cgroup=cfg.get("memory_by_cgroup", False),
                   pids_by_cgroup=cfg.get("pids_by_cgroup", False),
                   gvisor=cfg.get("layers", {}).get("backend") == "gvisor")
-    linux.close_fds_except({0, 1, 2, fd})
+    arrived = cfg.get("arrived_fd")
+    linux.close_fds_except({0, 1, 2, fd} | ({arrived} if arrived is not None else set()))
     if cfg.get("drop_caps", True):
         if cfg.get("layers", {}).get("backend") != "gvisor":  # under gVisor uid 0 is the Sentry's, not the host's
             linux.assert_not_host_root()
@@ -409,7 +418,8 @@ def harden_and_run(fd: int, cfg: dict) -> None:
     _relocate(cfg)
     from modelwarden.runtime.worker import main
 
-    rc = main(fd, cfg["runtime"], layers={"seccomp": seccomp_summary is not None, **cfg.get("layers", {})})
+    rc = main(fd, cfg["runtime"], layers={"seccomp": seccomp_summary is not None, **cfg.get("layers", {})},
+              arrived_fd=arrived)
     sys.stdout.flush()
     os._exit(rc)
 
