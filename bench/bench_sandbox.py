@@ -28,8 +28,9 @@ memory and the template experiment use the first one.
    no spare) under a request loop; the worker (pid 1 of its sandbox) is SIGKILLed and the time until a
    request succeeds again is measured, with and without the template.
 
-7. one-shot ``modelwarden run`` (``--only run``): whole processes from start to exit, a fresh
-   ``python -c "import tensorflow; load; predict; print"`` against ``python -m modelwarden run``
+7. one-shot ``modelwarden run`` (``--only run``): whole processes, time to the output and to
+   exit, a fresh ``python -c "import tensorflow; load; predict; print"`` (as is, and importing
+   TensorFlow the way the worker does: runtime/imports.py) against ``python -m modelwarden run``
    without and with the scan gate, alternating, plus where the time of one sandboxed run goes.
 
 ``--only cold,run,cold-template,replace`` runs just those sections (each takes a minute or two);
@@ -264,10 +265,14 @@ def cold(models: Path, n: int, backend: str = "auto") -> dict:
 
 BASELINE_EXIT = r"""
 import json, sys, numpy as np
-import tensorflow as tf
+if sys.argv[3] == "trimmed":  # the worker's own import: no sklearn/pandas/scipy (runtime/imports.py)
+    from modelwarden.runtime.imports import tensorflow_without_optional_extras
+    tf = tensorflow_without_optional_extras()
+else:
+    import tensorflow as tf
 f = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
 x = np.asarray(json.loads(sys.argv[2])["x"], np.float32)
-print(json.dumps({"y": f(x=tf.constant(x))["y"].numpy().tolist()}))
+print(json.dumps({"y": f(x=tf.constant(x))["y"].numpy().tolist()}), flush=True)
 """
 
 PARTS = r"""
@@ -287,40 +292,54 @@ print(json.dumps({"cli_imports_s": t1 - t0, **sb.timings, "worker_tf_import_s": 
 """
 
 
-def _wall(cmd: list[str]) -> float:
-    """Seconds from start to exit of ``cmd`` (which must succeed and print something)."""
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """Seconds from start to the first line of output, and to exit, of ``cmd`` (which must succeed)."""
     env = dict(ENV, PYTHONPATH=str(ROOT / "src"))  # this checkout's modelwarden, not an installed one
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=400)
-    elapsed = time.perf_counter() - t0
-    if res.returncode != 0 or not res.stdout.strip():
-        raise RuntimeError(f"{cmd[:4]} failed ({res.returncode}): {res.stderr[-500:]}")
-    return elapsed
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
+    line = p.stdout.readline()
+    t_out = time.perf_counter() - t0
+    p.stdout.read()
+    rc = p.wait(timeout=400)
+    t_exit = time.perf_counter() - t0
+    if rc != 0 or not line.strip():
+        raise RuntimeError(f"{cmd[:4]} failed ({rc})")
+    return t_out, t_exit
 
 
 def oneshot(models: Path, n: int) -> dict:
-    """Whole processes, start to exit: ``python -c "import tensorflow; load; predict; print"`` against
-    ``python -m modelwarden run`` (without and with the scan gate), alternating; then where the
-    time of one sandboxed run goes (a library run that prints its own clock)."""
+    """Whole processes: ``python -c "import tensorflow; load; predict; print"`` (as is, and with the
+    worker's trimmed import) against ``python -m modelwarden run`` (without and with the scan gate),
+    alternating; time to the output and to exit.  Then where the time of one sandboxed run goes
+    (a library run that prints its own clock)."""
     import numpy as np
 
     dense = str(models / "dense")
     x = json.dumps({"x": np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32).tolist()})
     run = [sys.executable, "-m", "modelwarden", "run", dense, "--inputs", x, "--backend", "namespaces"]
-    base, plain, gated = [], [], []
+    variants = {"unsandboxed": [sys.executable, "-c", BASELINE_EXIT, dense, x, "plain"],
+                "unsandboxed_trimmed": [sys.executable, "-c", BASELINE_EXIT, dense, x, "trimmed"],
+                "run": run + ["--skip-scan"], "run_with_scan": run}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     for _ in range(n):
-        base.append(_wall([sys.executable, "-c", BASELINE_EXIT, dense, x]))
-        plain.append(_wall(run + ["--skip-scan"]))
-        gated.append(_wall(run))
-    parts = {}
+        for name, cmd in variants.items():
+            times[name].append(_timed(cmd))
+    out: dict = {}
+    for name, ts in times.items():
+        out[f"{name}_output_s"] = statistics.median(t for t, _ in ts)
+        out[f"{name}_exit_s"] = statistics.median(t for _, t in ts)
+        out[f"all_{name}_s"] = ts
+    for what in ("output", "exit"):
+        for name in ("run", "run_with_scan"):
+            out[f"{name}_{what}_ratio"] = out[f"{name}_{what}_s"] / out[f"unsandboxed_{what}_s"]
+            out[f"{name}_{what}_ratio_vs_trimmed"] = out[f"{name}_{what}_s"] / out[f"unsandboxed_trimmed_{what}_s"]
+    out["parts"] = {}
     for mode in ("noscan", "scan"):
         env = dict(ENV, PYTHONPATH=str(ROOT / "src"))
         res = subprocess.run([sys.executable, "-c", PARTS, dense, mode, x], capture_output=True, text=True, env=env,
                              cwd=ROOT, timeout=400, check=True)
-        parts[mode] = json.loads(res.stdout.strip().splitlines()[-1])
-    b, s, c = statistics.median(base), statistics.median(plain), statistics.median(gated)
-    return {"unsandboxed_s": b, "run_s": s, "ratio": s / b, "run_with_scan_s": c, "ratio_with_scan": c / b,
-            "all_unsandboxed_s": base, "all_run_s": plain, "all_run_with_scan_s": gated, "parts": parts}
+        out["parts"][mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
 
 
 # -- memory ----------------------------------------------------------------------------------------
@@ -570,9 +589,13 @@ def only(args: argparse.Namespace, models: Path, results: dict, parts: set[str] 
               f"{c['ratio']:.3f}x; with the scan gate {c['sandbox_with_scan_s']:.2f} s -> {c['ratio_with_scan']:.3f}x")
     if "run" in parts:
         c = results["run"] = oneshot(models, args.cold)
-        print(f"one-shot `modelwarden run`, whole processes: unsandboxed {c['unsandboxed_s']:.2f} s, run --skip-scan "
-              f"{c['run_s']:.2f} s -> {c['ratio']:.3f}x; run with the scan gate {c['run_with_scan_s']:.2f} s -> "
-              f"{c['ratio_with_scan']:.3f}x (target < 1.0x)")
+        for what in ("output", "exit"):
+            print(f"one-shot `modelwarden run`, time to {what}: unsandboxed {c[f'unsandboxed_{what}_s']:.2f} s "
+                  f"(trimmed import {c[f'unsandboxed_trimmed_{what}_s']:.2f} s), run --skip-scan "
+                  f"{c[f'run_{what}_s']:.2f} s -> {c[f'run_{what}_ratio']:.3f}x "
+                  f"({c[f'run_{what}_ratio_vs_trimmed']:.3f}x), with the scan gate {c[f'run_with_scan_{what}_s']:.2f} s "
+                  f"-> {c[f'run_with_scan_{what}_ratio']:.3f}x ({c[f'run_with_scan_{what}_ratio_vs_trimmed']:.3f}x) "
+                  "(target < 1.0x)")
         for mode, p in c["parts"].items():
             print(f"  where the time goes ({mode}, seconds since start unless noted): " + ", ".join(
                 f"{k} {v:.3f}" for k, v in p.items() if isinstance(v, (int, float))))

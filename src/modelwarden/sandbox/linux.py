@@ -96,7 +96,11 @@ def reconfigure_fs(dir_fd: int, options: dict[str, str | None]) -> None:
     """Change the filesystem whose root is ``dir_fd`` as a whole (superblock: e.g. a tmpfs's
     ``size``, ``nr_inodes``, ``ro``; None sets a flag), through ``fspick``/``fsconfig``: works
     when the mount is detached or in another mount namespace, which ``mount(MS_REMOUNT)`` refuses."""
-    fs = _check(_libc.syscall(SYS_fspick, dir_fd, b"", FSPICK_EMPTY_PATH | FSPICK_CLOEXEC), "fspick")
+    fs = _libc.syscall(SYS_fspick, dir_fd, b"", FSPICK_EMPTY_PATH | FSPICK_CLOEXEC)
+    if fs < 0 and ctypes.get_errno() == errno.ENOSYS:
+        raise OSError(errno.ENOSYS, "fspick: this kernel lacks the new mount API (Linux 5.2+ is needed to "
+                                    "copy the model into the sandbox after the scan gate)")
+    _check(fs, "fspick")
     try:
         for key, value in options.items():
             if value is None:
