@@ -32,7 +32,12 @@ memory and the template experiment use the first one.
    no spare) under a request loop; the worker (pid 1 of its sandbox) is SIGKILLed and the time until a
    request succeeds again is measured, with and without the template.
 
-``--only cold,cold-template,replace`` runs just those sections (each takes a minute or two);
+7. one-shot ``modelwarden run`` (``--only run``): whole processes, time to the output and to
+   exit, a fresh ``python -c "import tensorflow; load; predict; print"`` (as is, and importing
+   TensorFlow the way the worker does: runtime/imports.py) against ``python -m modelwarden run``
+   without and with the scan gate, alternating, plus where the time of one sandboxed run goes.
+
+``--only cold,run,cold-template,replace`` runs just those sections (each takes a minute or two);
 a full run ends with 5 and 6 when the first backend is ``auto`` or ``namespaces``.
 """
 
@@ -323,6 +328,87 @@ def cold(models: Path, n: int, backend: str = "auto") -> dict:
     return {"unsandboxed_s": b, "sandbox_s": s, "ratio": s / b, "sandbox_with_scan_s": c, "ratio_with_scan": c / b}
 
 
+# -- one-shot `modelwarden run` (issue 13) ---------------------------------------------------------
+
+BASELINE_EXIT = r"""
+import json, sys, numpy as np
+if sys.argv[3] == "trimmed":  # the worker's own import: no sklearn/pandas/scipy (runtime/imports.py)
+    from modelwarden.runtime.imports import tensorflow_without_optional_extras
+    tf = tensorflow_without_optional_extras()
+else:
+    import tensorflow as tf
+f = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+x = np.asarray(json.loads(sys.argv[2])["x"], np.float32)
+print(json.dumps({"y": f(x=tf.constant(x))["y"].numpy().tolist()}), flush=True)
+"""
+
+PARTS = r"""
+import json, sys, time
+t0 = time.monotonic()
+import numpy as np
+from modelwarden.sandbox import Sandbox, SandboxLimits
+import modelwarden.cli.run_cmd
+t1 = time.monotonic()
+with Sandbox(SandboxLimits(load_timeout_s=300), template=False) as sb:
+    m = sb.load(sys.argv[1], scan=sys.argv[2] == "scan")
+    t2 = time.monotonic()
+    m.predict({"x": np.asarray(json.loads(sys.argv[3])["x"], np.float32)})
+    t3 = time.monotonic()
+print(json.dumps({"cli_imports_s": t1 - t0, **sb.timings, "worker_tf_import_s": sb._worker.ready_info.get("import_s"),
+                  "predict_s": t3 - t2, "teardown_s": time.monotonic() - t3}))
+"""
+
+
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """Seconds from start to the first line of output, and to exit, of ``cmd`` (which must succeed)."""
+    env = dict(ENV, PYTHONPATH=str(ROOT / "src"))  # this checkout's modelwarden, not an installed one
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
+    line = p.stdout.readline()
+    t_out = time.perf_counter() - t0
+    p.stdout.read()
+    rc = p.wait(timeout=400)
+    t_exit = time.perf_counter() - t0
+    if rc != 0 or not line.strip():
+        raise RuntimeError(f"{cmd[:4]} failed ({rc})")
+    return t_out, t_exit
+
+
+def oneshot(models: Path, n: int) -> dict:
+    """Whole processes: ``python -c "import tensorflow; load; predict; print"`` (as is, and with the
+    worker's trimmed import) against ``python -m modelwarden run`` (without and with the scan gate),
+    alternating; time to the output and to exit.  Then where the time of one sandboxed run goes
+    (a library run that prints its own clock)."""
+    import numpy as np
+
+    dense = str(models / "dense")
+    x = json.dumps({"x": np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32).tolist()})
+    run = [sys.executable, "-m", "modelwarden", "run", dense, "--inputs", x, "--backend", "namespaces"]
+    variants = {"unsandboxed": [sys.executable, "-c", BASELINE_EXIT, dense, x, "plain"],
+                "unsandboxed_trimmed": [sys.executable, "-c", BASELINE_EXIT, dense, x, "trimmed"],
+                "run": run + ["--skip-scan"], "run_with_scan": run}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
+    for _ in range(n):
+        for name, cmd in variants.items():
+            times[name].append(_timed(cmd))
+    out: dict = {}
+    for name, ts in times.items():
+        out[f"{name}_output_s"] = statistics.median(t for t, _ in ts)
+        out[f"{name}_exit_s"] = statistics.median(t for _, t in ts)
+        out[f"all_{name}_s"] = ts
+    for what in ("output", "exit"):
+        for name in ("run", "run_with_scan"):
+            out[f"{name}_{what}_ratio"] = out[f"{name}_{what}_s"] / out[f"unsandboxed_{what}_s"]
+            out[f"{name}_{what}_ratio_vs_trimmed"] = out[f"{name}_{what}_s"] / out[f"unsandboxed_trimmed_{what}_s"]
+    out["parts"] = {}
+    for mode in ("noscan", "scan"):
+        env = dict(ENV, PYTHONPATH=str(ROOT / "src"))
+        res = subprocess.run([sys.executable, "-c", PARTS, dense, mode, x], capture_output=True, text=True, env=env,
+                             cwd=ROOT, timeout=400, check=True)
+        out["parts"][mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
 # -- memory ----------------------------------------------------------------------------------------
 
 
@@ -488,7 +574,8 @@ def main() -> int:
     ap.add_argument("--cold", type=int, default=3, help="cold starts per variant (0: skip the cold-start part)")
     ap.add_argument("--backend", action="append", default=None,
                     help="sandbox backend to measure (repeatable; default: auto)")
-    ap.add_argument("--only", default="", help="comma-separated: cold, cold-template, replace (default: everything)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated: cold, run, cold-template, replace (default: everything but run)")
     ap.add_argument("--replace-rounds", type=int, default=5)
     ap.add_argument("--warm-only", action="store_true", help="skip the cold-start, memory and template parts")
     ap.add_argument("--no-socket", action="store_true",
@@ -572,6 +659,18 @@ def only(args: argparse.Namespace, models: Path, results: dict, parts: set[str] 
         c = results["cold"] = cold(models, args.cold)
         print(f"cold start, fresh processes: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> "
               f"{c['ratio']:.3f}x; with the scan gate {c['sandbox_with_scan_s']:.2f} s -> {c['ratio_with_scan']:.3f}x")
+    if "run" in parts:
+        c = results["run"] = oneshot(models, args.cold)
+        for what in ("output", "exit"):
+            print(f"one-shot `modelwarden run`, time to {what}: unsandboxed {c[f'unsandboxed_{what}_s']:.2f} s "
+                  f"(trimmed import {c[f'unsandboxed_trimmed_{what}_s']:.2f} s), run --skip-scan "
+                  f"{c[f'run_{what}_s']:.2f} s -> {c[f'run_{what}_ratio']:.3f}x "
+                  f"({c[f'run_{what}_ratio_vs_trimmed']:.3f}x), with the scan gate {c[f'run_with_scan_{what}_s']:.2f} s "
+                  f"-> {c[f'run_with_scan_{what}_ratio']:.3f}x ({c[f'run_with_scan_{what}_ratio_vs_trimmed']:.3f}x) "
+                  "(target < 1.0x)")
+        for mode, p in c["parts"].items():
+            print(f"  where the time goes ({mode}, seconds since start unless noted): " + ", ".join(
+                f"{k} {v:.3f}" for k, v in p.items() if isinstance(v, (int, float))))
     if "cold-template" in parts:
         c = results["cold_template"] = cold_template(models, args.cold)
         print(f"cold start from a parent with a warm template: unsandboxed fresh process {c['unsandboxed_s']:.2f} s, "

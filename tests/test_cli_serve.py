@@ -112,14 +112,15 @@ def test_readyz_waits_for_every_model_and_a_load_failure_keeps_it_unready(tmp_pa
     dense = fixture_dir("build_serve_models") / "dense"
     models = tmp_path / "models"
     copy_version(escape / "memory_bomb", models / "refused")  # the scan gate refuses it: deliberate
-    copy_version(dense / "1", models / "starved")  # passes the gate, but TensorFlow cannot start in 256 MiB
+    copy_version(dense / "1", models / "starved")  # passes the gate, but its worker cannot start in 4 tasks
     db = tmp_path / "tokens.json"
     admin, _ = make_token(db, ["*"], "admin")
     head = f'[server]\ntoken_db = "{db}"\nport = 0\n[[models]]\nname = "refused"\nbase_path = "{models / "refused"}"\n'
     (tmp_path / "serve.toml").write_text(head + f'[[models]]\nname = "starved"\nbase_path = "{models / "starved"}"\n'
-                                         'memory = "256MiB"\n')
-    # workers boot fresh: one forked from the worker template has TensorFlow already in memory,
-    # charged to the template, and the small model then loads within 256 MiB
+                                         'memory = "256MiB"\nmax_processes = 4\n')
+    # workers boot fresh (one forked from the worker template has TensorFlow already in memory);
+    # 256 MiB alone no longer starves a fresh worker since it imports TensorFlow without
+    # sklearn/pandas/scipy (runtime/imports.py): 4 tasks do (TensorFlow's threads crash the load)
     server = ServerProc(tmp_path, ["--config", str(tmp_path / "serve.toml")],
                         env=dict(os.environ, MODELWARDEN_WORKER_TEMPLATE="0"))
     try:

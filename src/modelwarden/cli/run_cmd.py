@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         backend = "unsafe-none"
         print(f"modelwarden: WARNING: {UNSAFE_FLAG}: the model runs with NO isolation, as your user, "
               "with your files and network", file=sys.stderr)
+    # The outputs are written before the worker is torn down (kill, reap, cgroups removed), which
+    # still happens before we exit: the caller sees the result as soon as it exists.
     with Sandbox(limits, backend=backend, policy=args.policy, fail_on=args.fail_on) as sb:
         model = sb.load(args.model, scan=not args.skip_scan)
         sig = model.signature(args.signature)
@@ -156,14 +158,22 @@ def run(args: argparse.Namespace) -> int:
             spec = sig.inputs.get(name)
             inputs[name] = _convert(name, value, spec.dtype) if spec else np.asarray(value)
         outputs = model.predict(inputs, signature=sig.name)
-    if args.output and args.output.endswith(".npz"):
-        np.savez(args.output, **outputs)
-        return 0
+        _write(outputs, args.output)
+    return 0
+
+
+def _write(outputs: dict[str, Any], output: str | None) -> None:
+    """The outputs to ``output`` (.npz or .json) or as JSON to stdout, flushed."""
+    if output and output.endswith(".npz"):
+        import numpy as np
+
+        np.savez(output, **outputs)
+        return
     from modelwarden.cli.tensor_json import write_outputs
 
-    if args.output:
-        with open(args.output, "w") as f:
+    if output:
+        with open(output, "w") as f:
             write_outputs(outputs, f)
     else:
         write_outputs(outputs, sys.stdout)
-    return 0
+        sys.stdout.flush()

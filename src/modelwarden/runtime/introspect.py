@@ -57,7 +57,8 @@ def _socket_probe() -> dict[str, str]:
     return out
 
 
-def introspect(layers: dict) -> dict[str, Any]:
+def introspect(layers: dict, model_dir: str = "") -> dict[str, Any]:
+    """``model_dir``: the directory the model is (or will be) in, listed as the worker sees it."""
     net = [ln.split(":")[0].strip() for ln in _read("/proc/net/dev").splitlines()[2:] if ":" in ln]
     return {
         "pid": os.getpid(),
@@ -68,6 +69,7 @@ def introspect(layers: dict) -> dict[str, Any]:
         "status": _status(),
         "root": _listdir("/"),
         "tmp": _listdir("/tmp"),
+        "model_dir": _listdir(model_dir) if model_dir else "<unknown>",
         "proc_pids": [p for p in _listdir("/proc") if isinstance(p, str) and p.isdigit()][:100]
         if isinstance(_listdir("/proc"), list) else [],
         "fds": _listdir("/proc/self/fd"),

@@ -25,23 +25,25 @@ class WorkerError(Exception):
         self.details = details
 
 
-def main(fd: int, cfg: dict, layers: dict | None = None) -> int:
+def main(fd: int, cfg: dict, layers: dict | None = None, arrived_fd: int | None = None) -> int:
+    """``arrived_fd``: (built-in backend) becomes readable when the model copy is complete."""
     sock = socket.socket(fileno=fd)
+    # TensorFlow is imported before the model exists in here: the parent hands the model over
+    # only once its scan gate passed (the built-in backend copies it in meanwhile), and the
+    # in-sandbox re-check runs before TensorFlow touches a byte of it - in a child of ours, as
+    # confined as we are, as soon as the copy is complete (on the second core while we import
+    # TensorFlow), or else on the ``load`` request.
     model = cfg.get("model") or {}
-    if model.get("recheck"):
-        # The second opinion runs before TensorFlow is even imported (and while the parent
-        # runs its own scan): no byte of the model reaches TensorFlow unless both agree.
-        try:
-            recheck(str(model["path"]), model.get("policy"), model.get("fail_on"))
-        except WorkerError as exc:
-            protocol.send_frame(sock, {"op": "ready", "ok": False, "error": exc.code, "message": str(exc)[:8000]})
-            return 0
+    early = EarlyRecheck.start(arrived_fd, model) if arrived_fd is not None and model.get("recheck") else None
+    if arrived_fd is not None and early is None:
+        os.close(arrived_fd)
     t0 = time.monotonic()
-    import tensorflow as tf  # noqa: F401 - the one place TF is imported
+    from modelwarden.runtime.imports import tensorflow_without_optional_extras
 
+    tf = tensorflow_without_optional_extras()  # the one place TF is imported
     import_s = time.monotonic() - t0
     protocol.send_frame(sock, {"op": "ready", "ok": True, "tf": tf.__version__, "import_s": round(import_s, 3)})
-    worker = Worker(tf, cfg, layers or {})
+    worker = Worker(tf, cfg, layers or {}, early)
     max_in = int(cfg.get("max_input_bytes", 1 << 30))
     reader = protocol.FrameReader(sock)
     spin_s = float(cfg.get("spin_s", 0.0))
@@ -141,6 +143,78 @@ def recheck(path: str, policy: Any, fail_on: Any) -> None:
 
 
 
+class EarlyRecheck:
+    """The re-check in a forked child R: R imports the scanner, waits until the boot process says
+    the model copy is complete (never earlier: the copy only starts once the parent's gate passed),
+    scans it and writes its verdict (JSON) on a pipe; :meth:`verdict` reads it at ``load``."""
+
+    MAX_VERDICT = 1 << 20
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid, self.fd = pid, fd
+
+    @classmethod
+    def start(cls, arrived_fd: int, model: dict) -> "EarlyRecheck | None":
+        import json
+
+        from modelwarden.sandbox import linux
+
+        r, w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            os.close(arrived_fd)
+            return None  # the re-check then runs at load
+        if pid == 0:  # R: never touches the channel
+            try:
+                linux.close_fds_except({0, 1, 2, arrived_fd, w})
+                try:
+                    import modelwarden.scanner  # noqa: F401 - while the worker imports TensorFlow
+
+                    if os.read(arrived_fd, 1) != b"c":
+                        os._exit(0)  # no model came: the verdict reads as missing
+                    recheck(str(model["path"]), model.get("policy"), model.get("fail_on"))
+                    out: dict = {"ok": True}
+                except WorkerError as exc:
+                    out = {"ok": False, "code": exc.code, "message": str(exc)[:8000], "details": exc.details}
+                except Exception as exc:  # noqa: BLE001
+                    out = {"ok": False, "code": "sandbox_error", "message": f"re-check failed: {exc}"[:2000]}
+                data = json.dumps(out).encode()
+                while data:
+                    data = data[os.write(w, data):]
+            finally:
+                os._exit(0)
+        os.close(w)
+        os.close(arrived_fd)
+        return cls(pid, r)
+
+    def verdict(self) -> None:
+        """Wait for R's verdict; raise it as a WorkerError unless the model passed."""
+        import json
+
+        chunks = []
+        try:
+            while sum(map(len, chunks)) <= self.MAX_VERDICT:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(self.fd)
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+        try:
+            out = json.loads(b"".join(chunks))
+        except ValueError:
+            raise WorkerError("sandbox_error", "the in-sandbox re-check gave no verdict") from None
+        if out.get("ok") is not True:
+            raise WorkerError(str(out.get("code")), str(out.get("message")), **(out.get("details") or {}))
+
+
 def _spec(name: str, dtype: Any, shape: Any) -> dict:
     try:
         dims = None if shape is None else [None if d is None or d < 0 else int(d) for d in shape]
@@ -154,8 +228,9 @@ def _spec(name: str, dtype: Any, shape: Any) -> dict:
 
 
 class Worker:
-    def __init__(self, tf: Any, cfg: dict, layers: dict) -> None:
+    def __init__(self, tf: Any, cfg: dict, layers: dict, early: EarlyRecheck | None = None) -> None:
         self.tf = tf
+        self.early = early
         self.cfg = cfg
         self.layers = layers
         self.model: Any = None
@@ -179,7 +254,10 @@ class Worker:
         if op == "introspect":
             from modelwarden.runtime.introspect import introspect
 
-            return {"ok": True, "info": introspect(self.layers)}, []
+            model = self.cfg.get("model") or {}
+            path = str(model.get("path") or "")
+            return {"ok": True, "info": introspect(self.layers, path if model.get("kind") == "saved_model"
+                                                   else os.path.dirname(path))}, []
         raise WorkerError("sandbox_error", f"unknown op {str(op)[:40]!r}")
 
     # -- load ------------------------------------------------------------------------------------
@@ -189,6 +267,13 @@ class Worker:
             raise WorkerError("sandbox_error", "a model is already loaded in this worker")
         path = str(header["path"])
         kind = str(header["kind"])
+        model = self.cfg.get("model") or {}
+        if model.get("recheck"):  # the second opinion: no byte reaches TensorFlow unless both scans agree
+            early, self.early = self.early, None
+            if early is not None:
+                early.verdict()
+            else:
+                recheck(str(model["path"]), model.get("policy"), model.get("fail_on"))
         try:
             if kind == "saved_model":
                 self._load_saved_model(path)

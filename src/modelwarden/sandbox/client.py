@@ -27,7 +27,7 @@ from modelwarden.errors import UsageError
 from modelwarden.sandbox import cgroups, protocol, shmchannel, snapshot
 from modelwarden.sanitize import printable
 from modelwarden.sandbox.errors import (
-    ERRORS_BY_CODE, WORKER_REPORTABLE, DeadlineExceeded, InvalidInput, MemoryLimitExceeded, OutputTooLarge,
+    ERRORS_BY_CODE, WORKER_REPORTABLE, DeadlineExceeded, InvalidInput, MemoryLimitExceeded, OpBlocked, OutputTooLarge,
     ProtocolViolation, SandboxError, SandboxUnavailable, ScanRefused, WorkerCrashed,
 )
 from modelwarden.sandbox.interface import (
@@ -281,19 +281,29 @@ class _Worker:
         self.reader = protocol.FrameReader(parent)
         self._last_call_s = 0.0
         self.template = template if backend.name == "namespaces" else None
+        # boot_frame backends: the model goes to the boot process on a channel of its own, and only
+        # when deliver_model() is called (after the scan gate), while the worker imports TensorFlow
+        self.model_sock: socket.socket | None = None
+        model_child: socket.socket | None = None
         try:
             self.copies = _copies(plan, backend)
-            spec = LaunchSpec(plan, limits, child.fileno(), runtime, self.cg.procs_files, debug, tuple(self.copies))
+            if backend.boot_frame and self.copies:
+                self.model_sock, model_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            spec = LaunchSpec(plan, limits, child.fileno(), runtime, self.cg.procs_files, debug, tuple(self.copies),
+                              model_fd=model_child.fileno() if model_child is not None else None)
             try:
                 self.proc: WorkerProcess = self._start(backend, spec)
             except OSError as exc:
                 raise SandboxUnavailable(f"cannot start the {backend.name} sandbox: {exc}") from None
         except BaseException:
-            parent.close()
-            child.close()
+            for s in (parent, child, self.model_sock, model_child):
+                if s is not None:
+                    s.close()
             self.cg.remove()
             raise
         child.close()
+        if model_child is not None:
+            model_child.close()
         if self.proc.proc.stdout is not None:
             threading.Thread(target=_relay_output, args=(self.proc.proc.stdout,), daemon=True,
                              name="modelwarden-sandbox-debug").start()
@@ -311,13 +321,33 @@ class _Worker:
                 if header.get("op") != "map":
                     self._violation("expected the map request")
                 self._map_ids(self.map_to)
-            if backend.boot_frame:  # the built-in backend's boot process copies what we send it
-                snapshot.send(parent, self.copies)
+        except OSError:
+            self._boot_failed()
+
+    def deliver_model(self, deadline: float) -> None:
+        """Hand the model over (boot_frame backends; a no-op elsewhere): call only once the scan gate
+        passed.  Returns when the boot process copied it all into the worker's read-only tmpfs."""
+        sock, self.model_sock = self.model_sock, None
+        if sock is None:
+            return
+        try:
+            sock.sendall(encode_config({"copies": self.copies}))
+            snapshot.send(sock, self.copies)
+            header, _ = protocol.FrameReader(sock).recv(max_body=0, deadline=deadline, max_header=REPLY_HEADER_MAX)
         except snapshot.SnapshotError as exc:
             self.kill()
             raise UsageError(f"cannot hand the model to the sandbox: {exc}") from None
-        except OSError:
-            self._boot_failed()
+        except protocol.FrameTimeout:
+            self.kill()
+            raise DeadlineExceeded("copying the model into the sandbox did not finish within the load deadline; "
+                                   "the worker was killed") from None
+        except (OSError, protocol.FrameError, *protocol.DECODE_ERRORS):
+            header = {}
+        finally:
+            sock.close()
+        self._check_fatal(header)
+        if header.get("op") != "copied":
+            self._died("sandbox boot (copying the model in)")
 
     def _start(self, backend: Backend, spec: LaunchSpec) -> WorkerProcess:
         """Fork the boot process from the template when there is one (else, or if it is gone, start
@@ -358,7 +388,7 @@ class _Worker:
         return {
             "parent_pid": self.template.pid if self.template is not None else os.getpid(),
             "binds": [dataclasses.asdict(b) for b in plan.binds if not (self.copies and b.noexec)] if sandboxed else [],
-            "copies": self.copies,
+            "copies": [{"root": c["root"]} for c in self.copies],  # what is in them comes after the gate
             "symlinks": [list(s) for s in plan.symlinks] if sandboxed else [],
             "namespaces": ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"],
             "limits": {**dataclasses.asdict(limits), "rlimit_as_headroom": limits.as_headroom()},
@@ -404,6 +434,9 @@ class _Worker:
             raise SandboxUnavailable(f"cannot map the sandbox's user namespace: {exc}") from None
 
     def wait_ready(self, deadline: float) -> None:
+        """Until TensorFlow is imported in the worker (returns at once when it already said so)."""
+        if self.ready_info:
+            return
         if getattr(self.backend, "boot_frame", False):
             header, _ = self._recv(deadline, "sandbox boot", max_body=0)
             self._check_fatal(header)
@@ -678,6 +711,9 @@ class _Worker:
             os.close(self._pidfd)
             self._pidfd = None
         self.sock.close()
+        if self.model_sock is not None:
+            self.model_sock.close()
+            self.model_sock = None
         self.fast = None  # unmapped when the last call holding it returns (never under a reader's feet)
         self.cg.remove()
         _LIVE.discard(self)
@@ -841,20 +877,32 @@ class Sandbox:
                              "fail_on": self.fail_on}}
         tmpl = self._template(backend, plan)
         self.timings["template_s"] = time.monotonic() - t0
+        deadline = t0 + self.limits.load_timeout_s
+        # The worker never sees a byte of a model the scan gate refuses.  Where the boot process
+        # receives the model on a channel of its own (built-in backend), the worker starts and
+        # imports TensorFlow while we scan, and the model follows once the gate passed; elsewhere
+        # the worker's view holds the model from its start, so the gate comes first.
+        overlap = bool(getattr(backend, "boot_frame", False)) and backend.copies_model
+        if scan and not overlap:
+            self._host_scan(path)
         self._worker = worker = _Worker(backend, plan, self.limits, runtime, self.debug, self.use_cgroups, tmpl)
-        # overlap: the worker imports TensorFlow while the parent scans
-        if scan:
+        if scan and overlap:
             try:
                 self._host_scan(path)
             except BaseException:
                 worker.kill()
                 raise
         self.timings["scan_s"] = time.monotonic() - t0
-        deadline = t0 + self.limits.load_timeout_s
+        worker.deliver_model(deadline)
+        self.timings["delivered_s"] = time.monotonic() - t0
         worker.wait_ready(deadline)
         self.timings["ready_s"] = time.monotonic() - t0
         req = {"op": "load", "path": plan.model_path, "kind": kind, "keras_safe_mode": bool(keras_safe_mode)}
-        reply, _ = worker.request(req, [], max(0.1, deadline - time.monotonic()), "model load", 0)
+        try:  # the worker re-checks the bytes it received (recheck), then loads them
+            reply, _ = worker.request(req, [], max(0.1, deadline - time.monotonic()), "model load", 0)
+        except OpBlocked:
+            worker.kill()  # the re-check refused the model: this worker is never used again
+            raise
         self.timings["load_s"] = time.monotonic() - t0
         sigs_raw = reply.get("signatures")
         if not isinstance(sigs_raw, dict) or len(sigs_raw) > 256:

@@ -236,6 +236,7 @@ class LaunchSpec:
     copies: tuple[dict, ...] = ()  # model trees the worker receives as descriptors (snapshot.manifest)
     template: Any = None  # namespaces backend: fork the boot process from this template.Template
     debug_fd: int | None = None  # with a template and debug: the pipe the forked worker writes to
+    model_fd: int | None = None  # boot_frame backends: where the copies arrive once the scan gate passed
 
 
 def worker_output(debug: bool) -> dict:

@@ -32,8 +32,9 @@ def boot_env() -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "MALLOC_ARENA_MAX": "2"}
 
 
-def popen_python(entry: str, channel_fd: int, debug: bool, module: str = "nsinit") -> subprocess.Popen:
-    """``python -I -S`` running ``<module>.<entry>(channel_fd)`` in a new session.
+def popen_python(entry: str, channel_fd: int, debug: bool, module: str = "nsinit",
+                 extra_fd: int | None = None) -> subprocess.Popen:
+    """``python -I -S`` running ``<module>.<entry>(channel_fd[, extra_fd])`` in a new session.
 
     The package's host path arrives on a pipe, not in the command line, which the sandbox's
     pid 1 shows as ``/proc/1/cmdline`` (it would reveal the checkout's location).
@@ -43,12 +44,13 @@ def popen_python(entry: str, channel_fd: int, debug: bool, module: str = "nsinit
         os.write(w, package_parent().encode())
     finally:
         os.close(w)
+    args = f"{channel_fd}" + (f", {extra_fd}" if extra_fd is not None else "")
     code = (f"import os, sys; sys.path.insert(0, os.read({r}, 65536).decode()); os.close({r}); "
-            f"from modelwarden.sandbox.{module} import {entry}; {entry}({channel_fd})")
+            f"from modelwarden.sandbox.{module} import {entry}; {entry}({args})")
     try:
         return subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", code],
-            pass_fds=(channel_fd, r), stdin=subprocess.DEVNULL, **worker_output(debug),
+            pass_fds=(channel_fd, r) + ((extra_fd,) if extra_fd is not None else ()), stdin=subprocess.DEVNULL, **worker_output(debug),
             env=boot_env(), close_fds=True, cwd="/", start_new_session=True,
         )
     finally:
@@ -64,7 +66,12 @@ for name, flag in (("user", 0x10000000), ("mount", 0x20000), ("pid", 0x20000000)
     pid = os.fork()
     if pid == 0:
         f = flag if name == "user" else (flag | 0x10000000)
-        os._exit(0 if libc.unshare(f) == 0 else 10 + ctypes.get_errno() % 100)
+        if libc.unshare(f) != 0:
+            os._exit(10 + ctypes.get_errno() % 100)
+        # the model copy needs the new mount API (fspick, Linux 5.2+): only its absence counts here
+        if name == "mount" and libc.syscall(433, -100, b"/", 1) < 0 and ctypes.get_errno() == 38:
+            os._exit(10 + 38)
+        os._exit(0)
     _, st = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(st) != 0:
         bad.append(f"{name}:{os.strerror(os.waitstatus_to_exitcode(st) - 10)}")
@@ -103,8 +110,8 @@ class NamespacesBackend(Backend):
         return probe_namespaces()
 
     def start(self, spec: LaunchSpec) -> WorkerProcess:
-        proc: Any = (spec.template.spawn(spec.channel_fd, spec.debug_fd) if spec.template is not None
-                     else popen_python("boot_main", spec.channel_fd, spec.debug))
+        proc: Any = (spec.template.spawn(spec.channel_fd, spec.debug_fd, spec.model_fd) if spec.template is not None
+                     else popen_python("boot_main", spec.channel_fd, spec.debug, extra_fd=spec.model_fd))
         try:
             for path in spec.cgroup_procs:  # before the config arrives, so nothing is forked outside
                 with open(path, "w") as f:

@@ -16,8 +16,11 @@ process D's code forks dies with D (pid namespace).  B and D each lead their own
 session (no controlling terminal; ``kill(0, ...)`` inside reaches only D's group).
 
 A root caller's B is mapped to host ``nobody`` by the parent: nothing in the sandbox is
-ever host uid 0.  The model arrives as open descriptors (see :mod:`snapshot`) and is
-copied into a tmpfs of its own size, read-only before D starts.
+ever host uid 0.  The model arrives as open descriptors (see :mod:`snapshot`) on a second
+channel, only once the parent's scan gate passed - D is already importing TensorFlow by
+then - and B copies it into a tmpfs of its own size that D has bound read-only, then
+remounts that tmpfs read-only as a whole before telling the parent (docs/sandbox.md,
+"Cold start").  D never sees a byte of a model the gate refuses.
 """
 
 from __future__ import annotations
@@ -84,8 +87,12 @@ def _fatal(fd: int, stage: str, exc: BaseException) -> None:
 # -- built-in backend: boot (B) ----------------------------------------------------------------------
 
 
-def boot_main(fd: int) -> None:
-    """Entry point of B.  Never returns."""
+def boot_main(fd: int, model_fd: int | None = None) -> None:
+    """Entry point of B.  Never returns.
+
+    ``model_fd``: where the parent sends the model's files once its scan gate passed (after D
+    is already importing TensorFlow); B copies them into the tmpfs D has bound read-only.
+    """
     try:
         linux.set_pdeathsig(signal.SIGKILL)
         cfg = read_config(fd)
@@ -130,7 +137,15 @@ def boot_main(fd: int) -> None:
                 os._exit(70)
         linux.assert_not_host_root()
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-        sources.update(_receive_copies(fd, cfg.get("copies") or []))
+        copies = cfg.get("copies") or []
+        if copies and model_fd is None:
+            raise RuntimeError("no channel to receive the model on")
+        dests = _mount_copies(copies)  # directory fds: D's pivot_root detaches their paths before the copy
+        sources.update({copy["root"]: dest for copy, dest in zip(copies, dests)})  # D binds them, then closes its copies
+        # "the model is all there": B writes one byte once the copy is complete and read-only, so the
+        # worker can re-check it while it is still importing TensorFlow (runtime/worker.py)
+        arrived_r, arrived_w = os.pipe() if copies else (None, None)
+        cfg["arrived_fd"] = arrived_r
         r, w = os.pipe()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
         _fatal(fd, "boot", exc)
@@ -147,13 +162,23 @@ def boot_main(fd: int) -> None:
             _fatal(fd, "init", exc)
         os._exit(0)
     os.close(r)
+    if arrived_r is not None:
+        os.close(arrived_r)
     try:
         _send_json(fd, {"op": "boot", "pid": pid})
     except OSError:
         os._exit(70)
     os.write(w, b"g")
     os.close(w)
-    linux.close_fds_except({0, 1, 2})
+    linux.close_fds_except({0, 1, 2} | ({model_fd, arrived_w, *dests} if copies and model_fd is not None else set()))
+    if copies and model_fd is not None:
+        try:
+            _receive_copies(model_fd, copies, dests)
+            os.write(arrived_w, b"c")
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent; D dies with us
+            _fatal(model_fd, "copying the model in", exc)
+        os.close(arrived_w)
+        os.close(model_fd)
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -205,22 +230,42 @@ def _mountpoint(path: str, like_dir: bool) -> None:
             pass
 
 
-def _receive_copies(fd: int, copies: list[dict]) -> dict[str, int]:
-    """B: copy each model tree sent by the parent into its own read-only tmpfs; O_PATH fds by root."""
-    out: dict[str, int] = {}
+_COPY_FLAGS = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+
+
+def _mount_copies(copies: list[dict]) -> list[int]:
+    """B, before D exists: one empty, minimal tmpfs per model tree (D binds each read-only); a
+    directory descriptor of each (D inherits them and closes them before any hardening step)."""
     if not copies:
-        return out
-    flags = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
-    linux.mount("tmpfs", _COPIES, "tmpfs", flags, "size=64k,mode=0755")
-    for i, copy in enumerate(copies):
+        return []
+    linux.mount("tmpfs", _COPIES, "tmpfs", _COPY_FLAGS, "size=64k,mode=0755")
+    dests = []
+    for i in range(len(copies)):
         dest = f"{_COPIES}/{i}"
         os.mkdir(dest)
-        linux.mount("tmpfs", dest, "tmpfs", flags,
-                    f"size={int(copy['tmpfs_bytes'])},nr_inodes={len(copy['files']) + len(copy['dirs']) + 16},mode=0755")
+        linux.mount("tmpfs", dest, "tmpfs", _COPY_FLAGS, "size=4k,nr_inodes=4,mode=0755")
+        dests.append(os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    return dests
+
+
+def _receive_copies(fd: int, roots: list[dict], dests: list[int]) -> None:
+    """B, after D started: the parent sends what to copy (``snapshot.manifest``s) and the files
+    only once its scan gate passed.  Each tmpfs is sized to its tree, filled, made read-only as a
+    whole; then B tells the parent (``copied``).
+
+    By now D's ``pivot_root`` has detached B's paths to the tmpfs: B works through directory
+    descriptors (and ``fspick`` to resize and seal).  D's bind of it is read-only from the start.
+    """
+    copies = read_config(fd).get("copies")
+    if not isinstance(copies, list) or [c.get("root") for c in copies] != [r["root"] for r in roots]:
+        raise ValueError("the model hand-over does not match the sandbox's model mounts")
+    for copy, dest in zip(copies, dests):
+        linux.reconfigure_fs(dest, {"size": str(int(copy["tmpfs_bytes"])),
+                                    "nr_inodes": str(len(copy["files"]) + len(copy["dirs"]) + 16)})
         snapshot.receive(fd, copy, dest)
-        linux.mount(None, dest, None, linux.MS_REMOUNT | linux.MS_RDONLY | flags)
-        out[copy["root"]] = os.open(dest, os.O_PATH | os.O_CLOEXEC)
-    return out
+        linux.reconfigure_fs(dest, {"ro": None})
+        os.close(dest)
+    _send_json(fd, {"op": "copied"})
 
 
 def _cover_proc(proc: str) -> None:
@@ -357,7 +402,8 @@ def harden_and_run(fd: int, cfg: dict) -> None:
     apply_rlimits(lim, memory_by_cgroup=cfg.get("memory_by_cgroup", False),
                   pids_by_cgroup=cfg.get("pids_by_cgroup", False),
                   gvisor=cfg.get("layers", {}).get("backend") == "gvisor")
-    linux.close_fds_except({0, 1, 2, fd})
+    arrived = cfg.get("arrived_fd")
+    linux.close_fds_except({0, 1, 2, fd} | ({arrived} if arrived is not None else set()))
     if cfg.get("drop_caps", True):
         if cfg.get("layers", {}).get("backend") != "gvisor":  # under gVisor uid 0 is the Sentry's, not the host's
             linux.assert_not_host_root()
@@ -372,7 +418,8 @@ def harden_and_run(fd: int, cfg: dict) -> None:
     _relocate(cfg)
     from modelwarden.runtime.worker import main
 
-    rc = main(fd, cfg["runtime"], layers={"seccomp": seccomp_summary is not None, **cfg.get("layers", {})})
+    rc = main(fd, cfg["runtime"], layers={"seccomp": seccomp_summary is not None, **cfg.get("layers", {})},
+              arrived_fd=arrived)
     sys.stdout.flush()
     os._exit(rc)
 

@@ -2,9 +2,9 @@
 
 The parent walks each user-data source (model, policy file) without following symlinks,
 opens every regular file with the *caller's* credentials and hands the open descriptors
-over the worker's channel (``SCM_RIGHTS``), one at a time.  Inside, before any
-hardening, the receiver copies each into a tmpfs sized to the model (read-only
-afterwards where the backend can remount it).  A file swapped on the host after this
+over the worker's channel (``SCM_RIGHTS``), one at a time - with the built-in backend only
+once the scan gate passed, to the boot process, which copies each into a tmpfs sized to the
+model that the worker has bound read-only (and then remounts it read-only as a whole).  A file swapped on the host after this
 point changes nothing the worker sees; a root-private model needs no read access by
 the worker's unprivileged uid.
 
@@ -119,18 +119,20 @@ def _copy_fd(src_fd: int, dst_fd: int, size: int) -> None:
         offset += n
 
 
-def receive(chan_fd: int, copy: dict, dest: str) -> None:
-    """Worker side: receive each descriptor of ``copy``, copy it under ``dest``; read-only modes."""
+def receive(chan_fd: int, copy: dict, dest_fd: int) -> None:
+    """Boot side: receive each descriptor of ``copy``, copy it under the directory ``dest_fd``
+    (relative to it: the directory may be detached from every path by then); read-only modes."""
     sock = socket.socket(fileno=os.dup(chan_fd))
     try:
         for d in copy["dirs"]:
-            os.mkdir(os.path.join(dest, d), 0o755)
+            os.mkdir(d, 0o755, dir_fd=dest_fd)
         for rel, size in copy["files"]:
             _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
             if len(fds) != 1:
                 raise SnapshotError("the parent closed the channel while sending the model")
             try:
-                out = os.open(os.path.join(dest, rel), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+                out = os.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444,
+                              dir_fd=dest_fd)
                 try:
                     _copy_fd(fds[0], out, int(size))
                 finally:
@@ -138,6 +140,6 @@ def receive(chan_fd: int, copy: dict, dest: str) -> None:
             finally:
                 os.close(fds[0])
         for d in reversed(copy["dirs"]):
-            os.chmod(os.path.join(dest, d), 0o555)
+            os.chmod(d, 0o555, dir_fd=dest_fd)  # a directory we just made (no link can be there)
     finally:
         sock.close()

@@ -111,15 +111,18 @@ class Template:
                     self._replies.append(msg)
                 self._cond.notify_all()
 
-    def spawn(self, channel_fd: int, out_fd: int | None = None) -> "ForkedProcess":
-        """Fork a boot process that will speak on ``channel_fd``; it waits for its config."""
-        fds = [channel_fd] + ([out_fd] if out_fd is not None else [])
+    def spawn(self, channel_fd: int, out_fd: int | None = None, model_fd: int | None = None) -> "ForkedProcess":
+        """Fork a boot process that will speak on ``channel_fd`` (and receive its model on
+        ``model_fd``); it waits for its config."""
+        named = {"chan": channel_fd, "model": model_fd, "out": out_fd}
+        roles = [k for k, fd in named.items() if fd is not None]
         with self._lock:
             if self.dead:
                 raise TemplateDied("the worker template is gone")
             self._seq += 1
             try:
-                socket.send_fds(self._sock, [json.dumps({"op": "spawn", "id": self._seq}).encode()], fds)
+                socket.send_fds(self._sock, [json.dumps({"op": "spawn", "id": self._seq, "fds": roles}).encode()],
+                                [named[k] for k in roles])
             except OSError as exc:
                 raise TemplateDied(f"the worker template is gone: {exc}") from None
             deadline = time.monotonic() + SPAWN_TIMEOUT_S

@@ -4,7 +4,8 @@ Runs in a fresh ``python -I -S`` started by the parent (:mod:`modelwarden.sandbo
 T is trusted code only: it imports TensorFlow and the worker runtime with the workers'
 environment, never opens a model and never sees a request.  Its only input is a
 ``SOCK_SEQPACKET`` socketpair to the parent (nobody else can connect to it) carrying
-``spawn`` requests with the new worker's channel descriptor (``SCM_RIGHTS``).
+``spawn`` requests with the new worker's channel descriptor, the channel its model will
+arrive on and (debug) its output pipe (``SCM_RIGHTS``, roles named in the request).
 
 For each request T forks a child that closes every descriptor but the channel (and the
 debug pipe), leads its own session and runs :func:`modelwarden.sandbox.nsinit.boot_main`:
@@ -59,7 +60,9 @@ def _preload(sys_path: list[str]) -> None:
     for p in sys_path:
         if p.endswith(("site-packages", "dist-packages")):
             site.addsitedir(p)
-    import tensorflow  # noqa: F401 - the point of the template
+    from modelwarden.runtime.imports import tensorflow_without_optional_extras
+
+    tensorflow_without_optional_extras()  # the point of the template (without what workers never use)
 
     try:
         import keras  # noqa: F401 - .keras models load without importing it per worker
@@ -92,14 +95,18 @@ def _spawn(sock: socket.socket, children: dict[int, int], sel: selectors.BaseSel
     msg = None
     try:
         msg = json.loads(raw)
-        if msg.get("op") != "spawn" or not 1 <= len(fds) <= 2:
+        roles = msg.get("fds") if isinstance(msg, dict) else None
+        if (msg.get("op") != "spawn" or not isinstance(roles, list) or len(roles) != len(fds)
+                or not roles or roles[0] != "chan" or len(set(roles)) != len(roles)
+                or not set(roles) <= {"chan", "model", "out"}):
             raise ValueError("bad request")
     except ValueError as exc:
         for fd in fds:
             os.close(fd)
         _send(sock, {"op": "error", "message": str(exc), "id": msg.get("id") if isinstance(msg, dict) else None})
         return True
-    chan, out = fds[0], (fds[1] if len(fds) > 1 else None)
+    named = dict(zip(roles, fds))
+    chan, model, out = named["chan"], named.get("model"), named.get("out")
     if len(_threads()) != 1:  # never fork with another thread alive: it could hold a lock forever
         for fd in fds:
             os.close(fd)
@@ -119,8 +126,8 @@ def _spawn(sock: socket.socket, children: dict[int, int], sel: selectors.BaseSel
             if out is not None:
                 os.dup2(out, 1)
                 os.dup2(out, 2)
-            linux.close_fds_except({0, 1, 2, chan})  # the control socket and T's pidfds are gone
-            nsinit.boot_main(chan)
+            linux.close_fds_except({0, 1, 2, chan} | ({model} if model is not None else set()))
+            nsinit.boot_main(chan, model)  # the control socket and T's pidfds are gone
         finally:
             os._exit(70)
     for fd in fds:
