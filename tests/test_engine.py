@@ -65,10 +65,12 @@ def test_a_scanner_process_killed_mid_scan_loses_nothing(corpus, serial_report, 
     """Also with the results store on, where candidates reach the pool while it runs: the killed
     worker's artifact is retried once in a fresh worker, nothing is lost or counted twice."""
     killed: list[int] = []
+    children_file = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    before = set(children_file.read_text().split())  # earlier tests' processes are not the pool's
 
     def progress(done: int, total: int, current: str) -> None:
         if done == 3 and not killed:
-            children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+            children = [c for c in children_file.read_text().split() if c not in before]
             assert children, "no pool workers to kill"
             killed.append(int(children[0]))
             os.kill(killed[0], signal.SIGKILL)
