@@ -542,17 +542,15 @@ class _Worker:
         return self._fast_done(res, t0, deadline, what, max_output_bytes)
 
     async def fast_request_async(self, sig: shmchannel.FastSignature, arrays: list[np.ndarray], timeout: float,
-                                 what: str, max_output_bytes: int, executor: Any = None,
-                                 alone: bool = False) -> tuple[dict, bytearray, dict[str, np.ndarray] | None]:
+                                 what: str, max_output_bytes: int,
+                                 executor: Any = None) -> tuple[dict, bytearray, dict[str, np.ndarray] | None]:
         """:meth:`fast_request` awaited on the running event loop, without a thread for the call.
 
         The request goes into the region and the loop waits for the doorbell
         (:meth:`shmchannel.ParentChannel.call_async`); only what may block - reading a JSON reply,
         killing a worker (deadline, violation, condemned or dead worker) - runs in ``executor``, with
         exactly the synchronous path's checks and errors.  A caller cancelled mid-call leaves the
-        worker busy with a request nobody waits for: it is killed, never reused.  ``alone``: the
-        caller knows no other request is in flight (then, if this is also the process's only call,
-        the loop waits like the blocking path for a short while, see below)."""
+        worker busy with a request nobody waits for: it is killed, never reused."""
         global _loop_calls
         loop = asyncio.get_running_loop()
         fast = self.fast
@@ -564,12 +562,10 @@ class _Worker:
             deadline = t0 + timeout
             _loop_calls += 1
             try:
-                # the process's only call in flight (the loop has nothing else to do) waits like the
-                # blocking path - spinning with a spare core, then sleeping in poll() - for at most
-                # twice the last call (<= FAST_SPIN_MAX_S) before handing the wait to the loop
-                lone = alone and _loop_calls == 1
+                # a short call is polled, not slept on, only when it is the process's only one in flight
+                # (the poll holds the event loop) and a core is spare for the worker
                 res = await fast.call_async(sig, arrays, deadline, max_output_bytes,
-                                            self._spin_s() if lone else 0.0, self._park_s() if lone else 0.0)
+                                            self._spin_s() if _loop_calls == 1 else 0.0)
             except (shmchannel.ShmTimeout, shmchannel.ShmViolation, protocol.FrameError, *protocol.DECODE_ERRORS) as exc:
                 await loop.run_in_executor(executor, self._fast_failed, exc, what)
                 raise AssertionError("unreachable") from None
@@ -587,11 +583,6 @@ class _Worker:
         and only with a spare core (see FAST_SPIN_MAX_S)."""
         last = self._last_call_s
         return min(2 * last, FAST_SPIN_MAX_S) if 0 < last < FAST_SPIN_MAX_S and shmchannel.spare_core() else 0.0
-
-    def _park_s(self) -> float:
-        """How long a lone call on an event loop sleeps in ``poll`` before the loop takes the wait."""
-        last = self._last_call_s
-        return min(2 * last, FAST_SPIN_MAX_S) if 0 < last < FAST_SPIN_MAX_S else 0.0
 
     def _fast_channel(self, what: str) -> shmchannel.ParentChannel:
         fast = self.fast
@@ -792,17 +783,16 @@ class SandboxedModel:
         return self._json_predict(worker, sig, arrays, timeout)
 
     async def predict_async(self, inputs: Mapping[str, Any], signature: str | None = None, timeout: float | None = None,
-                            executor: Any = None, alone: bool = False) -> dict[str, np.ndarray]:
+                            executor: Any = None) -> dict[str, np.ndarray]:
         """:meth:`predict` on the running event loop: a shared-memory call is awaited without a thread
-        (:meth:`_Worker.fast_request_async`; ``alone``: no other request is in flight); the JSON path
-        and anything that may block run in ``executor`` (None: the loop's default)."""
+        (:meth:`_Worker.fast_request_async`); the JSON path and anything that may block run in
+        ``executor`` (None: the loop's default)."""
         sig, arrays, worker, fast, ordered = self._prepare(inputs, signature)
         lim = self._sandbox.limits
         loop = asyncio.get_running_loop()
         if fast is not None:
             reply, body, out = await worker.fast_request_async(fast, ordered, timeout or lim.timeout_s,
-                                                               f"predict({sig.name})", lim.max_output_bytes, executor,
-                                                               alone)
+                                                               f"predict({sig.name})", lim.max_output_bytes, executor)
             if out is not None:
                 return self._outputs(worker, sig, reply, body, out)
             return await loop.run_in_executor(executor, self._outputs, worker, sig, reply, body, out)

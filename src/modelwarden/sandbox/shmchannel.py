@@ -252,14 +252,6 @@ class ParentChannel:
         """Send one request and block for the answer: ``(outputs, run_us)`` from the reply area, or FRAME
         (read the channel).  :meth:`call_async` is the same wait on an event loop."""
         seq = self.submit(sig, arrays)
-        res = self._wait(sig, seq, deadline, spin_s, max_output_bytes)
-        if res is None:
-            raise ShmTimeout("deadline passed while waiting for the worker")
-        return res
-
-    def _wait(self, sig: FastSignature, seq: int, until: float, spin_s: float,
-              max_output_bytes: int) -> tuple[dict[str, np.ndarray], int] | object | None:
-        """Block (spin ``spin_s``, then ``poll`` both sockets) until the reply, FRAME, or None at ``until``."""
         if spin_s > 0:
             stop = time.perf_counter() + spin_s
             while time.perf_counter() < stop:
@@ -269,9 +261,9 @@ class ParentChannel:
         while True:
             if self.answered(seq):
                 return self._read_reply(sig, seq, max_output_bytes)
-            remaining = until - time.monotonic()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                raise ShmTimeout("deadline passed while waiting for the worker")
             for fd, _events in self._poll.poll(max(1, math.ceil(remaining * 1000))):
                 if fd == self._channel_fd:
                     return FRAME  # an error, a fallback reply, or EOF: the JSON path decides
@@ -280,26 +272,23 @@ class ParentChannel:
                     return res
 
     async def call_async(self, sig: FastSignature, arrays: Sequence[np.ndarray], deadline: float,
-                         max_output_bytes: int, spin_s: float = 0.0,
-                         park_s: float = 0.0) -> tuple[dict[str, np.ndarray], int] | object:
+                         max_output_bytes: int, spin_s: float = 0.0) -> tuple[dict[str, np.ndarray], int] | object:
         """:meth:`call` without a thread: the event loop watches the doorbell and the JSON channel.
 
-        The loop is never blocked past ``spin_s + park_s`` (for callers that know nothing else is
-        pending: a bounded poll of the reply's ``seq``, then a bounded sleep in ``poll`` on both
-        sockets, as :meth:`call` waits - a wake-up through the event loop costs more); after that,
-        each doorbell wake-up drains at most 64 KiB and reads the reply only once its ``seq`` is
-        there (checked exactly as in :meth:`call`); a reply on the channel (or its EOF) resolves
-        to FRAME, the deadline to :class:`ShmTimeout`.  A flooding worker costs loop iterations
-        until the deadline, never the loop itself."""
+        The loop is never blocked past ``spin_s`` (a bounded poll of the reply's ``seq`` before the
+        loop waits, for callers that know nothing else is pending): each doorbell wake-up drains at
+        most 64 KiB and reads the reply only once its ``seq`` is there (checked exactly as in
+        :meth:`call`); a reply on the channel (or its EOF) resolves to FRAME, the deadline to
+        :class:`ShmTimeout`.  A flooding worker costs loop iterations until the deadline, never
+        the loop itself."""
         seq = self.submit(sig, arrays)
-        if spin_s > 0 or park_s > 0:
-            res = self._wait(sig, seq, min(deadline, time.monotonic() + spin_s + park_s), spin_s, max_output_bytes)
-            if res is not None:
-                return res
-        elif self.answered(seq):
-            return self._read_reply(sig, seq, max_output_bytes)
-        if time.monotonic() >= deadline:
-            raise ShmTimeout("deadline passed while waiting for the worker")
+        stop = time.perf_counter() + min(spin_s, max(0.0, deadline - time.monotonic()))
+        while True:
+            if self.answered(seq):
+                return self._read_reply(sig, seq, max_output_bytes)
+            if time.perf_counter() >= stop:
+                break
+            YIELD()
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 

@@ -102,7 +102,6 @@ class WorkerPool:
         self.last_error = ""
         self._spares: list[Worker] = []
         self._spares_starting = 0
-        self._inflight = 0  # requests in _call (waiting for or holding a worker)
         self.last_replace_ms: float | None = None
         self._batcher = Batcher(spec.batching, self._call, self._idle.qsize,
                                 lambda: sum(w.busy for w in self.workers)) if spec.batching else None
@@ -193,13 +192,6 @@ class WorkerPool:
         return await self._call(inputs, signature, deadline)
 
     async def _call(self, inputs: dict, signature: str | None, deadline: float) -> dict:
-        self._inflight += 1
-        try:
-            return await self._call_worker(inputs, signature, deadline)
-        finally:
-            self._inflight -= 1
-
-    async def _call_worker(self, inputs: dict, signature: str | None, deadline: float) -> dict:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RequestError(504, "request deadline exceeded before a worker was free", kind="deadline")
@@ -218,7 +210,7 @@ class WorkerPool:
             timeout = min(timeout, self.spec.limits.timeout_s)
         try:
             # awaited on the loop (shared memory + doorbell); only the JSON path and kills use a thread
-            out = await worker.model.predict_async(inputs, signature, timeout, self._calls, self._inflight == 1)
+            out = await worker.model.predict_async(inputs, signature, timeout, self._calls)
         except BaseException as exc:
             self._release(worker, exc)
             raise
