@@ -57,7 +57,6 @@ def _spin_env(default_us: float) -> float:
 
 FAST_SPIN_MAX_S = _spin_env(2000)
 WORKER_FAST_SPIN_S = 0.0
-_loop_calls = 0  # fast calls awaited on event loops right now (predict_async): the loop polls only for a lone one
 
 
 def model_kind(path: str | os.PathLike) -> str:
@@ -551,7 +550,6 @@ class _Worker:
         killing a worker (deadline, violation, condemned or dead worker) - runs in ``executor``, with
         exactly the synchronous path's checks and errors.  A caller cancelled mid-call leaves the
         worker busy with a request nobody waits for: it is killed, never reused."""
-        global _loop_calls
         loop = asyncio.get_running_loop()
         fast = self.fast
         try:
@@ -560,17 +558,13 @@ class _Worker:
                                                   max_output_bytes)
             t0 = time.monotonic()
             deadline = t0 + timeout
-            _loop_calls += 1
             try:
-                # a short call is polled, not slept on, only when it is the process's only one in flight
-                # (the poll holds the event loop) and a core is spare for the worker
-                res = await fast.call_async(sig, arrays, deadline, max_output_bytes,
-                                            self._spin_s() if _loop_calls == 1 else 0.0)
+                # never a spin or a blocking wait on the loop, even for a lone call: while the loop
+                # waits, the next requests cannot be read, and every call would run alone (measured)
+                res = await fast.call_async(sig, arrays, deadline, max_output_bytes)
             except (shmchannel.ShmTimeout, shmchannel.ShmViolation, protocol.FrameError, *protocol.DECODE_ERRORS) as exc:
                 await loop.run_in_executor(executor, self._fast_failed, exc, what)
                 raise AssertionError("unreachable") from None
-            finally:
-                _loop_calls -= 1
             if res is shmchannel.FRAME:
                 return await loop.run_in_executor(executor, self._fast_done, res, t0, deadline, what, max_output_bytes)
             return self._fast_done(res, t0, deadline, what, max_output_bytes)

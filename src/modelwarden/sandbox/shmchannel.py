@@ -272,23 +272,16 @@ class ParentChannel:
                     return res
 
     async def call_async(self, sig: FastSignature, arrays: Sequence[np.ndarray], deadline: float,
-                         max_output_bytes: int, spin_s: float = 0.0) -> tuple[dict[str, np.ndarray], int] | object:
+                         max_output_bytes: int) -> tuple[dict[str, np.ndarray], int] | object:
         """:meth:`call` without a thread: the event loop watches the doorbell and the JSON channel.
 
-        The loop is never blocked past ``spin_s`` (a bounded poll of the reply's ``seq`` before the
-        loop waits, for callers that know nothing else is pending): each doorbell wake-up drains at
-        most 64 KiB and reads the reply only once its ``seq`` is there (checked exactly as in
-        :meth:`call`); a reply on the channel (or its EOF) resolves to FRAME, the deadline to
-        :class:`ShmTimeout`.  A flooding worker costs loop iterations until the deadline, never
-        the loop itself."""
+        The loop is never blocked: each doorbell wake-up drains at most 64 KiB and reads the reply
+        only once its ``seq`` is there (checked exactly as in :meth:`call`); a reply on the channel
+        (or its EOF) resolves to FRAME, the deadline to :class:`ShmTimeout`.  A flooding worker costs
+        loop iterations until the deadline, never the loop itself."""
         seq = self.submit(sig, arrays)
-        stop = time.perf_counter() + min(spin_s, max(0.0, deadline - time.monotonic()))
-        while True:
-            if self.answered(seq):
-                return self._read_reply(sig, seq, max_output_bytes)
-            if time.perf_counter() >= stop:
-                break
-            YIELD()
+        if self.answered(seq):
+            return self._read_reply(sig, seq, max_output_bytes)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
