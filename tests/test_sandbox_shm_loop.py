@@ -23,7 +23,7 @@ from modelwarden.sandbox import (
 from modelwarden.sandbox.namespaces import probe_namespaces
 from tests.attacker import AttackerWorker, decode, encode
 from tests.conftest import build_fixtures
-from tests.test_sandbox_shm import REGION
+from tests.test_sandbox_shm import FLOOD, REGION
 
 _NS_OK, _NS_WHY = probe_namespaces()
 pytestmark = [pytest.mark.sandbox, pytest.mark.skipif(not _NS_OK, reason=f"namespaces unavailable: {_NS_WHY}")]
@@ -127,17 +127,7 @@ def test_a_worker_that_never_answers_hits_the_deadline_without_stalling_the_loop
 
 
 def test_a_doorbell_flood_neither_corrupts_replies_nor_holds_the_loop():
-    flood = REGION + """
-STATE = {'rings': 0}
-def flood():
-    CH.bell.setblocking(True)
-    while True:
-        CH.bell.send(b'x' * 65536)
-        STATE['rings'] += 1
-threading.Thread(target=flood, daemon=True).start()
-time.sleep(0.3)
-result = STATE['rings']
-"""
+    flood = FLOOD + "time.sleep(0.3)\nresult = STATE['rings']\n"
     with AttackerWorker(SandboxLimits(timeout_s=3)) as w:
         rings, _ = on_loop(run_async(w, flood))
         assert isinstance(rings, int) and rings > 0  # control: the flood reaches the parent's doorbell
