@@ -6,6 +6,11 @@ Prints the mean wall time per call of (a) ``SandboxedModel.predict`` from the pa
 parent<->worker channel, decode in the worker, TensorFlow, and back) and (b) the model's
 ``serving_default`` called in this process with a ``tf.constant`` input, both on the same 1-row input,
 and their difference: the per-call cost of the sandbox transport and worker loop.
+
+Then the same sandboxed call as the server makes it, from a coroutine on a uvloop event loop (what
+uvicorn runs): (c) ``predict`` in a thread, ``await loop.run_in_executor(...)`` (the server before the
+event-loop wait), and (d) ``await predict_async(...)`` (the request written into shared memory, the loop
+waiting for the doorbell).  (c) and (d) alternate in rounds so that the host's load hits both alike.
 """
 
 from __future__ import annotations
@@ -17,6 +22,36 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def loop_calls(model, inputs: dict, calls: int, rounds: int = 10) -> tuple[float, float]:
+    """Mean seconds per call: (thread hop, awaited on the loop), alternating rounds on one uvloop loop."""
+    import asyncio
+    import concurrent.futures
+
+    import uvloop
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    per = max(1, calls // rounds)
+
+    async def run() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        totals = [0.0, 0.0]
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(per):
+                await loop.run_in_executor(pool, model.predict, inputs, "serving_default", 30)
+            totals[0] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _ in range(per):
+                await model.predict_async(inputs, "serving_default", 30, pool)
+            totals[1] += time.perf_counter() - t0
+        return totals[0] / (per * rounds), totals[1] / (per * rounds)
+
+    try:
+        return uvloop.run(run())
+    finally:
+        pool.shutdown()
 
 
 def main() -> int:
@@ -43,6 +78,7 @@ def main() -> int:
         for _ in range(args.calls):
             model.predict({name: x}, "serving_default", 30)
         sandboxed = (time.perf_counter() - t0) / args.calls
+        hop, on_loop = loop_calls(model, {name: x}, args.calls)
     finally:
         sb.close()
     import tensorflow as tf
@@ -59,6 +95,9 @@ def main() -> int:
     print(f"TensorFlow in-process                {inproc * 1e3:7.3f} ms")
     print(f"transport + worker loop per call     {(sandboxed - inproc) * 1e3:7.3f} ms "
           f"({(sandboxed - inproc) / sandboxed:.0%} of the sandboxed call)")
+    print(f"from an event loop, thread hop       {hop * 1e3:7.3f} ms  (await run_in_executor(predict))")
+    print(f"from an event loop, no thread        {on_loop * 1e3:7.3f} ms  (await predict_async: doorbell on the loop; "
+          f"{on_loop / hop:.2f}x)")
     return 0
 
 

@@ -6,6 +6,7 @@ in a specific error, kill it, and neither crash, hang nor allocate what the work
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -225,3 +226,46 @@ def test_worker_error_messages_are_sanitised_and_bounded(tmp_path, mode):
     assert not any(c in message for c in "\x1b\x07\r\u202e")
     assert len(message) < 8100
     worker.kill()
+
+
+@pytest.mark.parametrize("mode, error, match", [
+    ("ok", None, None),  # control: the honest fake answers through predict_async too
+    ("huge_body", OutputTooLarge, "exceeds the limit"),
+    ("half_frame", DeadlineExceeded, "deadline"),
+    ("stall", DeadlineExceeded, "deadline"),
+    ("crash", WorkerCrashed, "SIGSEGV"),
+])
+def test_hostile_json_replies_awaited_on_an_event_loop(tmp_path, mode, error, match):
+    """``predict_async`` (the server's call) on a worker without the shared-memory path: the JSON
+    channel is read in a thread with the same checks, and the event loop keeps running meanwhile."""
+    import asyncio
+
+    model, worker = _model(tmp_path, mode, SandboxLimits(timeout_s=1.0, max_output_bytes=1 << 20))
+
+    async def call_and_tick():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        try:
+            return await model.predict_async(X), ticks
+        except Exception as exc:  # noqa: BLE001 - checked below
+            return exc, ticks
+        finally:
+            ticker.cancel()
+
+    t0 = time.monotonic()
+    result, ticks = asyncio.run(call_and_tick())
+    if error is None:
+        assert result["y"].tolist() == [1.0]
+        worker.kill()
+        return
+    assert isinstance(result, error) and re.search(match, str(result))
+    assert time.monotonic() - t0 < 3.0 and worker.dead
+    if mode in ("half_frame", "stall"):
+        assert ticks > 20  # ~1 s waited: the loop ticked all along (a blocked loop would count ~0)

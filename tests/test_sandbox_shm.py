@@ -256,11 +256,8 @@ def test_hostile_reply_headers_end_in_a_protocol_violation(entries, count, match
         assert not w.sandbox.alive
 
 
-def test_signalling_without_writing_then_never_answering_hits_the_deadline():
-    # a thread rings the doorbell as fast as it can, forever, without a reply, and the Lambda
-    # stalls: the parent keeps waking and draining, finds no reply, and still ends at its
-    # deadline (it cannot be kept busy or blocked past it)
-    source = REGION + """
+# a thread ringing the doorbell as fast as it can, forever (STATE['rings']: 64 KiB sends so far)
+FLOOD = REGION + """
 STATE = {'rings': 0}
 def flood():
     CH.bell.setblocking(True)
@@ -268,8 +265,14 @@ def flood():
         CH.bell.send(b'x' * 65536)
         STATE['rings'] += 1
 threading.Thread(target=flood, daemon=True).start()
-time.sleep(60)
 """
+
+
+def test_signalling_without_writing_then_never_answering_hits_the_deadline():
+    # a thread rings the doorbell as fast as it can, forever, without a reply, and the Lambda
+    # stalls: the parent keeps waking and draining, finds no reply, and still ends at its
+    # deadline (it cannot be kept busy or blocked past it)
+    source = FLOOD + "time.sleep(60)\n"
     with AttackerWorker(SandboxLimits(timeout_s=3)) as w:
         assert w.run("result = 1") == 1
         t0 = time.monotonic()

@@ -124,3 +124,39 @@ def test_a_lone_request_with_an_idle_worker_does_not_wait_and_a_freed_worker_flu
 
     assert run(main()) < 1.0
     assert model.calls == [1, 5]
+
+
+def test_a_request_finding_an_idle_worker_skips_the_queue_and_the_next_one_queues():
+    """Adaptive batching: with a worker idle the request is called at once (no queue, task or timer);
+    a second request arriving while that call has taken the only idle worker is queued."""
+    seen: list[tuple[int, int]] = []
+    tasks: list = []
+
+    async def main():
+        gate = asyncio.Event()
+        b: Batcher
+
+        async def call(inputs, signature, deadline):
+            seen.append((inputs["x"].shape[0], len(b._queues)))
+            tasks.append(asyncio.current_task())
+            if len(seen) == 1:
+                await gate.wait()
+            return {"y": inputs["x"] * 2}
+
+        b = Batcher(BatchingConfig(max_batch_size=8, timeout_s=30.0), call, lambda: 1, lambda: 0)
+        first = asyncio.ensure_future(b.submit({"x": np.ones((1, 2))}, None, time.monotonic() + 5))
+        await asyncio.sleep(0.01)
+        assert seen == [(1, 0)] and b._dispatched == 1  # called at once: nothing queued ...
+        assert tasks == [first]  # ... in the request's own task (no batch task was created)
+        second = asyncio.ensure_future(b.submit({"x": np.ones((1, 2))}, None, time.monotonic() + 5))
+        await asyncio.sleep(0.01)
+        assert len(b._queues) == 1 and not second.done()  # the idle worker is taken: it waits for a batch
+        gate.set()
+        await first
+        b.worker_free()
+        out = await asyncio.wait_for(second, 5)
+        assert tasks[1] is not second  # the queued one ran as a batch task
+        return out, b
+
+    out, b = run(main())
+    assert out["y"].tolist() == [[2.0, 2.0]] and b._dispatched == 0 and not b._queues

@@ -37,6 +37,21 @@ def test_float_text_matches_write_decimal(dtype):
     assert got == [tf_decimal(float(v), dtype) for v in values]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_tensors_take_the_scalar_path_with_the_same_text(dtype):
+    """Tensors of at most SMALL elements are written one value at a time: the same text as the
+    numpy path, including values whose 6-digit form rounds past float32's range."""
+    rng = np.random.default_rng(2)
+    edge = [0.0, -0.0, 1.0, 0.1, 1 / 3, 9e6, 3e-5, 16777216.0, np.nan, np.inf, -np.inf,
+            np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).tiny, 3.4028235e38 if dtype is np.float32 else 1e308]
+    values = np.concatenate([rng.standard_normal(4000) * 10.0 ** rng.integers(-30, 30, 4000), edge]).astype(dtype)
+    for i in range(0, len(values), jsonfmt.SMALL):
+        chunk = values[i:i + jsonfmt.SMALL]
+        small = jsonfmt._float_tokens(chunk)
+        big = jsonfmt._float_tokens(np.concatenate([chunk, np.zeros(jsonfmt.SMALL + 1, dtype)]))[:len(chunk)]
+        assert small == big == [tf_decimal(float(v), dtype) for v in chunk]
+
+
 def test_nesting_and_zero_sizes():
     a = np.arange(24, dtype=np.int64).reshape(2, 3, 4)
     assert json.loads(jsonfmt.encode(a)) == a.tolist()

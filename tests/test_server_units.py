@@ -265,3 +265,27 @@ def test_codec_b64_uint8_and_output_shapes():
     assert json.loads(codec.format_predict(two, False)) == {"outputs": {"p": [1, 2], "q": [[1.5], [2.5]]}}
     with pytest.raises(RequestError, match="inconsistent batch"):
         codec.format_predict({"p": np.array([1, 2]), "q": np.array([1])}, True)
+
+
+def test_audit_log_lines_are_whole_ascii_json(tmp_path):
+    """One write per line; whatever a client put in a field (bidi overrides, escapes, a lone
+    surrogate, objects) ends up JSON-escaped ASCII, never raw bytes or a lost line."""
+    import json as _json
+
+    from modelwarden.server.log import AuditLog
+
+    path = tmp_path / "audit.log"
+    log = AuditLog(str(path))
+    fields = [{"path": "/v1/models/x\u202e\x1b[2J"}, {"path": "/\ud800"}, {"obj": object()}, {"ms": 0.52, "status": 200},
+              {"model": "caf\u00e9", "skipped": None}]
+    for f in fields:
+        log.write("access", **f)
+    log.close()
+    raw = path.read_bytes()
+    assert raw.isascii() and raw.endswith(b"\n")
+    lines = [_json.loads(x) for x in raw.decode().splitlines()]
+    assert [x["event"] for x in lines] == ["access"] * 5
+    assert lines[0]["path"] == "/v1/models/x\u202e\x1b[2J" and lines[1]["path"] == "/\ud800"
+    assert lines[2]["obj"].startswith("<object") and lines[3]["ms"] == 0.52 and lines[4] == {
+        "ts": lines[4]["ts"], "event": "access", "model": "caf\u00e9"}
+    assert oct(path.stat().st_mode & 0o777) == "0o600"

@@ -7,6 +7,7 @@ whole worker tree and raises a specific :class:`SandboxError`.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import dataclasses
 import os
@@ -563,27 +564,78 @@ class _Worker:
         answered on the JSON channel instead (errors, string outputs, outputs too big for the region):
         then ``reply``/``body`` are that frame, to decode like any JSON reply.
         """
+        fast = self._fast_channel(what)
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        try:
+            res = fast.call(sig, arrays, deadline, self._spin_s(), max_output_bytes)
+        except Exception as exc:  # noqa: BLE001 - _fast_failed re-raises what it does not own
+            self._fast_failed(exc, what)
+        return self._fast_done(res, t0, deadline, what, max_output_bytes)
+
+    async def fast_request_async(self, sig: shmchannel.FastSignature, arrays: list[np.ndarray], timeout: float,
+                                 what: str, max_output_bytes: int,
+                                 executor: Any = None) -> tuple[dict, bytearray, dict[str, np.ndarray] | None]:
+        """:meth:`fast_request` awaited on the running event loop, without a thread for the call.
+
+        The request goes into the region and the loop waits for the doorbell
+        (:meth:`shmchannel.ParentChannel.call_async`); only what may block - reading a JSON reply,
+        killing a worker (deadline, violation, condemned or dead worker) - runs in ``executor``, with
+        exactly the synchronous path's checks and errors.  A caller cancelled mid-call leaves the
+        worker busy with a request nobody waits for: it is killed, never reused."""
+        loop = asyncio.get_running_loop()
+        fast = self.fast
+        try:
+            if fast is None or self.dead or self.cpu_exhausted:  # _check_usable may reap (blocking): off the loop
+                return await loop.run_in_executor(executor, self.fast_request, sig, arrays, timeout, what,
+                                                  max_output_bytes)
+            t0 = time.monotonic()
+            deadline = t0 + timeout
+            try:
+                # never a spin or a blocking wait on the loop, even for a lone call: while the loop
+                # waits, the next requests cannot be read, and every call would run alone (measured)
+                res = await fast.call_async(sig, arrays, deadline, max_output_bytes)
+            except (shmchannel.ShmTimeout, shmchannel.ShmViolation, protocol.FrameError, *protocol.DECODE_ERRORS) as exc:
+                await loop.run_in_executor(executor, self._fast_failed, exc, what)
+                raise AssertionError("unreachable") from None
+            if res is shmchannel.FRAME:
+                return await loop.run_in_executor(executor, self._fast_done, res, t0, deadline, what, max_output_bytes)
+            return self._fast_done(res, t0, deadline, what, max_output_bytes)
+        except asyncio.CancelledError:
+            self.kill()
+            raise
+
+    def _spin_s(self) -> float:
+        """How long to poll for a fast reply before sleeping: twice the last call when it was short,
+        and only with a spare core (see FAST_SPIN_MAX_S)."""
+        last = self._last_call_s
+        return min(2 * last, FAST_SPIN_MAX_S) if 0 < last < FAST_SPIN_MAX_S and shmchannel.spare_core() else 0.0
+
+    def _fast_channel(self, what: str) -> shmchannel.ParentChannel:
         fast = self.fast
         self._check_usable(what)
         if fast is None:  # dropped by a kill since the caller looked
             raise WorkerCrashed("the sandbox worker is no longer running (an earlier call killed it)")
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        last = self._last_call_s
-        spin = min(2 * last, FAST_SPIN_MAX_S) if 0 < last < FAST_SPIN_MAX_S and shmchannel.spare_core() else 0.0
-        try:
-            res = fast.call(sig, arrays, deadline, spin, max_output_bytes)
-        except shmchannel.ShmTimeout:
+        return fast
+
+    def _fast_failed(self, exc: Exception, what: str) -> None:
+        """A fast call that ended without an answer: kill the worker and raise the caller's error."""
+        if isinstance(exc, shmchannel.ShmTimeout):
             self.kill()
             raise DeadlineExceeded(f"{what} did not finish within its deadline; the worker was killed") from None
-        except (shmchannel.ShmViolation, protocol.FrameError, *protocol.DECODE_ERRORS) as exc:
+        if isinstance(exc, (shmchannel.ShmViolation, protocol.FrameError, *protocol.DECODE_ERRORS)):
             self._violation(f"invalid reply in shared memory: {printable(str(exc), 300)}")
+        raise exc
+
+    def _fast_done(self, res: object, t0: float, deadline: float, what: str,
+                   max_output_bytes: int) -> tuple[dict, bytearray, dict[str, np.ndarray] | None]:
+        """The answer of a fast call: from the region, or (FRAME) the JSON reply read from the channel."""
         if res is shmchannel.FRAME:
             reply, body = self._recv(deadline, what, max_output_bytes)
             self._last_call_s = time.monotonic() - t0
             return self._checked_reply(reply, body) + (None,)
         self._last_call_s = time.monotonic() - t0
-        outputs, run_us = res
+        outputs, run_us = res  # type: ignore[misc]
         return {"ok": True, "run_us": run_us}, bytearray(), outputs
 
     def attach_fast(self, timeout: float) -> None:
@@ -752,6 +804,33 @@ class SandboxedModel:
         return printable(", ".join(sorted(self.signatures)), 2000) or "none"
 
     def predict(self, inputs: Mapping[str, Any], signature: str | None = None, timeout: float | None = None) -> dict[str, np.ndarray]:
+        sig, arrays, worker, fast, ordered = self._prepare(inputs, signature)
+        lim = self._sandbox.limits
+        if fast is not None:
+            reply, body, out = worker.fast_request(fast, ordered, timeout or lim.timeout_s, f"predict({sig.name})",
+                                                   lim.max_output_bytes)
+            return self._outputs(worker, sig, reply, body, out)
+        return self._json_predict(worker, sig, arrays, timeout)
+
+    async def predict_async(self, inputs: Mapping[str, Any], signature: str | None = None, timeout: float | None = None,
+                            executor: Any = None) -> dict[str, np.ndarray]:
+        """:meth:`predict` on the running event loop: a shared-memory call is awaited without a thread
+        (:meth:`_Worker.fast_request_async`); the JSON path and anything that may block run in
+        ``executor`` (None: the loop's default)."""
+        sig, arrays, worker, fast, ordered = self._prepare(inputs, signature)
+        lim = self._sandbox.limits
+        loop = asyncio.get_running_loop()
+        if fast is not None:
+            reply, body, out = await worker.fast_request_async(fast, ordered, timeout or lim.timeout_s,
+                                                               f"predict({sig.name})", lim.max_output_bytes, executor)
+            if out is not None:
+                return self._outputs(worker, sig, reply, body, out)
+            return await loop.run_in_executor(executor, self._outputs, worker, sig, reply, body, out)
+        return await loop.run_in_executor(executor, self._json_predict, worker, sig, arrays, timeout)
+
+    def _prepare(self, inputs: Mapping[str, Any], signature: str | None) -> tuple[
+            Signature, dict[str, np.ndarray], _Worker, shmchannel.FastSignature | None, list[np.ndarray]]:
+        """Checked inputs, the worker, and the fast-path plan with its ordered arrays (None: JSON path)."""
         sig = self.signature(signature)
         arrays = {str(k): np.asarray(v) for k, v in inputs.items()}
         problems = protocol.check_inputs(arrays, sig.inputs, sig.name)
@@ -764,9 +843,12 @@ class SandboxedModel:
         if chan is not None and fast is not None:
             ordered = [np.require(arrays[s.name], dt, "C") for s, dt in zip(fast.inputs, fast.in_dtypes)]
             if chan.fits(fast, ordered) and sum(a.nbytes for a in ordered) <= lim.max_input_bytes:
-                reply, body, out = worker.fast_request(fast, ordered, timeout or lim.timeout_s, f"predict({sig.name})",
-                                                       lim.max_output_bytes)
-                return self._outputs(worker, sig, reply, body, out)
+                return sig, arrays, worker, fast, ordered
+        return sig, arrays, worker, None, []
+
+    def _json_predict(self, worker: _Worker, sig: Signature, arrays: dict[str, np.ndarray],
+                      timeout: float | None) -> dict[str, np.ndarray]:
+        lim = self._sandbox.limits
         try:
             entries, chunks, total = protocol.encode_tensors(arrays)
         except protocol.FrameError as exc:

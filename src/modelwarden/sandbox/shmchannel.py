@@ -17,7 +17,8 @@ Region layout (``req_bytes + rep_bytes``)::
 the worker's own time on the call besides the model's ``run_us``; diagnostics only, like ``run_us``);
 ``ENTRY``: ``index u32 | dtype code u16 | rank u16 | offset u64 | nbytes u64 | dims u64 * 8``
 (offsets relative to the area).  The writer stores ``seq`` last; the reader waits for the
-``seq`` it expects (spinning briefly, then ``poll`` on the doorbell and the JSON channel).
+``seq`` it expects (spinning briefly, then ``poll`` on the doorbell and the JSON channel; or, in the
+server, with both sockets watched by the event loop - :meth:`ParentChannel.call_async`).
 
 Everything else - load, introspect, errors, string tensors, tensors that do not fit - stays on
 the JSON frames of :mod:`protocol`: a worker that cannot answer in shared memory answers on the
@@ -29,6 +30,7 @@ region mid-read can change values but never sizes, dtypes or shapes.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import math
 import mmap
@@ -219,9 +221,8 @@ class ParentChannel:
             total = protocol.aligned(total) + arr.nbytes
         return total <= self.req_bytes
 
-    def call(self, sig: FastSignature, arrays: Sequence[np.ndarray], deadline: float, spin_s: float,
-             max_output_bytes: int) -> tuple[dict[str, np.ndarray], int] | object:
-        """Send one request; ``(outputs, run_us)`` from the reply area, or FRAME (read the channel)."""
+    def submit(self, sig: FastSignature, arrays: Sequence[np.ndarray]) -> int:
+        """Write one request into the region and ring the worker; its ``seq`` (for :meth:`collect`)."""
         self.seq += 1
         seq = self.seq
         mm = self.mm
@@ -230,16 +231,35 @@ class ParentChannel:
         CALL_REST.pack_into(mm, SEQ.size, MAGIC, len(arrays), sig.index, 0, 0)
         SEQ.pack_into(mm, 0, seq)
         _ring(self.bell)
-        base = self.req_bytes
-        unpack_seq = SEQ.unpack_from
+        return seq
+
+    def answered(self, seq: int) -> bool:
+        """The reply area carries ``seq`` (the reply itself is still unchecked)."""
+        return SEQ.unpack_from(self.mm, self.req_bytes)[0] == seq
+
+    def collect(self, sig: FastSignature, seq: int, max_output_bytes: int) -> tuple[dict[str, np.ndarray], int] | object | None:
+        """After a doorbell ring: ``(outputs, run_us)`` when the reply to ``seq`` is in the region, None
+        when it is not there yet; FRAME when the worker closed its doorbell.  Never blocks: the doorbell
+        is drained first (at most 64 KiB, so a flooding worker cannot keep the caller here)."""
+        if not _drain(self.bell):
+            return FRAME
+        if self.answered(seq):
+            return self._read_reply(sig, seq, max_output_bytes)
+        return None
+
+    def call(self, sig: FastSignature, arrays: Sequence[np.ndarray], deadline: float, spin_s: float,
+             max_output_bytes: int) -> tuple[dict[str, np.ndarray], int] | object:
+        """Send one request and block for the answer: ``(outputs, run_us)`` from the reply area, or FRAME
+        (read the channel).  :meth:`call_async` is the same wait on an event loop."""
+        seq = self.submit(sig, arrays)
         if spin_s > 0:
             stop = time.perf_counter() + spin_s
             while time.perf_counter() < stop:
-                if unpack_seq(mm, base)[0] == seq:
+                if self.answered(seq):
                     return self._read_reply(sig, seq, max_output_bytes)
                 YIELD()
         while True:
-            if unpack_seq(mm, base)[0] == seq:
+            if self.answered(seq):
                 return self._read_reply(sig, seq, max_output_bytes)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -247,8 +267,57 @@ class ParentChannel:
             for fd, _events in self._poll.poll(max(1, math.ceil(remaining * 1000))):
                 if fd == self._channel_fd:
                     return FRAME  # an error, a fallback reply, or EOF: the JSON path decides
-                if not _drain(self.bell):
-                    return FRAME  # the worker closed its doorbell: the channel tells why
+                res = self.collect(sig, seq, max_output_bytes)
+                if res is not None:
+                    return res
+
+    async def call_async(self, sig: FastSignature, arrays: Sequence[np.ndarray], deadline: float,
+                         max_output_bytes: int) -> tuple[dict[str, np.ndarray], int] | object:
+        """:meth:`call` without a thread: the event loop watches the doorbell and the JSON channel.
+
+        The loop is never blocked: each doorbell wake-up drains at most 64 KiB and reads the reply
+        only once its ``seq`` is there (checked exactly as in :meth:`call`); a reply on the channel
+        (or its EOF) resolves to FRAME, the deadline to :class:`ShmTimeout`.  A flooding worker costs
+        loop iterations until the deadline, never the loop itself."""
+        seq = self.submit(sig, arrays)
+        if self.answered(seq):
+            return self._read_reply(sig, seq, max_output_bytes)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def on_bell() -> None:
+            if done.done():
+                return
+            try:
+                res = self.collect(sig, seq, max_output_bytes)
+            except Exception as exc:  # noqa: BLE001 - ShmViolation & co. are the caller's to judge
+                done.set_exception(exc)
+                return
+            if res is not None:
+                done.set_result(res)
+
+        def on_channel() -> None:
+            if not done.done():
+                done.set_result(FRAME)
+
+        def on_deadline() -> None:
+            if not done.done():
+                done.set_exception(ShmTimeout("deadline passed while waiting for the worker"))
+
+        bell, channel = self.bell.fileno(), self._channel_fd
+        loop.add_reader(bell, on_bell)
+        try:
+            loop.add_reader(channel, on_channel)
+            try:
+                timer = loop.call_later(max(0.0, deadline - time.monotonic()), on_deadline)
+                try:
+                    return await done
+                finally:
+                    timer.cancel()
+            finally:
+                loop.remove_reader(channel)
+        finally:
+            loop.remove_reader(bell)
 
     def _read_reply(self, sig: FastSignature, seq: int, max_output_bytes: int) -> tuple[dict[str, np.ndarray], int]:
         """Copy, then check, then copy out the tensors.  Every field is hostile."""

@@ -1,8 +1,10 @@
 """Server-side batching: concurrent requests for one model version become one worker call.
 
-Like TF Serving's ``--enable_batching``: requests whose inputs agree in names, dtypes and every
-dimension but the first (and in signature) are queued together; a queue is dispatched as one
-call when a worker is idle (so a lone request never waits), when a worker becomes free, when
+Like TF Serving's ``--enable_batching``, but adaptive: a request that finds a worker idle (and no
+queue of its kind) is called at once, with no queue, task or timer - batches only form from
+requests that arrive while every worker is busy.  Requests whose inputs agree in names, dtypes
+and every dimension but the first (and in signature) are queued together; a queue is dispatched
+as one call when a worker is idle (so a lone request never waits), when a worker becomes free, when
 its rows add up to ``max_batch_size``, or at the latest ``timeout_s`` after its first request
 — batches form while every worker is busy.  The inputs are concatenated along axis 0, one
 sandboxed call runs, and each request gets its rows of every output back.  A request at least ``max_batch_size`` rows big, or with a scalar input, runs
@@ -73,8 +75,10 @@ class Batcher:
         rows = next(iter(inputs.values())).shape[0] if key else 0
         if key is None or rows >= self.cfg.max_batch_size:
             return await self._call(inputs, signature, deadline)
-        loop = asyncio.get_running_loop()
         q = self._queues.get(key)
+        if q is None and self._idle() > self._pending_runs():
+            return await self._direct(inputs, signature, deadline)  # a worker is free: no queue, task or timer
+        loop = asyncio.get_running_loop()
         if q is not None and q.rows + rows > self.cfg.max_batch_size:
             self._flush(key)
             q = None
@@ -87,6 +91,13 @@ class Batcher:
         if q.rows >= self.cfg.max_batch_size or self._idle() > self._pending_runs():
             self._flush(key)
         return await p.future
+
+    async def _direct(self, inputs: dict[str, np.ndarray], signature: str | None, deadline: float) -> dict:
+        self._dispatched += 1
+        try:
+            return await self._call(inputs, signature, deadline)
+        finally:
+            self._dispatched -= 1
 
     def _pending_runs(self) -> int:
         """Dispatched calls still waiting for a worker (every call of the pool goes through here)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import struct
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,8 +42,37 @@ def cost(arr: np.ndarray) -> int:
     return size * (2 if arr.dtype.kind == "c" else 1) + lists + 1
 
 
+SMALL = 16  # float tensors up to this many elements are written without numpy's per-call overhead
+_F32 = struct.Struct("<f")
+
+
+def _small_float_tokens(values: list[float], f32: bool) -> list[str]:
+    """:func:`_float_tokens` for a few float32/float64 values, one at a time (same text)."""
+    out = []
+    for v in values:
+        if v != v:
+            out.append("NaN")
+            continue
+        if v in (math.inf, -math.inf):
+            out.append("Infinity" if v > 0 else "-Infinity")
+            continue
+        t = "%.6g" % v
+        back = float(t)
+        if f32:
+            try:
+                back = _F32.unpack(_F32.pack(back))[0]  # as numpy: the decimal to float64, then to float32
+            except OverflowError:  # rounds past float32's range: never equal
+                back = math.inf
+        if back != v:
+            t = ("%.9g" if f32 else "%.17g") % v
+        out.append(t if ("." in t or "e" in t) else t + ".0")
+    return out
+
+
 def _float_tokens(flat: np.ndarray) -> list[str]:
     values = flat.tolist()
+    if len(values) <= SMALL and flat.dtype in (np.float32, np.float64):
+        return _small_float_tokens(values, flat.dtype == np.float32)
     tokens = list(map("%.6g".__mod__, values))
     if not tokens:
         return tokens

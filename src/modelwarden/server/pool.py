@@ -2,7 +2,9 @@
 
 Each worker is a :class:`modelwarden.sandbox.Sandbox` holding the model warm.  A request
 takes an idle worker (waiting at most until its deadline, else 503 + Retry-After),
-runs ``predict`` in a thread, and gives the worker back.  When a call kills its worker
+runs ``predict`` (awaited on the event loop: the request goes into the worker's shared-memory
+region and the loop waits for its doorbell; only JSON-channel calls and kills use a thread), and
+gives the worker back.  When a call kills its worker
 (crash, deadline, memory limit, protocol violation) the request gets that error and a
 replacement starts in the background, with exponential back-off if replacements keep
 failing; other workers, versions and models are untouched.
@@ -33,7 +35,6 @@ from typing import Any, Callable
 import numpy as np
 
 from modelwarden.sandbox import protocol
-from modelwarden.sandbox.errors import SandboxError
 from modelwarden.sandbox.interface import SandboxLimits
 from modelwarden.server.batching import Batcher, BatchingConfig
 from modelwarden.server.limits import RequestError
@@ -204,15 +205,12 @@ class WorkerPool:
             raise RequestError(503, f"all workers of {self.label} are busy or restarting", retry_after=1.0,
                                kind="overloaded") from None
         worker.busy = True
-        loop = asyncio.get_running_loop()
         timeout = max(0.05, deadline - time.monotonic())
         if self.spec.limits.timeout_s:
             timeout = min(timeout, self.spec.limits.timeout_s)
         try:
-            out = await loop.run_in_executor(self._calls, worker.model.predict, inputs, signature, timeout)
-        except SandboxError as exc:
-            self._release(worker, exc)
-            raise
+            # awaited on the loop (shared memory + doorbell); only the JSON path and kills use a thread
+            out = await worker.model.predict_async(inputs, signature, timeout, self._calls)
         except BaseException as exc:
             self._release(worker, exc)
             raise
