@@ -360,3 +360,79 @@ result = {'size': size, 'after': os.fstat(fd).st_size, 'tries': tries}
         assert report["tries"]["append"] == errno.EPERM
         assert report["after"] == report["size"]
         assert w.run("result = 3") == 3  # the parent still reads its mapping (no SIGBUS)
+
+
+# -- polling instead of sleeping (spin budgets) --------------------------------------------------------
+
+
+def _worker_cpu_s(sb: Sandbox) -> float:
+    """CPU time of the worker's whole tree so far (what its CPU watchdog counts)."""
+    from modelwarden.sandbox.client import tree_cpu_seconds
+
+    w = sb._worker
+    used = w.cg.cpu_seconds_used()
+    if used is None:
+        w._pid_ns = w._pid_ns or w._find_pid_ns()
+        used = tree_cpu_seconds(w._pid_ns)
+    return used
+
+
+def _fast_call(model, fast, x: np.ndarray, spin_s: float = 0.0, worker_spin_us: int = 0, timeout: float = 10.0):
+    sig = model._fast["serving_default"]
+    return fast.call(sig, [np.require(x, sig.in_dtypes[0], "C")], time.monotonic() + timeout, spin_s, 1 << 20,
+                     worker_spin_us)
+
+
+def test_the_worker_polls_for_the_next_request_only_as_long_as_the_parent_asked(run_models):
+    """The request carries the parent's spin budget: the worker polls (burning CPU, which its
+    watchdog counts) for that long after replying, then sleeps; asked for nothing it sleeps at once
+    (the control), and a budget above MAX_SPIN_US is cut to it."""
+    expected = json.loads((run_models / "expected.json").read_text())
+    x = np.asarray(expected["x"], np.float32)
+    with Sandbox(SandboxLimits(timeout_s=60)) as sb:
+        model, fast = _model(sb, run_models / "dense")
+
+        def cpu_after(worker_spin_us: int, calls: int = 5, gap_s: float = 0.15) -> float:
+            before = _worker_cpu_s(sb)
+            for _ in range(calls):
+                out, _run_us = _fast_call(model, fast, x, worker_spin_us=worker_spin_us)
+                np.testing.assert_allclose(out["y"], expected["y"], rtol=1e-6)
+                time.sleep(gap_s)
+            return _worker_cpu_s(sb) - before
+
+        idle = cpu_after(0)
+        spun = cpu_after(100_000)  # 5 x 100 ms of polling, asked for
+        assert idle < 0.1, idle  # the control: a worker told not to poll sleeps between calls
+        assert spun > idle + 0.1, (idle, spun)  # it polled (at least a fifth of 0.5 s, on a shared host)
+        # a budget far above the cap: the worker polls at most MAX_SPIN_US, then sleeps
+        _fast_call(model, fast, x, worker_spin_us=(1 << 32) - 1)
+        time.sleep(shmchannel.MAX_SPIN_US / 1e6 + 0.2)
+        settled = _worker_cpu_s(sb)
+        time.sleep(0.5)
+        assert _worker_cpu_s(sb) - settled < 0.05
+        assert fast.replies == 11
+
+
+def test_a_spinning_parent_still_ends_at_its_deadline():
+    """The parent's poll for the reply is bounded by the call's deadline, whatever spin it was given:
+    a worker that never answers ends in ShmTimeout at the deadline; the control, a worker that
+    answers, is picked up by the poll."""
+    with AttackerWorker(SandboxLimits(timeout_s=10)) as w:
+        fast = w.sandbox._worker.fast
+        out, _run_us = _fast_call(w.model, fast, encode("result = 'polled'"), spin_s=5.0)
+        assert decode(out) == "polled"  # control: answered within the poll
+        t0 = time.monotonic()
+        with pytest.raises(shmchannel.ShmTimeout):
+            _fast_call(w.model, fast, encode("time.sleep(60)"), spin_s=30.0, timeout=1.0)
+        assert 0.9 < time.monotonic() - t0 < 3
+
+
+def test_cpu_pressure_reading(tmp_path, monkeypatch):
+    psi = tmp_path / "cpu"
+    psi.write_text("some avg10=7.50 avg60=5.00 avg300=3.00 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    monkeypatch.setattr(shmchannel, "PRESSURE", str(psi))
+    assert shmchannel.cpu_pressure() == 7.5
+    psi.write_text("garbage\n")
+    assert shmchannel.cpu_pressure() is None
+    monkeypatch.setattr(shmchannel, "PRESSURE", str(tmp_path / "missing"))
+    assert shmchannel.cpu_pressure() is None

@@ -50,7 +50,7 @@ def main(fd: int, cfg: dict, layers: dict | None = None, arrived_fd: int | None 
     fast: shmchannel.WorkerChannel | None = None  # the shared-memory fast path, once the parent sets it up
     fast_spin_s = 0.0
     while True:
-        if fast is not None and not reader.buffered() and fast.wait(sock, fast_spin_s):
+        if fast is not None and not reader.buffered() and fast.wait(sock, fast.spin_s or fast_spin_s):
             _serve_fast(tf, worker, fast, sock)
             continue
         try:

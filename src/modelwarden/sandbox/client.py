@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -40,12 +40,15 @@ REPLY_HEADER_MAX = 256 * 1024
 SPIN_MAX_S = 0.0  # >0: calls faster than this are awaited by polling, not sleeping (see FrameReader);
 #                   off by default: on a loaded 2-core host polling steals the CPU TensorFlow needs
 WORKER_SPIN_S = 0.0  # >0: the worker polls this long for the next request before sleeping
-# Shared-memory fast path (shmchannel): with a spare core (shmchannel.spare_core: 2+ CPUs, load
-# average below their number - 0.5), the parent polls the reply's sequence number (yielding the
-# CPU at every turn) for calls shorter than FAST_SPIN_MAX_S, at most twice the last call, before
-# sleeping on the doorbell; MODELWARDEN_SANDBOX_SPIN_US sets that bound (0: never spin).  The
-# worker does not spin (WORKER_FAST_SPIN_S): measured on the shared 2-vCPU host, a worker polling
-# for the next request made warm calls slower, loaded or quiet (docs/sandbox.md).
+# Shared-memory fast path (shmchannel): with a spare core (shmchannel.spare_core: 2+ CPUs and no
+# CPU pressure), both sides poll instead of sleeping for short calls, yielding the CPU at every turn:
+# the parent polls the reply's sequence number for calls shorter than FAST_SPIN_MAX_S (at most twice
+# the last call); the worker, told per request by the parent, polls for the next request after
+# replying when the caller's gap between an answer and its next request was short (at most
+# WORKER_SPIN_MAX_S).  Measured on the 2-vCPU VM (docs/sandbox.md, "Warm calls"): a worker that
+# sleeps between calls runs its TensorFlow call ~2x slower (its vCPU halts, its caches go cold) and
+# pays a wake-up.  MODELWARDEN_SANDBOX_SPIN_US bounds both (0: never spin).  The event-loop path
+# (serve) never spins on either side.
 
 
 def _spin_env(default_us: float) -> float:
@@ -56,7 +59,8 @@ def _spin_env(default_us: float) -> float:
 
 
 FAST_SPIN_MAX_S = _spin_env(2000)
-WORKER_FAST_SPIN_S = 0.0
+WORKER_SPIN_MAX_S = min(FAST_SPIN_MAX_S, 1e-3)
+WORKER_FAST_SPIN_S = 0.0  # a fixed poll for the worker (the per-request budget above replaces it)
 
 
 def model_kind(path: str | os.PathLike) -> str:
@@ -281,6 +285,7 @@ class _Worker:
         self.sock = parent
         self.reader = protocol.FrameReader(parent)
         self._last_call_s = 0.0
+        self._answered_at = 0.0  # perf_counter when the last fast call returned (the caller's gap)
         self.template = template if backend.name == "namespaces" else None
         # boot_frame backends: the model goes to the boot process on a channel of its own, and only
         # when deliver_model() is called (after the scan gate), while the worker imports TensorFlow
@@ -533,13 +538,18 @@ class _Worker:
 
     # -- requests ------------------------------------------------------------------------------------
 
+    def _usable(self) -> bool:
+        """Neither dead nor condemned by the CPU watchdog (see :meth:`_check_usable`)."""
+        return not (self.dead or self.cpu_exhausted)
+
     def _check_usable(self, what: str) -> None:
         """Refuse a call to a worker that is dead or that the CPU watchdog condemned (its kill may still
         be landing: the worker is never used again; this reaps it and reports the budget)."""
+        if self._usable():
+            return
         if self.cpu_exhausted:
             self._died(what)
-        if self.dead:
-            raise WorkerCrashed("the sandbox worker is no longer running (an earlier call killed it)")
+        raise WorkerCrashed("the sandbox worker is no longer running (an earlier call killed it)")
 
     def request(self, header: Mapping, chunks: list, timeout: float, what: str, max_body: int) -> tuple[dict, bytearray]:
         self._check_usable(what)
@@ -567,8 +577,9 @@ class _Worker:
         fast = self._fast_channel(what)
         t0 = time.monotonic()
         deadline = t0 + timeout
+        spin_s, worker_spin_us = self._spin_budgets()
         try:
-            res = fast.call(sig, arrays, deadline, self._spin_s(), max_output_bytes)
+            res = fast.call(sig, arrays, deadline, spin_s, max_output_bytes, worker_spin_us)
         except Exception as exc:  # noqa: BLE001 - _fast_failed re-raises what it does not own
             self._fast_failed(exc, what)
         return self._fast_done(res, t0, deadline, what, max_output_bytes)
@@ -586,7 +597,7 @@ class _Worker:
         loop = asyncio.get_running_loop()
         fast = self.fast
         try:
-            if fast is None or self.dead or self.cpu_exhausted:  # _check_usable may reap (blocking): off the loop
+            if fast is None or not self._usable():  # _check_usable may reap (blocking): off the loop
                 return await loop.run_in_executor(executor, self.fast_request, sig, arrays, timeout, what,
                                                   max_output_bytes)
             t0 = time.monotonic()
@@ -597,7 +608,6 @@ class _Worker:
                 res = await fast.call_async(sig, arrays, deadline, max_output_bytes)
             except (shmchannel.ShmTimeout, shmchannel.ShmViolation, protocol.FrameError, *protocol.DECODE_ERRORS) as exc:
                 await loop.run_in_executor(executor, self._fast_failed, exc, what)
-                raise AssertionError("unreachable") from None
             if res is shmchannel.FRAME:
                 return await loop.run_in_executor(executor, self._fast_done, res, t0, deadline, what, max_output_bytes)
             return self._fast_done(res, t0, deadline, what, max_output_bytes)
@@ -605,11 +615,18 @@ class _Worker:
             self.kill()
             raise
 
-    def _spin_s(self) -> float:
-        """How long to poll for a fast reply before sleeping: twice the last call when it was short,
-        and only with a spare core (see FAST_SPIN_MAX_S)."""
+    def _spin_budgets(self) -> tuple[float, int]:
+        """How long this call polls before sleeping: the parent for the reply (seconds: twice the last
+        call when it was short) and the worker for the next request after replying (µs: a few times the
+        caller's gap between the last answer and this request, when that was short); only with a
+        spare core (see FAST_SPIN_MAX_S, WORKER_SPIN_MAX_S)."""
         last = self._last_call_s
-        return min(2 * last, FAST_SPIN_MAX_S) if 0 < last < FAST_SPIN_MAX_S and shmchannel.spare_core() else 0.0
+        gap = time.perf_counter() - self._answered_at
+        want_parent, want_worker = 0 < last < FAST_SPIN_MAX_S, gap < WORKER_SPIN_MAX_S
+        if not (want_parent or want_worker) or not shmchannel.spare_core():
+            return 0.0, 0
+        return (min(2 * last, FAST_SPIN_MAX_S) if want_parent else 0.0,
+                int(min(4 * gap + 50e-6, WORKER_SPIN_MAX_S) * 1e6) if want_worker else 0)
 
     def _fast_channel(self, what: str) -> shmchannel.ParentChannel:
         fast = self.fast
@@ -618,7 +635,7 @@ class _Worker:
             raise WorkerCrashed("the sandbox worker is no longer running (an earlier call killed it)")
         return fast
 
-    def _fast_failed(self, exc: Exception, what: str) -> None:
+    def _fast_failed(self, exc: Exception, what: str) -> NoReturn:
         """A fast call that ended without an answer: kill the worker and raise the caller's error."""
         if isinstance(exc, shmchannel.ShmTimeout):
             self.kill()
@@ -635,6 +652,7 @@ class _Worker:
             self._last_call_s = time.monotonic() - t0
             return self._checked_reply(reply, body) + (None,)
         self._last_call_s = time.monotonic() - t0
+        self._answered_at = time.perf_counter()
         outputs, run_us = res  # type: ignore[misc]
         return {"ok": True, "run_us": run_us}, bytearray(), outputs
 

@@ -13,8 +13,10 @@ Region layout (``req_bytes + rep_bytes``)::
     reply area    [req_bytes, +rep_bytes)   written by the worker, read by the parent as hostile
         same layout
 
-``CALL``: ``seq u64 | magic u32 | count u32 | sig_or_status u32 | busy_us u32 | run_us u64`` (``busy_us``:
-the worker's own time on the call besides the model's ``run_us``; diagnostics only, like ``run_us``);
+``CALL``: ``seq u64 | magic u32 | count u32 | sig_or_status u32 | busy_us u32 | run_us u64`` (in a reply
+``busy_us`` is the worker's own time on the call besides the model's ``run_us``, diagnostics only like
+``run_us``; in a request it is the parent's ``spin_us``: how long the worker may poll for the next
+request after replying before it sleeps on the doorbell);
 ``ENTRY``: ``index u32 | dtype code u16 | rank u16 | offset u64 | nbytes u64 | dims u64 * 8``
 (offsets relative to the area).  The writer stores ``seq`` last; the reader waits for the
 ``seq`` it expects (spinning briefly, then ``poll`` on the doorbell and the JSON channel; or, in the
@@ -40,7 +42,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +65,7 @@ SEAL = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 # stores become visible in program order, so seq is never seen before the header it ends).
 SPIN_OK = platform.machine() in ("x86_64", "AMD64", "i686")
 
+MAX_SPIN_US = 100_000  # the most a request may ask the worker to poll for the next one
 YIELD = os.sched_yield  # spinners give the CPU to any runnable thread (TensorFlow's) at every turn
 
 FRAME = object()  # "the answer comes on the JSON channel" (errors, fallbacks, a dead worker)
@@ -77,23 +80,49 @@ class ShmTimeout(Exception):
 
 
 _spare: tuple[float, bool] = (-10.0, False)
+PRESSURE = "/proc/pressure/cpu"
+PRESSURE_MAX = 5.0  # % of the last 10 s in which some runnable task waited for a CPU
+
+
+def cpu_pressure() -> float | None:
+    """The kernel's CPU pressure (``some avg10``, %), None without PSI."""
+    try:
+        with open(PRESSURE, "rb") as f:
+            return float(f.readline().split()[1].partition(b"=")[2])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def spare_core() -> bool:
     """Spinning only makes sense when the peer can run on another core at the same time: at least
-    two usable CPUs and a one-minute load average below their number minus a half (a caller and
-    its worker taking turns count about 1).  Re-read at most once a second."""
+    two usable CPUs and nothing waiting for one.  With PSI, CPU pressure below PRESSURE_MAX (a
+    spinner that yields at every turn makes no pressure on an idle core, and the pressure rises as
+    soon as anything else - TensorFlow's own threads included - waits); without it, a one-minute
+    load average below the CPUs minus a half (which counts the spinners themselves).  Re-read at
+    most once a second."""
     global _spare
     now = time.monotonic()
     if now - _spare[0] < 1.0:
         return _spare[1]
     try:
         cpus = len(os.sched_getaffinity(0))
-        ok = SPIN_OK and cpus >= 2 and os.getloadavg()[0] < cpus - 0.5
+        pressure = cpu_pressure()
+        idle = os.getloadavg()[0] < cpus - 0.5 if pressure is None else pressure < PRESSURE_MAX
+        ok = SPIN_OK and cpus >= 2 and idle
     except OSError:
         ok = False
     _spare = (now, ok)
     return ok
+
+
+def poll_for(ready: Callable[[], bool], spin_s: float) -> bool:
+    """Poll ``ready`` for at most ``spin_s`` seconds, yielding the CPU at every turn; its last answer."""
+    stop = time.perf_counter() + spin_s
+    while time.perf_counter() < stop:
+        if ready():
+            return True
+        YIELD()
+    return ready()
 
 
 @dataclass(frozen=True)
@@ -119,22 +148,31 @@ def plan(index: int, inputs: Mapping[str, protocol.TensorSpec],
                          tuple(outputs.values()))
 
 
+def _layout(arrays: Iterable[np.ndarray]) -> tuple[list[int], int] | None:
+    """Where each array's data goes in an area (64-byte aligned, after the header) and where the last
+    ends; None when one has a rank the entries cannot describe."""
+    pos = HEADER_BYTES
+    offsets = []
+    for arr in arrays:
+        if arr.ndim > MAX_RANK:
+            return None
+        off = protocol.aligned(pos)
+        offsets.append(off)
+        pos = off + arr.nbytes
+    return offsets, pos
+
+
 def _write_tensors(view: memoryview, mm: mmap.mmap, base: int, size: int, tensors: Sequence[tuple[int, np.ndarray]]) -> bool:
     """Entries and data of ``tensors`` (index, little-endian C-order array) into an area; False: no fit."""
-    pos = HEADER_BYTES
-    for i, (index, arr) in enumerate(tensors):
-        if arr.ndim > MAX_RANK:
-            return False
+    layout = _layout(arr for _, arr in tensors)
+    if layout is None or layout[1] > size:
+        return False
+    for i, ((index, arr), off) in enumerate(zip(tensors, layout[0])):
         n = arr.nbytes
-        off = protocol.aligned(pos)
-        if off + n > size:
-            return False
         if n:
             view[base + off:base + off + n] = arr.reshape(-1).view(np.uint8)
-        dims = (*arr.shape, *(0,) * (MAX_RANK - arr.ndim))
         ENTRY.pack_into(mm, base + CALL.size + i * ENTRY.size, index, CODE_OF[protocol.dtype_name(arr)], arr.ndim, off, n,
-                        *dims)
-        pos = off + n
+                        *arr.shape, *(0,) * (MAX_RANK - arr.ndim))
     return True
 
 
@@ -214,21 +252,18 @@ class ParentChannel:
         self.mm.close()
 
     def fits(self, sig: FastSignature, arrays: Sequence[np.ndarray]) -> bool:
-        total = HEADER_BYTES
-        for arr in arrays:
-            if arr.ndim > MAX_RANK:
-                return False
-            total = protocol.aligned(total) + arr.nbytes
-        return total <= self.req_bytes
+        layout = _layout(arrays)
+        return layout is not None and layout[1] <= self.req_bytes
 
-    def submit(self, sig: FastSignature, arrays: Sequence[np.ndarray]) -> int:
-        """Write one request into the region and ring the worker; its ``seq`` (for :meth:`collect`)."""
+    def submit(self, sig: FastSignature, arrays: Sequence[np.ndarray], worker_spin_us: int = 0) -> int:
+        """Write one request into the region and ring the worker; its ``seq`` (for :meth:`collect`).
+        ``worker_spin_us``: how long the worker may poll for the next request after answering this one."""
         self.seq += 1
         seq = self.seq
         mm = self.mm
         if not _write_tensors(self.view, mm, 0, self.req_bytes, list(enumerate(arrays))):
             raise ValueError("inputs do not fit the request area (call fits() first)")
-        CALL_REST.pack_into(mm, SEQ.size, MAGIC, len(arrays), sig.index, 0, 0)
+        CALL_REST.pack_into(mm, SEQ.size, MAGIC, len(arrays), sig.index, min(max(0, worker_spin_us), MAX_SPIN_US), 0)
         SEQ.pack_into(mm, 0, seq)
         _ring(self.bell)
         return seq
@@ -248,16 +283,14 @@ class ParentChannel:
         return None
 
     def call(self, sig: FastSignature, arrays: Sequence[np.ndarray], deadline: float, spin_s: float,
-             max_output_bytes: int) -> tuple[dict[str, np.ndarray], int] | object:
+             max_output_bytes: int, worker_spin_us: int = 0) -> tuple[dict[str, np.ndarray], int] | object:
         """Send one request and block for the answer: ``(outputs, run_us)`` from the reply area, or FRAME
-        (read the channel).  :meth:`call_async` is the same wait on an event loop."""
-        seq = self.submit(sig, arrays)
-        if spin_s > 0:
-            stop = time.perf_counter() + spin_s
-            while time.perf_counter() < stop:
-                if self.answered(seq):
-                    return self._read_reply(sig, seq, max_output_bytes)
-                YIELD()
+        (read the channel).  ``spin_s``: poll the reply's ``seq`` that long before sleeping on the doorbell
+        (never past the deadline).  :meth:`call_async` is the same wait on an event loop."""
+        seq = self.submit(sig, arrays, worker_spin_us)
+        spin_s = min(spin_s, deadline - time.monotonic())
+        if spin_s > 0 and poll_for(lambda: self.answered(seq), spin_s):
+            return self._read_reply(sig, seq, max_output_bytes)
         while True:
             if self.answered(seq):
                 return self._read_reply(sig, seq, max_output_bytes)
@@ -383,6 +416,7 @@ class WorkerChannel:
         self.bell.setblocking(False)
         self.req_bytes, self.rep_bytes = req_bytes, rep_bytes
         self.seen = 0  # the last request seq handled
+        self.spin_s = 0.0  # how long the parent wants the next wait to poll before sleeping
         self.woke = 0.0  # when the pending request was noticed
         self._poll = select.poll()
         self._poll.register(self.bell.fileno(), select.POLLIN)
@@ -394,13 +428,9 @@ class WorkerChannel:
             self._channel_fd = channel.fileno()
             self._poll.register(self._channel_fd, select.POLLIN)
         mm, seen, unpack_seq = self.mm, self.seen, SEQ.unpack_from
-        if spin_s > 0:
-            stop = time.perf_counter() + spin_s
-            while time.perf_counter() < stop:
-                if unpack_seq(mm, 0)[0] != seen:
-                    self.woke = time.perf_counter()
-                    return True
-                YIELD()
+        if spin_s > 0 and poll_for(lambda: unpack_seq(mm, 0)[0] != seen, spin_s):
+            self.woke = time.perf_counter()
+            return True
         while True:
             if unpack_seq(mm, 0)[0] != seen:
                 self.woke = time.perf_counter()
@@ -412,9 +442,11 @@ class WorkerChannel:
                     return False  # the parent is gone: the channel read ends the loop
 
     def request(self) -> tuple[int, int, list[tuple[int, np.ndarray]]]:
-        """(seq, signature index, [(input index, array view)]) of the pending request (from the trusted parent)."""
-        seq, magic, count, sig_index, _r, _t = CALL.unpack_from(self.mm, 0)
+        """(seq, signature index, [(input index, array view)]) of the pending request (from the trusted
+        parent); its spin budget for the next wait goes to :attr:`spin_s`."""
+        seq, magic, count, sig_index, spin_us, _t = CALL.unpack_from(self.mm, 0)
         self.seen = seq
+        self.spin_s = min(spin_us, MAX_SPIN_US) / 1e6
         if magic != MAGIC or count > MAX_TENSORS:
             raise ValueError("malformed shared-memory request")
         tensors = []
