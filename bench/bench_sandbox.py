@@ -164,7 +164,7 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
     import tensorflow as tf
 
     from modelwarden.runtime import leancall
-    from modelwarden.sandbox import Sandbox, SandboxLimits
+    from modelwarden.sandbox import Sandbox, SandboxLimits, shmchannel
 
     out = {}
     for name, n in (("dense", calls), ("mobilenet", max(10, calls // 10))):
@@ -200,7 +200,9 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
             times: dict[str, list[float]] = {**{k: [] for k in baselines}, "lean_process": [],
                                              **{k: [] for k in loaded}}
             compute: dict[str, list[float]] = {k: [] for k in loaded}
+            spinning = 0  # rounds in which the sandbox's calls polled instead of sleeping (a spare core)
             for _ in range(rounds):
+                spinning += shmchannel.spare_core()
                 for k, call in baselines.items():
                     t = time.perf_counter()
                     for _ in range(n):
@@ -226,7 +228,7 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
         out[name] = {"inprocess_ms": ia * 1e3, "sandbox_ms": sb_ * 1e3, "ratio": sb_ / ia,
                      "inprocess_lean_ms": il * 1e3, "lean_process_ms": lp * 1e3, "ratio_vs_lean": sb_ / lp,
                      "worker_compute_ms": wr * 1e3, "boundary_overhead_ms": (sb_ - wr) * 1e3,
-                     "shared_memory": fast["sandbox"]}
+                     "shared_memory": fast["sandbox"], "spinning_rounds": f"{spinning}/{rounds}"}
         if socket_too:
             so = statistics.median(times["socket"])
             out[name].update(socket_ms=so * 1e3, socket_ratio=so / ia)
@@ -267,15 +269,48 @@ def breakdown(models: Path, calls: int = 3000, name: str = "dense") -> dict:
                 model.predict(x)
             for v in t.values():
                 v.clear()
+            polled = 0  # calls made with a spare core (both sides polling instead of sleeping)
             for _ in range(calls):
                 mark["start"] = time.perf_counter()
                 model.predict(x)
                 t["total"].append(time.perf_counter() - mark["start"])
                 t["run"].append((model.last_run_us or 0) / 1e6)
                 t["worker_busy"].append(sb._worker.fast.last_worker_busy_us / 1e6)
+                polled += shmchannel.spare_core()
     finally:
         shmchannel._ring, shmchannel.ParentChannel._read_reply = ring, read
-    return {k: statistics.median(v) * 1e6 for k, v in t.items()}
+    return {**{k: statistics.median(v) * 1e6 for k, v in t.items()}, "polling_pct": 100 * polled / calls}
+
+
+def poll_ab(models: Path, rounds: int = 10, calls: int = 200, name: str = "dense") -> dict:
+    """The spin budgets alone, A/B in one sandbox: rounds alternate between both sides polling
+    (``spare_core`` forced true) and both sleeping (forced false), whatever the host's load says;
+    medians of the per-round call time and of the worker-reported model and own times (µs)."""
+    from modelwarden.sandbox import Sandbox, SandboxLimits, shmchannel
+
+    real = shmchannel.spare_core
+    res: dict[str, dict[str, list[float]]] = {k: {"call": [], "run": [], "worker_busy": []} for k in ("sleep", "poll")}
+    try:
+        with Sandbox(SandboxLimits(timeout_s=60, load_timeout_s=300)) as sb:
+            model = sb.load(models / name, scan=False)
+            x = inputs_for(name)
+            for _ in range(300):
+                model.predict(x)
+            for _ in range(rounds):
+                for mode, r in res.items():
+                    shmchannel.spare_core = (lambda: True) if mode == "poll" else (lambda: False)
+                    runs, busy = [], []
+                    t = time.perf_counter()
+                    for _ in range(calls):
+                        model.predict(x)
+                        runs.append(model.last_run_us or 0)
+                        busy.append(sb._worker.fast.last_worker_busy_us)
+                    r["call"].append((time.perf_counter() - t) / calls * 1e6)
+                    r["run"].append(statistics.median(runs))
+                    r["worker_busy"].append(statistics.median(busy))
+    finally:
+        shmchannel.spare_core = real
+    return {mode: {k: statistics.median(v) for k, v in r.items()} for mode, r in res.items()}
 
 
 # -- cold ------------------------------------------------------------------------------------------
@@ -581,7 +616,8 @@ def main() -> int:
     ap.add_argument("--no-socket", action="store_true",
                     help="do not also measure a sandbox with the shared-memory fast path off")
     ap.add_argument("--breakdown", action="store_true",
-                    help="also time the parts of a warm call through shared memory (instrumented; dense, then MobileNet)")
+                    help="also time the parts of a warm call through shared memory (instrumented; dense, then MobileNet) "
+                         "and the dense call with both sides polling vs both sleeping (alternating rounds)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.build:
@@ -607,6 +643,7 @@ def main() -> int:
     if args.breakdown:
         results["breakdown_us"] = breakdown(models)
         results["breakdown_mobilenet_us"] = breakdown(models, max(30, args.calls), "mobilenet")
+        results["poll_ab_us"] = poll_ab(models)
     results["host"]["loadavg_end"] = os.getloadavg()
     print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f} at the start, "
           f"{results['host']['loadavg_end'][0]:.2f} at the end")
@@ -620,7 +657,8 @@ def main() -> int:
                     f"process {r['lean_process_ms']:.3f} ms), sandbox ({transport}) {r['sandbox_ms']:.3f} ms -> "
                     f"{r['ratio']:.3f}x the standard in-process call (target <= {target}x), {r['ratio_vs_lean']:.3f}x "
                     f"the worker's own call unsandboxed (the boundary alone); worker compute "
-                    f"{r['worker_compute_ms']:.3f} ms, boundary {r['boundary_overhead_ms']:.3f} ms")
+                    f"{r['worker_compute_ms']:.3f} ms, boundary {r['boundary_overhead_ms']:.3f} ms; polling instead of "
+                    f"sleeping in {r['spinning_rounds']} rounds (spare core)")
             if "socket_ms" in r:
                 line += f"; JSON channel only {r['socket_ms']:.3f} ms -> {r['socket_ratio']:.3f}x"
             print(line)
@@ -632,8 +670,14 @@ def main() -> int:
     for name in ("dense", "mobilenet"):
         b = results.get("breakdown_us" if name == "dense" else "breakdown_mobilenet_us")
         if b:
-            print(f"warm {name} call through shared memory, medians: " + ", ".join(f"{k} {v:.0f} us" for k, v in b.items())
-                  + " (wait = worker run + worker_busy + the two wake-ups)")
+            print(f"warm {name} call through shared memory, medians: "
+                  + ", ".join(f"{k} {v:.0f} us" for k, v in b.items() if k != "polling_pct")
+                  + f" (wait = worker run + worker_busy + the two wake-ups; polling in {b['polling_pct']:.0f}% of calls)")
+    ab = results.get("poll_ab_us")
+    if ab:
+        print("warm dense call, both sides polling vs both sleeping (alternating rounds, one sandbox): "
+              + "; ".join(f"{mode}: call {r['call']:.0f} us, worker run {r['run']:.0f} us, worker busy {r['worker_busy']:.0f} us"
+                          for mode, r in ab.items()))
     if "memory" in results:
         m = results["memory"]
         print(f"memory: unsandboxed RSS {m['unsandboxed_rss_mib']:.0f} MiB, worker {m['worker_rss_mib']:.0f} MiB + boot "
