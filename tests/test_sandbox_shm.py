@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from modelwarden.sandbox import DeadlineExceeded, ProtocolViolation, Sandbox, SandboxError, SandboxLimits, shmchannel
+from modelwarden.sandbox import DeadlineExceeded, ProtocolViolation, Sandbox, SandboxError, SandboxLimits, protocol, shmchannel
 from modelwarden.sandbox.namespaces import probe_namespaces
 from tests.attacker import AttackerWorker, decode, encode
 from tests.conftest import build_fixtures
@@ -436,3 +436,16 @@ def test_cpu_pressure_reading(tmp_path, monkeypatch):
     assert shmchannel.cpu_pressure() is None
     monkeypatch.setattr(shmchannel, "PRESSURE", str(tmp_path / "missing"))
     assert shmchannel.cpu_pressure() is None
+
+
+def test_a_hostile_reply_found_by_polling_is_checked_like_any():
+    """The poll reads the reply through the same copy-then-check as the doorbell path: a forged reply
+    of the right shape is taken (the control), one announcing a huge tensor is a violation."""
+    huge = "[(0, F32, 2, S.HEADER_BYTES, 4 << 40, 1, 1 << 40, 0, 0, 0, 0, 0, 0)]"
+    with AttackerWorker(SandboxLimits(timeout_s=10)) as w:
+        fast = w.sandbox._worker.fast
+        out, _run_us = _fast_call(w.model, fast, encode(REGION + "forged('forged'); time.sleep(0.5)"), spin_s=5.0)
+        assert decode(out) == "forged"  # control: the poll picked up the attacker's well-formed reply
+        time.sleep(0.6)  # the Lambda's own late reply (old seq) is ignored by the next call
+        with pytest.raises((shmchannel.ShmViolation, protocol.FrameError), match="above the limit"):
+            _fast_call(w.model, fast, encode(REGION + f"reply({huge}, ring=False); time.sleep(30)"), spin_s=5.0)
