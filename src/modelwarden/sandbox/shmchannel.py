@@ -81,7 +81,7 @@ class ShmTimeout(Exception):
 
 _spare: tuple[float, bool] = (-10.0, False)
 PRESSURE = "/proc/pressure/cpu"
-PRESSURE_MAX = 10.0  # % of the last 10 s in which some runnable task waited for a CPU (measured: docs/sandbox.md)
+PRESSURE_MAX = 5.0  # % of the last 10 s in which some runnable task waited for a CPU (measured: docs/sandbox.md)
 
 
 def cpu_pressure() -> float | None:
