@@ -2,10 +2,12 @@
 
 The pool forks after the parent has imported the scanner and loaded the rules and the
 catalog, so a worker starts in about a millisecond with them already loaded.  Work is handed
-out one artifact at a time over a pipe (the fastest worker takes the next one), as soon as the
-caller produces it: candidates may still be arriving (the results store hashing the next
+out a few artifacts at a time over a pipe (the fastest worker takes the next ones), as soon as the
+caller produces them: candidates may still be arriving (the results store hashing the next
 artifact) while the workers analyse the first.  Results come back as length-prefixed JSON
-records (:mod:`records`), never pickles.  A worker that dies
+records (:mod:`records`), never pickles, a batch at a time: a worker answers when it finishes the
+last task of a batch, while the next batch is already queued, so the parent wakes once per batch
+(not per artifact) and never takes a core from the workers for long.  A worker that dies
 while scanning is replaced; the artifact is retried once in a fresh worker and then reported
 as an error, never lost and never counted twice.
 """
@@ -27,10 +29,12 @@ from modelwarden.record import field, record
 from modelwarden.report.interface import ScanError
 
 _LEN = struct.Struct(">Q")
-_TASK = struct.Struct(">I")  # length of a task: [index, path, format, display, claimed] as JSON
+_TASK = struct.Struct(">I")  # length of a task: [index, path, format, display, claimed, reply] as JSON
 POOL_MIN_ARTIFACTS = 16  # below this a pool's start-up costs more than it saves
 MAX_ATTEMPTS = 2
-QUEUE_DEPTH = 4  # artifacts queued per worker: it never waits for the parent between artifacts
+BATCH = 4  # results a worker sends at once (the parent wakes once per batch)
+QUEUE_DEPTH = 2 * BATCH  # artifacts queued per worker: the next batch waits while the parent reads one
+READ_SIZE = 1 << 16  # per read of results (not more: a larger buffer is an mmap and munmap per read)
 
 
 def auto_jobs() -> int:
@@ -62,6 +66,7 @@ class _Proc:
     results: int  # fd: worker -> parent, records
     buf: bytearray = field(default_factory=bytearray)
     queued: list[int] = field(default_factory=list)  # indices sent and not answered yet, in order
+    sent: int = 0  # tasks ever sent (every BATCH-th asks for a reply)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -80,15 +85,17 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return bytes(out)
 
 
-def _task(idx: int, cand: Candidate) -> bytes:
-    """A candidate for a worker (ASCII JSON: a path's lone surrogates survive as escapes)."""
-    data = json.dumps([idx, cand.path, cand.format.value, cand.display, list(cand.claimed)]).encode("ascii")
+def _task(idx: int, cand: Candidate, reply: bool) -> bytes:
+    """A candidate for a worker (ASCII JSON: a path's lone surrogates survive as escapes);
+    ``reply``: send the results held so far once this one is done."""
+    data = json.dumps([idx, cand.path, cand.format.value, cand.display, list(cand.claimed), reply]).encode("ascii")
     return _TASK.pack(len(data)) + data
 
 
 def _worker_loop(tasks: int, results: int, job: ScanJob) -> None:
     from modelwarden.scanner import scan_candidate
 
+    held: list[bytes] = []
     while True:
         raw = _read_exact(tasks, _TASK.size)
         if raw is None:
@@ -96,14 +103,17 @@ def _worker_loop(tasks: int, results: int, job: ScanJob) -> None:
         data = _read_exact(tasks, _TASK.unpack(raw)[0])
         if data is None:
             return
-        _, path, fmt, display, claimed = json.loads(data)  # from the parent, which wrote it above
+        _, path, fmt, display, claimed, reply = json.loads(data)  # from the parent, which wrote it above
         cand = Candidate(path, ArtifactFormat(fmt), display, tuple(claimed))
         try:
             payload = records.dumps(scan_candidate(cand, job)).encode("utf-8", "surrogatepass")
         except Exception as exc:  # noqa: BLE001 - scan_candidate already catches input errors
             payload = records.dumps(ArtifactResult(None, errors=(ScanError(
                 cand.path, f"internal error while scanning ({type(exc).__name__})"),))).encode("utf-8", "surrogatepass")
-        _write_all(results, _LEN.pack(len(payload)) + payload)
+        held += (_LEN.pack(len(payload)), payload)
+        if reply:
+            _write_all(results, b"".join(held))
+            held.clear()
 
 
 def _warm_up() -> None:
@@ -205,8 +215,12 @@ class ForkPoolEngine(Engine):
                 batch.append(idx)
             if batch:
                 p.queued.extend(batch)
+                data = []
+                for k, i in enumerate(batch):  # a reply every BATCH tasks, and at the end of what is sent
+                    p.sent += 1
+                    data.append(_task(i, candidates[i], p.sent % BATCH == 0 or k == len(batch) - 1))
                 try:
-                    _write_all(p.tasks, b"".join(_task(i, candidates[i]) for i in batch))
+                    _write_all(p.tasks, b"".join(data))
                 except OSError:  # it died: its EOF hands the queue back
                     pass
             elif not p.queued:
@@ -259,7 +273,7 @@ class ForkPoolEngine(Engine):
                     if p is None:
                         continue
                     try:
-                        chunk = os.read(p.results, 1 << 20)
+                        chunk = os.read(p.results, READ_SIZE)
                     except BlockingIOError:
                         continue
                     if not chunk:

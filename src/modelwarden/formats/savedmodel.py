@@ -24,6 +24,7 @@ from modelwarden.ir import (
     Checkpoint,
     EntryKind,
     EntryPoint,
+    FileKind,
     Graph,
     KerasModel,
     SaverInfo,
@@ -300,7 +301,7 @@ class SavedModelReader(Reader):
             format=self.format,
             graphs=tuple(graphs),
             keras=self._keras_metadata(root, limits, listed),
-            checkpoints=self._variables(root, candidate.display, limits),
+            checkpoints=self._variables(root, candidate.display, limits, {f.relpath: f.kind for f in files}),
             files=files,
             metadata=metadata,
         )
@@ -325,18 +326,23 @@ class SavedModelReader(Reader):
         return model_from_keras_metadata(nodes, "keras_metadata.pb", limits)
 
     @staticmethod
-    def _variables(root: str, display: str, limits: Limits) -> tuple[Checkpoint, ...]:
+    def _variables(root: str, display: str, limits: Limits,
+                   kinds: "dict[str, FileKind] | None" = None) -> tuple[Checkpoint, ...]:
+        """``kinds``: the walk's entries (relative path -> kind), when known: no stat each."""
         prefix = os.path.join(root, "variables", "variables")
-        if not os.path.lexists(prefix + ".index"):
-            return ()
-        if os.path.islink(prefix + ".index") or os.path.islink(os.path.dirname(prefix)):
-            # a link is the model's files' fact (MW201 when it leaves the model), not an unreadable
-            # input: follow it only when it stays inside the model
-            real = os.path.realpath(prefix + ".index")
-            inside = real.startswith(os.path.realpath(root) + os.sep) and os.path.isfile(real)
-            if not inside:
+        plain = kinds is not None and kinds.get("variables") is FileKind.DIR \
+            and kinds.get("variables/variables.index") is FileKind.FILE  # neither a link: read it where it is
+        if not plain:
+            if not os.path.lexists(prefix + ".index"):
                 return ()
-            prefix = real.removesuffix(".index")
+            if os.path.islink(prefix + ".index") or os.path.islink(os.path.dirname(prefix)):
+                # a link is the model's files' fact (MW201 when it leaves the model), not an
+                # unreadable input: follow it only when it stays inside the model
+                real = os.path.realpath(prefix + ".index")
+                inside = real.startswith(os.path.realpath(root) + os.sep) and os.path.isfile(real)
+                if not inside:
+                    return ()
+                prefix = real.removesuffix(".index")
         from modelwarden.formats.checkpoint import read_checkpoint
 
         return (read_checkpoint(prefix, f"{display}/variables/variables", limits),)
