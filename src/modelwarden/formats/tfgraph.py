@@ -175,7 +175,8 @@ class LazyAttrs(Mapping[str, AttrValue]):
 
 
 def node_from_proto(nd: Any, limits: Limits = DEFAULT_LIMITS) -> Node:
-    return Node(nd.name, nd.op, tuple(nd.input), LazyAttrs(nd.attr, limits), nd.device)
+    # input[:] copies the repeated field in C: half the cost of iterating it into a tuple
+    return Node(nd.name, nd.op, tuple(nd.input[:]), LazyAttrs(nd.attr, limits), nd.device)
 
 
 def _arg(a: Any) -> Arg:
