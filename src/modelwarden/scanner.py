@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from modelwarden import __version__
 from modelwarden.analysis.interface import AnalysisContext, Finding, ScanOptions, Severity
-from modelwarden.analysis.registry import rule_classes
+from modelwarden.analysis.registry import rules_for
 from modelwarden.catalog import load_catalog
 from modelwarden.engine.interface import ArtifactResult, ScanJob
 from modelwarden.errors import ModelwardenError, UsageError
@@ -108,7 +108,7 @@ def _sketches(ctx: AnalysisContext) -> list[CallGraphSketch]:
 
 def _analyse(ctx: AnalysisContext) -> list[Finding]:
     findings: dict[str, Finding] = {}
-    for cls in rule_classes():
+    for cls in rules_for(ctx.artifact.format.value):
         rule = cls()
         if rule.applies_to(ctx):
             for f in rule.check(ctx):

@@ -34,6 +34,7 @@ POOL_MIN_ARTIFACTS = 16  # below this a pool's start-up costs more than it saves
 MAX_ATTEMPTS = 2
 BATCH = 4  # results a worker sends at once (the parent wakes once per batch)
 QUEUE_DEPTH = 2 * BATCH  # artifacts queued per worker: the next batch waits while the parent reads one
+TAIL_DEPTH = 2  # the same near the end of the work, each answered at once
 READ_SIZE = 1 << 16  # per read of results (not more: a larger buffer is an mmap and munmap per read)
 
 
@@ -154,7 +155,7 @@ class ForkPoolEngine(Engine):
             return
         self.stats.workers = n
         _warm_up()
-        yield from self._pool(first, source, job, n)
+        yield from self._pool(first, source, job, n, expected)
 
     def _spawn(self, job: ScanJob, keep: list[int]) -> _Proc:
         t_r, t_w = os.pipe()
@@ -176,7 +177,7 @@ class ForkPoolEngine(Engine):
         return _Proc(pid, t_w, r_r)
 
     def _pool(self, first: Candidate, source: Iterator[Candidate], job: ScanJob,
-              n: int) -> Iterator[tuple[int, ArtifactResult]]:
+              n: int, expected: int) -> Iterator[tuple[int, ArtifactResult]]:
         candidates = [first]  # every candidate taken from ``source`` so far, by index
         pending = [0]  # indices to hand out next (pop() takes the last): retries, then the next new one
         attempts = [0]  # times an artifact was being read when its worker died
@@ -209,16 +210,21 @@ class ForkPoolEngine(Engine):
             return p
 
         def feed(p: _Proc) -> None:
-            """Top up ``p``'s queue; a worker with nothing queued and nothing left to hand out is retired."""
+            """Top up ``p``'s queue; a worker with nothing queued and nothing left to hand out is retired.
+            Near the end (fewer artifacts left than the queues hold) tasks go out in twos, each
+            answered at once: the last artifacts go to whichever worker is free, so no worker
+            still has a full queue to work through while the other waits."""
+            tail = expected - len(candidates) < n * QUEUE_DEPTH
+            depth = TAIL_DEPTH if tail else QUEUE_DEPTH
             batch = []
-            while len(p.queued) + len(batch) < QUEUE_DEPTH and (idx := take()) is not None:
+            while len(p.queued) + len(batch) < depth and (idx := take()) is not None:
                 batch.append(idx)
             if batch:
                 p.queued.extend(batch)
                 data = []
                 for k, i in enumerate(batch):  # a reply every BATCH tasks, and at the end of what is sent
                     p.sent += 1
-                    data.append(_task(i, candidates[i], p.sent % BATCH == 0 or k == len(batch) - 1))
+                    data.append(_task(i, candidates[i], tail or p.sent % BATCH == 0 or k == len(batch) - 1))
                 try:
                     _write_all(p.tasks, b"".join(data))
                 except OSError:  # it died: its EOF hands the queue back
