@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+from operator import attrgetter
 
 from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.ir import FileEntry, FileKind
@@ -122,6 +123,9 @@ def load_json(data: bytes | str, path: str, *, max_bytes: int, max_depth: int, w
         raise InputError(path, f"{what} is nested too deeply") from None
 
 
+_NAME = attrgetter("name")
+
+
 def walk_tree(root: str, max_entries: int) -> tuple[FileEntry, ...]:
     """Every entry below ``root`` (not following symlinks), with link facts, bounded."""
     entries: list[FileEntry] = []
@@ -132,7 +136,7 @@ def walk_tree(root: str, max_entries: int) -> tuple[FileEntry, ...]:
         full = os.path.join(root, rel) if rel else root
         try:
             with os.scandir(full) as it:
-                children = sorted(it, key=lambda e: e.name)
+                children = sorted(it, key=_NAME)
         except OSError as exc:
             raise InputError(full, f"cannot list directory: {exc.strerror}") from None
         for entry in children:

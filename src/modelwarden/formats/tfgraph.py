@@ -45,7 +45,7 @@ def _text(b: bytes) -> str:
 def shape_dims(shape_proto: Any) -> tuple[int, ...] | None:
     if shape_proto.unknown_rank:
         return None
-    return tuple(int(d.size) for d in shape_proto.dim)
+    return tuple([d.size for d in shape_proto.dim])  # int64 fields are ints already
 
 
 def tensor_value(tp: Any, limits: Limits = DEFAULT_LIMITS) -> TensorValue:
@@ -188,9 +188,9 @@ def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS) -> Function:
     return Function(
         name=sig.name,
         kind=FunctionKind.LIBRARY,
-        nodes=tuple(node_from_proto(n, limits) for n in fd.node_def),
-        args=tuple(_arg(a) for a in sig.input_arg),
-        outputs=tuple(_arg(a) for a in sig.output_arg),
+        nodes=tuple([node_from_proto(n, limits) for n in fd.node_def]),
+        args=tuple([_arg(a) for a in sig.input_arg]),
+        outputs=tuple([_arg(a) for a in sig.output_arg]),
         ret=dict(fd.ret),
         control_ret=dict(fd.control_ret),
         attrs=LazyAttrs(fd.attr, limits),
@@ -210,7 +210,7 @@ def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LI
     main = Function(
         name=name,
         kind=FunctionKind.GRAPH,
-        nodes=tuple(node_from_proto(n, limits) for n in graph_def.node),
+        nodes=tuple([node_from_proto(n, limits) for n in graph_def.node]),
     )
     functions: dict[str, Function] = {}
     for fd in graph_def.library.function:
