@@ -96,6 +96,7 @@ def _task(idx: int, cand: Candidate, reply: bool) -> bytes:
 def _worker_loop(tasks: int, results: int, job: ScanJob) -> None:
     from modelwarden.scanner import scan_candidate
 
+    _warm_up()  # (a no-op when the parent had loaded them before forking)
     held: list[bytes] = []
     while True:
         raw = _read_exact(tasks, _TASK.size)
@@ -118,8 +119,9 @@ def _worker_loop(tasks: int, results: int, job: ScanJob) -> None:
 
 
 def _warm_up() -> None:
-    """Load what every scan needs once, in the parent, so forked workers inherit it (the rule
-    registry and catalog are loaded on first use: a one-model scan must not pay for a pool's)."""
+    """Load what every scan needs once per process (the rule registry and catalog are loaded on
+    first use: a one-model scan must not pay for a pool's).  Workers do it themselves, in
+    parallel, while the parent is still walking the inputs."""
     from modelwarden.analysis.registry import rule_classes
     from modelwarden.catalog import load_catalog
 
@@ -131,20 +133,55 @@ class ForkPoolEngine(Engine):
     """``jobs`` forked scanner processes; falls back to serial for small inputs."""
 
     name = "local"
+    prestart_at = POOL_MIN_ARTIFACTS
 
     def __init__(self, jobs: int | None = None) -> None:
         super().__init__()
         self.jobs = jobs
+        self._early: list[_Proc] = []  # workers forked by prestart(), not handed work yet
+        self._early_job: ScanJob | None = None
 
     def run(self, candidates: Sequence[Candidate], job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
         return self.run_lazily(candidates, len(candidates), job)
 
+    def prestart(self, job: ScanJob, found: int) -> None:
+        """Fork the workers now, when the caller already knows there will be at least ``found``
+        artifacts (a pool's worth) but is still looking for the rest: the workers load the rules
+        and catalog while the parent walks the inputs, and the first tasks find them ready."""
+        if self._early or found < POOL_MIN_ARTIFACTS or not hasattr(os, "fork"):
+            return
+        n = min(self.jobs if self.jobs is not None else auto_jobs(), found)
+        if n <= 1:
+            return
+        for _ in range(n):
+            self._early.append(self._spawn(job, [fd for p in self._early for fd in (p.tasks, p.results)]))
+        self._early_job = job
+
+    def close(self) -> None:
+        """End workers forked by :meth:`prestart` that never got work (idempotent)."""
+        early, self._early = self._early, []
+        for p in early:
+            _kill(p.pid)
+            for fd in (p.tasks, p.results):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            try:
+                os.waitpid(p.pid, 0)
+            except ChildProcessError:
+                pass
+
     def run_lazily(self, candidates: Iterable[Candidate], expected: int,
                    job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
         """The pool starts with the first candidate and takes the others as they come."""
-        n = self.jobs if self.jobs is not None else (auto_jobs() if expected >= POOL_MIN_ARTIFACTS else 1)
+        if self._early and self._early_job is not job:
+            self.close()  # forked for another job: they would analyse with its options
+        n = len(self._early) or (self.jobs if self.jobs is not None
+                                 else (auto_jobs() if expected >= POOL_MIN_ARTIFACTS else 1))
         n = min(n, expected)
         if n <= 1 or not hasattr(os, "fork"):
+            self.close()
             serial = SerialEngine()
             yield from serial.run_lazily(candidates, expected, job)
             self.stats.analysed += serial.stats.analysed
@@ -152,9 +189,9 @@ class ForkPoolEngine(Engine):
         source = iter(candidates)
         first = next(source, None)
         if first is None:  # nothing to analyse (every candidate was in the results store): no pool
+            self.close()
             return
         self.stats.workers = n
-        _warm_up()
         yield from self._pool(first, source, job, n, expected)
 
     def _spawn(self, job: ScanJob, keep: list[int]) -> _Proc:
@@ -269,7 +306,11 @@ class ForkPoolEngine(Engine):
                 feed(start())
 
         try:
-            for _ in range(n):
+            early, self._early = self._early, []
+            for p in early:  # forked by prestart(): already warm
+                procs[p.results] = p
+                sel.register(p.results, selectors.EVENT_READ)
+            for _ in range(n - len(early)):
                 start()
             for p in list(procs.values()):
                 feed(p)
