@@ -241,3 +241,37 @@ def test_rules_for_a_format_are_the_rules_that_apply_to_it(fixture_dir):
         assert [cls for cls in rules_for(artifact.format.value) if cls().applies_to(ctx)] == everything
         assert len(rules_for(artifact.format.value)) < len(rule_classes())  # others are not even made
     assert len(formats) >= 5
+
+
+def _children() -> set[str]:
+    return set(Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split())
+
+
+def test_prestarted_workers_take_the_work_or_are_ended(copies):
+    """Workers forked while the walk goes on (prestart) do the scan and give the serial report;
+    workers forked for nothing (no artifact to analyse, another job, closed) are ended, never left."""
+    from modelwarden.engine.interface import ScanJob
+    from modelwarden.scanner import resolve_policy
+
+    before = _children()
+    eng = ForkPoolEngine(2)
+    report = scan(copies, engine=eng)
+    assert eng.stats.workers == 2 and norm(report) == norm(scan(copies, engine=ForkPoolEngine(1)))
+    assert _children() == before
+
+    job = ScanJob(resolve_policy(None))
+    for ending in ("close", "nothing to do", "another job"):
+        eng = ForkPoolEngine(2)
+        eng.prestart(job, 20)
+        assert len(_children() - before) == 2
+        if ending == "close":
+            eng.close()
+        elif ending == "nothing to do":
+            assert list(eng.run_lazily([], 20, job)) == []
+        else:
+            other = ScanJob(resolve_policy("strict"))
+            assert list(eng.run_lazily([], 20, other)) == []
+        assert _children() == before, ending
+    small = ForkPoolEngine(2)
+    small.prestart(job, 5)  # not a pool's worth: nothing forked
+    assert _children() == before
