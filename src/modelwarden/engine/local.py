@@ -162,15 +162,7 @@ class ForkPoolEngine(Engine):
         early, self._early = self._early, []
         for p in early:
             _kill(p.pid)
-            for fd in (p.tasks, p.results):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            try:
-                os.waitpid(p.pid, 0)
-            except ChildProcessError:
-                pass
+            _reap(p)
 
     def run_lazily(self, candidates: Iterable[Candidate], expected: int,
                    job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
@@ -272,16 +264,7 @@ class ForkPoolEngine(Engine):
         def retire(p: _Proc) -> int:
             sel.unregister(p.results)
             del procs[p.results]
-            for fd in (p.tasks, p.results):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            try:
-                _, status = os.waitpid(p.pid, 0)
-            except ChildProcessError:
-                return 0
-            return status
+            return _reap(p)
 
         def died(p: _Proc) -> Iterator[tuple[int, ArtifactResult]]:
             """The worker is gone: the artifact it was reading (its first queued) is an attempt; the
@@ -353,6 +336,19 @@ class ForkPoolEngine(Engine):
                 _kill(p.pid)
                 retire(p)
             sel.close()
+
+
+def _reap(p: _Proc) -> int:
+    """Close the pipes to a worker and wait for it to exit: its wait status (0 if already reaped)."""
+    for fd in (p.tasks, p.results):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        return os.waitpid(p.pid, 0)[1]
+    except ChildProcessError:
+        return 0
 
 
 def _kill(pid: int) -> None:
