@@ -179,6 +179,11 @@ def node_from_proto(nd: Any, limits: Limits = DEFAULT_LIMITS) -> Node:
     return Node(nd.name, nd.op, tuple(nd.input[:]), LazyAttrs(nd.attr, limits), nd.device)
 
 
+def _map(proto_map: Any) -> dict[str, str]:
+    """A protobuf string map as a dict (dict() over it goes through the Mapping mixin: slower)."""
+    return {k: proto_map[k] for k in proto_map} if len(proto_map) else {}
+
+
 def _arg(a: Any) -> Arg:
     return Arg(a.name, dtype_name(a.type) if a.type else "")
 
@@ -191,8 +196,8 @@ def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS) -> Function:
         nodes=tuple([node_from_proto(n, limits) for n in fd.node_def]),
         args=tuple([_arg(a) for a in sig.input_arg]),
         outputs=tuple([_arg(a) for a in sig.output_arg]),
-        ret=dict(fd.ret),
-        control_ret=dict(fd.control_ret),
+        ret=_map(fd.ret),
+        control_ret=_map(fd.control_ret),
         attrs=LazyAttrs(fd.attr, limits),
         is_stateful=bool(sig.is_stateful),
     )
