@@ -66,10 +66,25 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
     finally:
         if argv is None:  # the program itself (not a caller's main([...])), about to exit
             _skip_final_collection()
+    if argv is None and _selected(sys.argv[1:]) == "scan":
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """End a finished ``scan`` without the interpreter's teardown (freeing every module and the
+    whole report: ~7 ms after a directory scan).  The report is written and flushed, the pool's
+    workers and the results store are closed, and ``scan`` registers nothing to run at exit."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: the text is lost either way, as it would be
+            pass
+    os._exit(code)
 
 
 def _skip_final_collection() -> None:
