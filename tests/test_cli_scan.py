@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -366,3 +367,17 @@ def test_a_finished_scan_leaves_its_report_stderr_and_exit_code(tmp_path):
     proc = run_cli("scan", str(tree / "evil-0"), "-f", "json", "--no-progress", "-o", str(out))
     assert proc.returncode == 1 and proc.stdout == ""  # findings at or above the threshold
     assert _json.loads(out.read_text())["verdict"] == "fail"
+
+
+def test_only_a_scan_without_ray_skips_the_interpreter_teardown():
+    """Ray's client leaves the cluster in its own exit handler: a ``--ray`` scan exits normally."""
+    from modelwarden import cli
+    from modelwarden.cli import scan_cmd
+
+    def parsed(*argv: str):
+        return cli.build_parser(list(argv)).parse_args(list(argv))
+
+    assert scan_cmd.ends_at_once(parsed("scan", "m"))
+    assert not scan_cmd.ends_at_once(parsed("scan", "m", "--ray"))
+    assert not scan_cmd.ends_at_once(parsed("scan", "m", "--ray", "127.0.0.1:6379"))
+    assert not hasattr(importlib.import_module("modelwarden.cli.rules_cmd"), "ends_at_once")
