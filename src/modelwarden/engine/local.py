@@ -1,7 +1,9 @@
 """Local engines: this process, or a pool of forked scanner processes (one per core).
 
-The pool forks after the parent has imported the scanner and loaded the rules and the
-catalog, so a worker starts in about a millisecond with them already loaded.  Work is handed
+The pool forks after the parent has imported the scanner, so a worker starts in about a
+millisecond; it loads the rules and the catalog itself (in parallel with its siblings and, when
+the pool was started early with :meth:`ForkPoolEngine.prestart`, with the parent's walk of the
+inputs), or inherits them from a parent that had them already.  Work is handed
 out a few artifacts at a time over a pipe (the fastest worker takes the next ones), as soon as the
 caller produces them: candidates may still be arriving (the results store hashing the next
 artifact) while the workers analyse the first.  Results come back as length-prefixed JSON
