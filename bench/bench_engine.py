@@ -94,6 +94,9 @@ def whole_process(tree: Path, n: int, env: dict[str, str], cache: Path) -> dict[
     """One repetition of ``modelwarden scan DIR`` as a user runs it: serial, the pool, the results
     store empty (every artifact hashed, analysed and stored) and warm (nothing changed)."""
     base = [sys.executable, "-m", "modelwarden", "scan", str(tree), "--no-progress", "-f", "json"]
+    # the first two without a results store, as `modelwarden scan DIR` runs by default (no
+    # --cache-dir, no $MODELWARDEN_CACHE_DIR; --no-cache makes sure of it); the pool's size is
+    # the default one (a process per core), not given with -j
     out = {"serial (-j 1)": timed(base + ["-j", "1", "--no-cache"], env)[0],
            f"pool (-j {os.cpu_count()})": timed(base + ["--no-cache"], env)[0]}
     shutil.rmtree(cache, ignore_errors=True)
@@ -189,7 +192,8 @@ def main() -> int:
     load_after = os.getloadavg()[0]
     pool = f"pool (-j {os.cpu_count()})"
     print(f"{args.models} small SavedModels, {os.cpu_count()} cores, load average {load_before:.2f} before, "
-          f"{load_after:.2f} after, medians of {args.reps}")
+          f"{load_after:.2f} after, medians of {args.reps}; serial and pool without a results store "
+          "(the default), the store rows with one")
     print(f"{'engine':34} {'seconds':>8} {'models/s':>9} {'vs serial':>10}")
     for name, t in med.items():
         if "cpu: " in name:

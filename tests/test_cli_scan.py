@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -342,3 +343,41 @@ def test_readme_first_command_says_what_the_user_sees() -> None:
     ops = {f["evidence"].get("op") or f["message"] for f in json.loads(strict.stdout)["findings"]
            if f["rule_id"] == "MW110"}
     assert any("PrintV2" in o for o in ops) and any("Fill" in o for o in ops) and len(ops) == 2
+
+
+def test_a_finished_scan_leaves_its_report_stderr_and_exit_code(tmp_path):
+    """``scan`` ends without the interpreter's teardown: the report (stdout or -o), the error lines
+    on stderr and the exit code are all there, in a real process."""
+    import json as _json
+    import shutil as _shutil
+
+    from tests.conftest import ROOT as _ROOT
+
+    tree = tmp_path / "tree"
+    for i in range(3):
+        _shutil.copytree(_ROOT / "examples" / "models" / "evil_savedmodel", tree / f"evil-{i}")
+    broken = tmp_path / "broken.pb"
+    broken.write_bytes(b"\x0a\xff\xff\xff\xff\x0f")  # named and unreadable: an error, exit 2
+    proc = run_cli("scan", str(tree), str(broken), "-f", "json", "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    report = _json.loads(proc.stdout)
+    assert len(report["artifacts"]) == 3 and report["findings"] and report["errors"]
+    assert "broken.pb" in proc.stderr
+    out = tmp_path / "report.json"
+    proc = run_cli("scan", str(tree / "evil-0"), "-f", "json", "--no-progress", "-o", str(out))
+    assert proc.returncode == 1 and proc.stdout == ""  # findings at or above the threshold
+    assert _json.loads(out.read_text())["verdict"] == "fail"
+
+
+def test_only_a_scan_without_ray_skips_the_interpreter_teardown():
+    """Ray's client leaves the cluster in its own exit handler: a ``--ray`` scan exits normally."""
+    from modelwarden import cli
+    from modelwarden.cli import scan_cmd
+
+    def parsed(*argv: str):
+        return cli.build_parser(list(argv)).parse_args(list(argv))
+
+    assert scan_cmd.ends_at_once(parsed("scan", "m"))
+    assert not scan_cmd.ends_at_once(parsed("scan", "m", "--ray"))
+    assert not scan_cmd.ends_at_once(parsed("scan", "m", "--ray", "127.0.0.1:6379"))
+    assert not hasattr(importlib.import_module("modelwarden.cli.rules_cmd"), "ends_at_once")

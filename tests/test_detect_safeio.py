@@ -66,6 +66,25 @@ def test_read_file_refuses_links_fifos_and_big_files(tmp_path):
         safeio.read_file(str(target), 10)
 
 
+def test_read_file_reads_what_is_there_not_what_the_size_says(tmp_path):
+    """Reads are sized by the file's length, yet everything is read: a file whose size the kernel
+    reports as 0 (procfs) in full, a large file across chunks, and the limit still holds."""
+    status = "/proc/self/status"
+    assert os.stat(status).st_size == 0
+    with open(status, "rb") as fh:
+        expected = fh.read()
+    got = safeio.read_file(status, 1 << 20)
+    assert got.split(b"\n")[0] == expected.split(b"\n")[0] and len(got) > 100  # (it changes as it is read)
+    with pytest.raises(LimitExceeded, match="grew past"):
+        safeio.read_file(status, 50)  # size 0 passes the first check; the bytes do not
+    big = tmp_path / "big"
+    data = os.urandom(3 << 20)
+    big.write_bytes(data)
+    assert safeio.read_file(str(big), 4 << 20) == data
+    (tmp_path / "empty").write_bytes(b"")
+    assert safeio.read_file(str(tmp_path / "empty"), 10) == b""
+
+
 def test_json_depth_and_size_bounds():
     with pytest.raises(InputError, match="nested deeper"):
         safeio.load_json("[" * 100_000 + "]" * 100_000, "c.json", max_bytes=10**7, max_depth=200)

@@ -165,3 +165,113 @@ def test_cli_from_file_jobs_and_no_cache(tmp_path):
         res = run_cli("scan", *bad, "--no-cache")
         assert res.returncode == 2, (bad, res.stderr)
         assert "Traceback" not in res.stderr
+
+
+def test_a_worker_answers_a_batch_at_once(copies):
+    """The pool protocol on a real forked worker: results are held until a task asks for a reply,
+    then sent together, one record per task in order, each the artifact's own result."""
+    import select
+
+    from modelwarden.engine import records
+    from modelwarden.engine.interface import ScanJob
+    from modelwarden.engine.local import _LEN, _kill, _task
+    from modelwarden.formats.detect import discover
+    from modelwarden.scanner import resolve_policy, scan_candidate
+
+    cands = sorted(discover([str(copies)])[0], key=lambda c: c.display)[:3]
+    job = ScanJob(resolve_policy(None))
+    proc = ForkPoolEngine(2)._spawn(job, [])
+    try:
+        os.write(proc.tasks, _task(0, cands[0], False) + _task(1, cands[1], False))
+        assert select.select([proc.results], [], [], 1.5)[0] == []  # two scans done long ago, nothing sent
+        os.write(proc.tasks, _task(2, cands[2], True))
+        buf = b""
+        while len(buf) < 3 * _LEN.size or not _complete(buf, 3):
+            assert select.select([proc.results], [], [], 30)[0], "the worker never answered"
+            chunk = os.read(proc.results, 1 << 16)
+            assert chunk
+            buf += chunk
+        got, pos = [], 0
+        while pos < len(buf):
+            (size,) = _LEN.unpack_from(buf, pos)
+            got.append(records.loads(buf[pos + _LEN.size:pos + _LEN.size + size]))
+            pos += _LEN.size + size
+        assert [records.to_dict(r) for r in got] == [records.to_dict(scan_candidate(c, job)) for c in cands]
+        os.close(proc.tasks)  # end of work: the worker exits cleanly
+        _, status = os.waitpid(proc.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        _kill(proc.pid)
+        try:
+            os.waitpid(proc.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _complete(buf: bytes, n: int) -> bool:
+    from modelwarden.engine.local import _LEN
+
+    pos = 0
+    for _ in range(n):
+        if pos + _LEN.size > len(buf):
+            return False
+        pos += _LEN.size + _LEN.unpack_from(buf, pos)[0]
+    return pos <= len(buf)
+
+
+def test_rules_for_a_format_are_the_rules_that_apply_to_it(fixture_dir):
+    """Per artifact only the rules of its format are instantiated: for real artifacts of many
+    formats, the rules run are exactly those whose applies_to holds, in id order."""
+    from modelwarden.analysis.interface import ScanOptions
+    from modelwarden.analysis.registry import rule_classes, rules_for
+    from modelwarden.formats.detect import discover
+    from modelwarden.scanner import _context, read_artifact, resolve_policy
+
+    cands, _ = discover([str(fixture_dir("build_tf_scan")), str(fixture_dir("build_other_formats")),
+                         str(EXAMPLES)])
+    formats = set()
+    for cand in cands:
+        try:
+            artifact = read_artifact(cand)
+        except Exception:  # noqa: BLE001 - unreadable fixtures are not what this test is about
+            continue
+        formats.add(artifact.format)
+        ctx = _context(artifact, resolve_policy(None), ScanOptions())
+        everything = [cls for cls in rule_classes() if cls().applies_to(ctx)]
+        assert [cls for cls in rules_for(artifact.format.value) if cls().applies_to(ctx)] == everything
+        assert len(rules_for(artifact.format.value)) < len(rule_classes())  # others are not even made
+    assert len(formats) >= 5
+
+
+def _children() -> set[str]:
+    return set(Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split())
+
+
+def test_prestarted_workers_take_the_work_or_are_ended(copies):
+    """Workers forked while the walk goes on (prestart) do the scan and give the serial report;
+    workers forked for nothing (no artifact to analyse, another job, closed) are ended, never left."""
+    from modelwarden.engine.interface import ScanJob
+    from modelwarden.scanner import resolve_policy
+
+    before = _children()
+    eng = ForkPoolEngine(2)
+    report = scan(copies, engine=eng)
+    assert eng.stats.workers == 2 and norm(report) == norm(scan(copies, engine=ForkPoolEngine(1)))
+    assert _children() == before
+
+    job = ScanJob(resolve_policy(None))
+    for ending in ("close", "nothing to do", "another job"):
+        eng = ForkPoolEngine(2)
+        eng.prestart(job, 20)
+        assert len(_children() - before) == 2
+        if ending == "close":
+            eng.close()
+        elif ending == "nothing to do":
+            assert list(eng.run_lazily([], 20, job)) == []
+        else:
+            other = ScanJob(resolve_policy("strict"))
+            assert list(eng.run_lazily([], 20, other)) == []
+        assert _children() == before, ending
+    small = ForkPoolEngine(2)
+    small.prestart(job, 5)  # not a pool's worth: nothing forked
+    assert _children() == before

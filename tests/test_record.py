@@ -117,3 +117,32 @@ def test_field_order_is_checked():
         class Bad:
             a: int = 0
             b: int
+
+
+def test_frozen_init_sets_slots_of_every_class_in_the_hierarchy():
+    """The compiled __init__ writes each field through the slot that holds it, also for fields a
+    base class declares; a frozen record without slots keeps them in its dict."""
+
+    @record
+    class Base:
+        a: int
+        b: str = "b"
+
+    @record
+    class Child(Base):
+        c: tuple = ()
+
+    @record(slots=False)
+    class Loose:
+        a: int
+        b: list = field(default_factory=list)
+
+    x = Child(1, "z", (2,))
+    assert (x.a, x.b, x.c) == (1, "z", (2,)) and Child.__slots__ == ("c",) and Base.__slots__ == ("a", "b")
+    assert x == Child(a=1, b="z", c=(2,)) and not hasattr(x, "__dict__")
+    with pytest.raises(FrozenInstanceError):
+        x.a = 5  # type: ignore[misc]
+    loose = Loose(3)
+    assert loose.__dict__ == {"a": 3, "b": []} and loose.b is not Loose(3).b
+    with pytest.raises(FrozenInstanceError):
+        loose.a = 4  # type: ignore[misc]

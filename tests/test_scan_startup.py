@@ -39,9 +39,11 @@ def mobilenet(fixture_dir):
 
 
 # runs the CLI exactly as ``python -m modelwarden`` does, then lists sys.modules (``-X importtime``
-# does not see modules imported through importlib.import_module, as the rule registry does)
+# does not see modules imported through importlib.import_module, as the rule registry does); the
+# scan's final os._exit becomes a SystemExit here so the listing still runs
 _PROBE = """
-import json, runpy, sys
+import json, os, runpy, sys
+os._exit = sys.exit  # a finished scan ends without the interpreter's teardown: keep the probe's line
 try:
     runpy.run_module("modelwarden", run_name="__main__", alter_sys=True)
 except SystemExit as exc:

@@ -110,7 +110,7 @@ class Node:
     @property
     def data_inputs(self) -> tuple[str, ...]:
         inputs = self.inputs
-        if "\x00^" not in "\x00" + "\x00".join(inputs):  # no control input (a hit only means "look closer")
+        if "^" not in "".join(inputs):  # no control input (a hit only means "look closer")
             return inputs
         return tuple(i for i in inputs if not i.startswith("^"))
 

@@ -95,7 +95,12 @@ def _compile_init(cls: type, frozen: bool) -> Callable[..., None]:
             env[f"_d_{name}"] = default
             params.append(f"{name}=_d_{name}")
             value = name
-        body.append(f"    _set(self, {name!r}, {value})" if frozen else f"    self.{name} = {value}")
+        slot = _slot_setter(cls, name) if frozen else None
+        if slot is not None:  # the slot's own setter: a third cheaper than object.__setattr__
+            env[f"_s_{name}"] = slot
+            body.append(f"    _s_{name}(self, {value})")
+        else:
+            body.append(f"    _set(self, {name!r}, {value})" if frozen else f"    self.{name} = {value}")
     if hasattr(cls, "__post_init__"):
         body.append("    self.__post_init__()")
     src = f"def __init__({', '.join(params)}):\n" + ("\n".join(body) or "    pass") + "\n"
@@ -104,6 +109,18 @@ def _compile_init(cls: type, frozen: bool) -> Callable[..., None]:
     init = ns["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     return init
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, object], None] | None:
+    """The ``__set__`` of the slot that stores ``name`` (None when instances keep it in a dict)."""
+    for klass in cls.__mro__:
+        desc = klass.__dict__.get(name)
+        if desc is not None:
+            return desc.__set__ if type(desc) is _MEMBER else None
+    return None
+
+
+_MEMBER = type(_Factory.__dict__["factory"])  # types.MemberDescriptorType, without importing types
 
 
 class _DataclassFields:

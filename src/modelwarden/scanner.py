@@ -10,16 +10,17 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from modelwarden import __version__
 from modelwarden.analysis.interface import AnalysisContext, Finding, ScanOptions, Severity
-from modelwarden.analysis.registry import rule_classes
+from modelwarden.analysis.registry import rules_for
 from modelwarden.catalog import load_catalog
 from modelwarden.engine.interface import ArtifactResult, ScanJob
-from modelwarden.errors import ModelwardenError, UsageError
+from modelwarden.errors import InputError, ModelwardenError, UsageError
 from modelwarden.formats import reader_for
-from modelwarden.formats.detect import discover
+from modelwarden.formats.detect import iter_discover
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
 from modelwarden.ir import Artifact
 from modelwarden.policy.interface import Policy
@@ -108,7 +109,7 @@ def _sketches(ctx: AnalysisContext) -> list[CallGraphSketch]:
 
 def _analyse(ctx: AnalysisContext) -> list[Finding]:
     findings: dict[str, Finding] = {}
-    for cls in rule_classes():
+    for cls in rules_for(ctx.artifact.format.value):
         rule = cls()
         if rule.applies_to(ctx):
             for f in rule.check(ctx):
@@ -205,13 +206,20 @@ def scan_candidate(cand: Candidate, job: ScanJob) -> ArtifactResult:
 def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, callgraphs, started,
           engine: "Engine | None" = None, store: "ResultStore | None" = None) -> Report:
     skipped: list[tuple[str, str]] = []
-    candidates, discover_errors = discover(path_list, limits, skipped)
+    discover_errors: list[InputError] = []
+    job = ScanJob(pol, ScanOptions(tf_version=tf_version, checkpoint=checkpoint), limits, callgraphs)
+    walk = iter_discover(path_list, limits, skipped, discover_errors)
+    candidates = []
+    if engine is not None and engine.prestart_at and store is None:
+        # a pool's worth found: its workers start (and load the rules) while the walk goes on
+        candidates = list(islice(walk, engine.prestart_at))
+        engine.prestart(job, len(candidates))
+    candidates.extend(walk)
     candidates.sort(key=lambda c: c.display)
     errors = [ScanError(e.path, e.reason) for e in discover_errors]
     artifacts: list[ArtifactSummary] = []
     findings: list[Finding] = []
     sketches: list[CallGraphSketch] = []
-    job = ScanJob(pol, ScanOptions(tf_version=tf_version, checkpoint=checkpoint), limits, callgraphs)
     from modelwarden.engine.run import run_ordered
 
     seen = set(errors)  # (not a scan of the list per error: a mirror can hold thousands of broken files)

@@ -31,6 +31,7 @@ CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 # Ops whose output is the *shape* of their input: a request controls it only within the
 # bounds of its own size, so input taint becomes "input-shape" and variables drop out.
 SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "TensorListLength", "TensorArraySizeV3"})
+_NO_CALLEES: list[str] = []  # shared, never mutated
 MAX_SWEEPS = 8
 MAX_ROUNDS = 6
 
@@ -119,13 +120,15 @@ class Dataflow:
         plan = self._plans.get(fn.name)
         if plan is None:
             functions = self.graph.functions
-            calls = self.view.cg.calls
+            node_calls = self.view.cg.node_calls
             plan = []
             for node in fn.nodes:
                 if node.op in functions:
                     callees = [node.op]
-                else:  # the call graph read the node's function attributes already
-                    callees = [callee for attr, callee in calls(node) if attr and callee in functions]
+                elif (named := node_calls.get(id(node))) is not None:  # read by the call graph already
+                    callees = [callee for attr, callee in named if attr and callee in functions]
+                else:  # most nodes name no function
+                    callees = _NO_CALLEES
                 plan.append((node, node.data_inputs, callees))
             plan, acyclic = _topological(plan)
             self._plans[fn.name] = plan

@@ -158,10 +158,16 @@ class Rule(ABC):
     def all_meta(cls) -> tuple[RuleMeta, ...]:
         return tuple(getattr(cls, "metas", ())) or (cls.meta,)
 
+    @classmethod
+    def formats(cls) -> frozenset[str]:
+        """The artifact formats this rule's metas name (empty: every format)."""
+        formats = _FORMATS.get(cls)
+        if formats is None:  # once per class
+            formats = _FORMATS[cls] = frozenset(f for m in cls.all_meta() for f in m.formats)
+        return formats
+
     def applies_to(self, ctx: AnalysisContext) -> bool:
-        formats = _FORMATS.get(type(self))
-        if formats is None:  # once per class: this runs for every rule on every artifact
-            formats = _FORMATS[type(self)] = frozenset(f for m in self.all_meta() for f in m.formats)
+        formats = self.formats()
         return not formats or ctx.artifact.format.value in formats
 
     @abstractmethod

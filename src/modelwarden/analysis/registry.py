@@ -12,6 +12,7 @@ _RULES: dict[str, type[Rule]] = {}
 _META: dict[str, RuleMeta] = {}
 _loaded = False
 _ordered: list[type[Rule]] | None = None  # rule_classes(), until the next register()
+_by_format: dict[str, list[type[Rule]]] = {}  # rules_for(), until the next register()
 
 
 def register(cls: type[Rule]) -> type[Rule]:
@@ -23,6 +24,7 @@ def register(cls: type[Rule]) -> type[Rule]:
         _RULES[meta.id] = cls
     global _ordered
     _ordered = None
+    _by_format.clear()
     return cls
 
 
@@ -49,6 +51,18 @@ def rule_classes() -> list[type[Rule]]:
             seen.setdefault(_RULES[rid], None)
         _ordered = list(seen)
     return list(_ordered)
+
+
+def rules_for(fmt: str) -> list[type[Rule]]:
+    """The rule classes that may apply to an artifact of format ``fmt``, in id order: those whose
+    formats include it (or are all formats) and those that decide for themselves (their own
+    ``applies_to``).  Rules for other formats are not even instantiated per artifact."""
+    rules = _by_format.get(fmt)
+    if rules is None:
+        rules = [cls for cls in rule_classes()
+                 if cls.applies_to is not Rule.applies_to or not cls.formats() or fmt in cls.formats()]
+        _by_format[fmt] = rules
+    return rules
 
 
 def all_meta() -> list[RuleMeta]:

@@ -66,10 +66,29 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
     finally:
         if argv is None:  # the program itself (not a caller's main([...])), about to exit
             _skip_final_collection()
+    if argv is None and _ends_at_once:
+        _exit_now(code)
+    return code
+
+
+_ends_at_once = False  # the command that ran says nothing is left to do at exit (its ends_at_once)
+
+
+def _exit_now(code: int) -> None:
+    """End a finished command without the interpreter's teardown (freeing every module and the
+    whole report: ~7 ms after a directory scan).  Only a command whose ``ends_at_once(args)``
+    says so: its output is written (flushed here), its processes and files closed, and nothing
+    it used registered work to do at exit."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: the text is lost either way, as it would be
+            pass
+    os._exit(code)
 
 
 def _skip_final_collection() -> None:
@@ -91,8 +110,12 @@ def _main(argv: list[str] | None) -> int:
     if not getattr(args, "_module", None):
         parser.print_help(sys.stderr)
         return 2
+    global _ends_at_once
     try:
-        return int(importlib.import_module(args._module).run(args))
+        module = importlib.import_module(args._module)
+        code = int(module.run(args))
+        _ends_at_once = bool(getattr(module, "ends_at_once", lambda _: False)(args))
+        return code
     except ModelwardenError as exc:
         print(f"modelwarden: error: {exc}", file=sys.stderr)
         return exc.exit_code

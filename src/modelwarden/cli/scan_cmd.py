@@ -138,6 +138,13 @@ def run(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def ends_at_once(args: argparse.Namespace) -> bool:
+    """A finished scan may skip the interpreter's teardown (see ``cli._exit_now``): the report is
+    written, the pool and the results store are closed.  Not with ``--ray``: Ray's client
+    disconnects from the cluster in its own exit handler."""
+    return args.ray is None
+
+
 def _check_tf_version(text: str) -> None:
     """A mistyped ``--tf-version`` is a usage error (the API instead reports it as an MW702 finding)."""
     from modelwarden.advisories import Version, VersionError

@@ -64,5 +64,11 @@ class Engine(ABC):
         the order they were produced).  Engines that can start before the last one override it."""
         return self.run(list(candidates), job)
 
+    prestart_at: int = 0  # artifacts found that make :meth:`prestart` worth calling (0: never)
+
+    def prestart(self, job: ScanJob, found: int) -> None:
+        """Get ready for ``job`` while the caller is still finding artifacts (``found`` so far);
+        engines that have nothing to get ready ignore it."""
+
     def close(self) -> None:
         """Release workers (idempotent)."""

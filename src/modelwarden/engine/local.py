@@ -1,11 +1,15 @@
 """Local engines: this process, or a pool of forked scanner processes (one per core).
 
-The pool forks after the parent has imported the scanner and loaded the rules and the
-catalog, so a worker starts in about a millisecond with them already loaded.  Work is handed
-out one artifact at a time over a pipe (the fastest worker takes the next one), as soon as the
-caller produces it: candidates may still be arriving (the results store hashing the next
+The pool forks after the parent has imported the scanner, so a worker starts in about a
+millisecond; it loads the rules and the catalog itself (in parallel with its siblings and, when
+the pool was started early with :meth:`ForkPoolEngine.prestart`, with the parent's walk of the
+inputs), or inherits them from a parent that had them already.  Work is handed
+out a few artifacts at a time over a pipe (the fastest worker takes the next ones), as soon as the
+caller produces them: candidates may still be arriving (the results store hashing the next
 artifact) while the workers analyse the first.  Results come back as length-prefixed JSON
-records (:mod:`records`), never pickles.  A worker that dies
+records (:mod:`records`), never pickles, a batch at a time: a worker answers when it finishes the
+last task of a batch, while the next batch is already queued, so the parent wakes once per batch
+(not per artifact) and never takes a core from the workers for long.  A worker that dies
 while scanning is replaced; the artifact is retried once in a fresh worker and then reported
 as an error, never lost and never counted twice.
 """
@@ -27,10 +31,13 @@ from modelwarden.record import field, record
 from modelwarden.report.interface import ScanError
 
 _LEN = struct.Struct(">Q")
-_TASK = struct.Struct(">I")  # length of a task: [index, path, format, display, claimed] as JSON
+_TASK = struct.Struct(">I")  # length of a task: [index, path, format, display, claimed, reply] as JSON
 POOL_MIN_ARTIFACTS = 16  # below this a pool's start-up costs more than it saves
 MAX_ATTEMPTS = 2
-QUEUE_DEPTH = 4  # artifacts queued per worker: it never waits for the parent between artifacts
+BATCH = 4  # results a worker sends at once (the parent wakes once per batch)
+QUEUE_DEPTH = 2 * BATCH  # artifacts queued per worker: the next batch waits while the parent reads one
+TAIL_DEPTH = 2  # the same near the end of the work, each answered at once
+READ_SIZE = 1 << 16  # per read of results (not more: a larger buffer is an mmap and munmap per read)
 
 
 def auto_jobs() -> int:
@@ -62,6 +69,7 @@ class _Proc:
     results: int  # fd: worker -> parent, records
     buf: bytearray = field(default_factory=bytearray)
     queued: list[int] = field(default_factory=list)  # indices sent and not answered yet, in order
+    sent: int = 0  # tasks ever sent (every BATCH-th asks for a reply)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -80,15 +88,18 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return bytes(out)
 
 
-def _task(idx: int, cand: Candidate) -> bytes:
-    """A candidate for a worker (ASCII JSON: a path's lone surrogates survive as escapes)."""
-    data = json.dumps([idx, cand.path, cand.format.value, cand.display, list(cand.claimed)]).encode("ascii")
+def _task(idx: int, cand: Candidate, reply: bool) -> bytes:
+    """A candidate for a worker (ASCII JSON: a path's lone surrogates survive as escapes);
+    ``reply``: send the results held so far once this one is done."""
+    data = json.dumps([idx, cand.path, cand.format.value, cand.display, list(cand.claimed), reply]).encode("ascii")
     return _TASK.pack(len(data)) + data
 
 
 def _worker_loop(tasks: int, results: int, job: ScanJob) -> None:
     from modelwarden.scanner import scan_candidate
 
+    _warm_up()  # (a no-op when the parent had loaded them before forking)
+    held: list[bytes] = []
     while True:
         raw = _read_exact(tasks, _TASK.size)
         if raw is None:
@@ -96,19 +107,23 @@ def _worker_loop(tasks: int, results: int, job: ScanJob) -> None:
         data = _read_exact(tasks, _TASK.unpack(raw)[0])
         if data is None:
             return
-        _, path, fmt, display, claimed = json.loads(data)  # from the parent, which wrote it above
+        _, path, fmt, display, claimed, reply = json.loads(data)  # from the parent, which wrote it above
         cand = Candidate(path, ArtifactFormat(fmt), display, tuple(claimed))
         try:
             payload = records.dumps(scan_candidate(cand, job)).encode("utf-8", "surrogatepass")
         except Exception as exc:  # noqa: BLE001 - scan_candidate already catches input errors
             payload = records.dumps(ArtifactResult(None, errors=(ScanError(
                 cand.path, f"internal error while scanning ({type(exc).__name__})"),))).encode("utf-8", "surrogatepass")
-        _write_all(results, _LEN.pack(len(payload)) + payload)
+        held += (_LEN.pack(len(payload)), payload)
+        if reply:
+            _write_all(results, b"".join(held))
+            held.clear()
 
 
 def _warm_up() -> None:
-    """Load what every scan needs once, in the parent, so forked workers inherit it (the rule
-    registry and catalog are loaded on first use: a one-model scan must not pay for a pool's)."""
+    """Load what every scan needs once per process (the rule registry and catalog are loaded on
+    first use: a one-model scan must not pay for a pool's).  Workers do it themselves, in
+    parallel, while the parent is still walking the inputs."""
     from modelwarden.analysis.registry import rule_classes
     from modelwarden.catalog import load_catalog
 
@@ -120,20 +135,47 @@ class ForkPoolEngine(Engine):
     """``jobs`` forked scanner processes; falls back to serial for small inputs."""
 
     name = "local"
+    prestart_at = POOL_MIN_ARTIFACTS
 
     def __init__(self, jobs: int | None = None) -> None:
         super().__init__()
         self.jobs = jobs
+        self._early: list[_Proc] = []  # workers forked by prestart(), not handed work yet
+        self._early_job: ScanJob | None = None
 
     def run(self, candidates: Sequence[Candidate], job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
         return self.run_lazily(candidates, len(candidates), job)
 
+    def prestart(self, job: ScanJob, found: int) -> None:
+        """Fork the workers now, when the caller already knows there will be at least ``found``
+        artifacts (a pool's worth) but is still looking for the rest: the workers load the rules
+        and catalog while the parent walks the inputs, and the first tasks find them ready."""
+        if self._early or found < POOL_MIN_ARTIFACTS or not hasattr(os, "fork"):
+            return
+        n = min(self.jobs if self.jobs is not None else auto_jobs(), found)
+        if n <= 1:
+            return
+        for _ in range(n):
+            self._early.append(self._spawn(job, [fd for p in self._early for fd in (p.tasks, p.results)]))
+        self._early_job = job
+
+    def close(self) -> None:
+        """End workers forked by :meth:`prestart` that never got work (idempotent)."""
+        early, self._early = self._early, []
+        for p in early:
+            _kill(p.pid)
+            _reap(p)
+
     def run_lazily(self, candidates: Iterable[Candidate], expected: int,
                    job: ScanJob) -> Iterator[tuple[int, ArtifactResult]]:
         """The pool starts with the first candidate and takes the others as they come."""
-        n = self.jobs if self.jobs is not None else (auto_jobs() if expected >= POOL_MIN_ARTIFACTS else 1)
+        if self._early and self._early_job is not job:
+            self.close()  # forked for another job: they would analyse with its options
+        n = len(self._early) or (self.jobs if self.jobs is not None
+                                 else (auto_jobs() if expected >= POOL_MIN_ARTIFACTS else 1))
         n = min(n, expected)
         if n <= 1 or not hasattr(os, "fork"):
+            self.close()
             serial = SerialEngine()
             yield from serial.run_lazily(candidates, expected, job)
             self.stats.analysed += serial.stats.analysed
@@ -141,10 +183,10 @@ class ForkPoolEngine(Engine):
         source = iter(candidates)
         first = next(source, None)
         if first is None:  # nothing to analyse (every candidate was in the results store): no pool
+            self.close()
             return
         self.stats.workers = n
-        _warm_up()
-        yield from self._pool(first, source, job, n)
+        yield from self._pool(first, source, job, n, expected)
 
     def _spawn(self, job: ScanJob, keep: list[int]) -> _Proc:
         t_r, t_w = os.pipe()
@@ -166,7 +208,7 @@ class ForkPoolEngine(Engine):
         return _Proc(pid, t_w, r_r)
 
     def _pool(self, first: Candidate, source: Iterator[Candidate], job: ScanJob,
-              n: int) -> Iterator[tuple[int, ArtifactResult]]:
+              n: int, expected: int) -> Iterator[tuple[int, ArtifactResult]]:
         candidates = [first]  # every candidate taken from ``source`` so far, by index
         pending = [0]  # indices to hand out next (pop() takes the last): retries, then the next new one
         attempts = [0]  # times an artifact was being read when its worker died
@@ -199,14 +241,23 @@ class ForkPoolEngine(Engine):
             return p
 
         def feed(p: _Proc) -> None:
-            """Top up ``p``'s queue; a worker with nothing queued and nothing left to hand out is retired."""
+            """Top up ``p``'s queue; a worker with nothing queued and nothing left to hand out is retired.
+            Near the end (fewer artifacts left than the queues hold) tasks go out in twos, each
+            answered at once: the last artifacts go to whichever worker is free, so no worker
+            still has a full queue to work through while the other waits."""
+            tail = expected - len(candidates) < n * QUEUE_DEPTH
+            depth = TAIL_DEPTH if tail else QUEUE_DEPTH
             batch = []
-            while len(p.queued) + len(batch) < QUEUE_DEPTH and (idx := take()) is not None:
+            while len(p.queued) + len(batch) < depth and (idx := take()) is not None:
                 batch.append(idx)
             if batch:
                 p.queued.extend(batch)
+                data = []
+                for k, i in enumerate(batch):  # a reply every BATCH tasks, and at the end of what is sent
+                    p.sent += 1
+                    data.append(_task(i, candidates[i], tail or p.sent % BATCH == 0 or k == len(batch) - 1))
                 try:
-                    _write_all(p.tasks, b"".join(_task(i, candidates[i]) for i in batch))
+                    _write_all(p.tasks, b"".join(data))
                 except OSError:  # it died: its EOF hands the queue back
                     pass
             elif not p.queued:
@@ -215,16 +266,7 @@ class ForkPoolEngine(Engine):
         def retire(p: _Proc) -> int:
             sel.unregister(p.results)
             del procs[p.results]
-            for fd in (p.tasks, p.results):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            try:
-                _, status = os.waitpid(p.pid, 0)
-            except ChildProcessError:
-                return 0
-            return status
+            return _reap(p)
 
         def died(p: _Proc) -> Iterator[tuple[int, ArtifactResult]]:
             """The worker is gone: the artifact it was reading (its first queued) is an attempt; the
@@ -249,7 +291,11 @@ class ForkPoolEngine(Engine):
                 feed(start())
 
         try:
-            for _ in range(n):
+            early, self._early = self._early, []
+            for p in early:  # forked by prestart(): already warm
+                procs[p.results] = p
+                sel.register(p.results, selectors.EVENT_READ)
+            for _ in range(n - len(early)):
                 start()
             for p in list(procs.values()):
                 feed(p)
@@ -259,7 +305,7 @@ class ForkPoolEngine(Engine):
                     if p is None:
                         continue
                     try:
-                        chunk = os.read(p.results, 1 << 20)
+                        chunk = os.read(p.results, READ_SIZE)
                     except BlockingIOError:
                         continue
                     if not chunk:
@@ -292,6 +338,19 @@ class ForkPoolEngine(Engine):
                 _kill(p.pid)
                 retire(p)
             sel.close()
+
+
+def _reap(p: _Proc) -> int:
+    """Close the pipes to a worker and wait for it to exit: its wait status (0 if already reaped)."""
+    for fd in (p.tasks, p.results):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        return os.waitpid(p.pid, 0)[1]
+    except ChildProcessError:
+        return 0
 
 
 def _kill(pid: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 
 from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.formats import safeio
@@ -219,18 +220,26 @@ def discover(paths: list[str], limits: Limits = DEFAULT_LIMITS,
     ``skipped`` (if given) receives ``(display path, reason)`` for each file a directory walk
     did not scan: unrecognised content, a symbolic link (never followed), a special file.
     """
-    found: dict[str, Candidate] = {}
     errors: list[InputError] = []
+    return list(iter_discover(paths, limits, skipped, errors)), errors
+
+
+def iter_discover(paths: list[str], limits: Limits = DEFAULT_LIMITS,
+                  skipped: list[tuple[str, str]] | None = None,
+                  errors: list[InputError] | None = None) -> Iterator[Candidate]:
+    """:func:`discover` as the walk goes: each candidate as soon as it is found (in the order
+    :func:`discover` lists them); per-path errors are appended to ``errors``."""
+    found: set[str] = set()
     for top in paths:
         try:
-            _discover_one(top, found, limits, skipped)
+            yield from _discover_one(top, found, limits, skipped)
         except InputError as exc:
-            errors.append(exc)
-    return list(found.values()), errors
+            if errors is not None:
+                errors.append(exc)
 
 
-def _add(found: dict[str, Candidate], cand: Candidate, real_top: str = "", top: str = "") -> None:
-    """Keep ``cand`` unless its file was found already (by real path).  Below a walked ``top``
+def _new(found: set[str], cand: Candidate, real_top: str = "", top: str = "") -> bool:
+    """Is ``cand`` new, its file not found already (by real path)?  Below a walked ``top``
     every component is a real directory (links are never followed), so the real path is
     ``real_top`` joined with the rest: one ``realpath`` per walk instead of one per artifact."""
     if real_top:
@@ -238,7 +247,10 @@ def _add(found: dict[str, Candidate], cand: Candidate, real_top: str = "", top: 
         key = os.path.join(real_top, rel) if rel else real_top
     else:
         key = os.path.realpath(cand.path)
-    found.setdefault(key, cand)
+    if key in found:
+        return False
+    found.add(key)
+    return True
 
 
 def _stat_problem(path: str, exc: OSError) -> str:
@@ -267,8 +279,8 @@ SKIP_SYMLINK = "symbolic link (never followed)"
 SKIP_SPECIAL = "not a regular file"
 
 
-def _discover_one(top: str, found: dict[str, Candidate], limits: Limits,
-                  skipped: list[tuple[str, str]] | None = None) -> None:
+def _discover_one(top: str, found: set[str], limits: Limits,
+                  skipped: list[tuple[str, str]] | None = None) -> Iterator[Candidate]:
     if not os.path.lexists(top):
         raise InputError(top, "no such file or directory")
     try:
@@ -279,12 +291,16 @@ def _discover_one(top: str, found: dict[str, Candidate], limits: Limits,
         base = os.path.basename(top)
         if base in ("saved_model.pb", "saved_model.pbtxt"):
             parent = os.path.dirname(top) or "."
-            _add(found, Candidate(parent, ArtifactFormat.SAVEDMODEL, parent))
+            cand = Candidate(parent, ArtifactFormat.SAVEDMODEL, parent)
+            if _new(found, cand):
+                yield cand
             return
         fmt = sniff(top)
         if fmt is None:
             raise InputError(top, UNRECOGNISED)
-        _add(found, Candidate(top, fmt, top))
+        cand = Candidate(top, fmt, top)
+        if _new(found, cand):
+            yield cand
         return
     if not stat.S_ISDIR(st.st_mode):
         raise InputError(top, "not a regular file or directory")
@@ -296,7 +312,9 @@ def _discover_one(top: str, found: dict[str, Candidate], limits: Limits,
     while stack:
         d = stack.pop()
         if find_model_files(d):
-            _add(found, Candidate(d, ArtifactFormat.SAVEDMODEL, _display(d, top, top)), real_top, top)
+            cand = Candidate(d, ArtifactFormat.SAVEDMODEL, _display(d, top, top))
+            if _new(found, cand, real_top, top):
+                yield cand
             continue  # the SavedModel owns everything below it
         try:
             with os.scandir(d) as it:
@@ -305,7 +323,9 @@ def _discover_one(top: str, found: dict[str, Candidate], limits: Limits,
             raise InputError(d, f"cannot list directory: {exc.strerror}") from None
         hub = _hub_directory(d, {e.name for e in entries if e.is_file(follow_symlinks=False)}, limits)
         if hub is not None:  # the directory is an artifact; its files are still scanned one by one
-            _add(found, Candidate(d, hub, _display(d, top, top)), real_top, top)
+            cand = Candidate(d, hub, _display(d, top, top))
+            if _new(found, cand, real_top, top):
+                yield cand
         for e in entries:
             count += 1
             if count > limits.max_dir_entries:
@@ -319,7 +339,9 @@ def _discover_one(top: str, found: dict[str, Candidate], limits: Limits,
             elif e.is_file(follow_symlinks=False):
                 fmt = sniff(e.path)
                 if fmt is not None:
-                    _add(found, Candidate(e.path, fmt, _display(e.path, top, top)), real_top, top)
+                    cand = Candidate(e.path, fmt, _display(e.path, top, top))
+                    if _new(found, cand, real_top, top):
+                        yield cand
                 else:
                     reason = SKIP_UNRECOGNISED
             else:

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+from operator import attrgetter
 
 from modelwarden.errors import InputError, LimitExceeded
 from modelwarden.ir import FileEntry, FileKind
@@ -16,8 +17,7 @@ def inside(rel: str) -> bool:
     return bool(rel) and not os.path.isabs(rel) and ".." not in rel.replace("\\", "/").split("/")
 
 
-def open_regular(path: str, what: str = "file") -> int:
-    """Open a regular file read-only without following symlinks or blocking on FIFOs; the caller closes it."""
+def _open_regular(path: str, what: str) -> tuple[int, os.stat_result]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -26,28 +26,38 @@ def open_regular(path: str, what: str = "file") -> int:
         if exc.errno == errno.ELOOP:
             raise InputError(path, f"{what} is a symbolic link; refusing to follow it") from None
         raise InputError(path, f"cannot open {what}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise InputError(path, f"{what} is not a regular file")
-    return fd
+    return fd, st
+
+
+def open_regular(path: str, what: str = "file") -> int:
+    """Open a regular file read-only without following symlinks or blocking on FIFOs; the caller closes it."""
+    return _open_regular(path, what)[0]
 
 
 def read_file(path: str, max_bytes: int, *, what: str = "file") -> bytes:
-    """Read a regular file, refusing symlinks, non-regular files and anything over ``max_bytes``."""
-    fd = open_regular(path, what)
+    """Read a regular file, refusing symlinks, non-regular files and anything over ``max_bytes``.
+
+    Reads are sized by the file's length (one byte more, to see growth), not by ``max_bytes``:
+    a buffer of the limit would cost a 16 MiB allocation and its unmapping per small file."""
+    fd, st = _open_regular(path, what)
     try:
-        st = os.fstat(fd)
         if st.st_size > max_bytes:
             raise LimitExceeded(path, f"{what} is {st.st_size} bytes, over the {max_bytes}-byte limit")
         chunks = []
         remaining = max_bytes + 1
+        want = st.st_size + 1
         while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 24))
+            chunk = os.read(fd, min(remaining, want, 1 << 24))
             if not chunk:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
-        data = b"".join(chunks)
+            want = 1 << 16  # the file grew (or is a special file reporting size 0): read on in chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if len(data) > max_bytes:
             raise LimitExceeded(path, f"{what} grew past the {max_bytes}-byte limit while reading")
         return data
@@ -113,6 +123,9 @@ def load_json(data: bytes | str, path: str, *, max_bytes: int, max_depth: int, w
         raise InputError(path, f"{what} is nested too deeply") from None
 
 
+_NAME = attrgetter("name")
+
+
 def walk_tree(root: str, max_entries: int) -> tuple[FileEntry, ...]:
     """Every entry below ``root`` (not following symlinks), with link facts, bounded."""
     entries: list[FileEntry] = []
@@ -123,7 +136,7 @@ def walk_tree(root: str, max_entries: int) -> tuple[FileEntry, ...]:
         full = os.path.join(root, rel) if rel else root
         try:
             with os.scandir(full) as it:
-                children = sorted(it, key=lambda e: e.name)
+                children = sorted(it, key=_NAME)
         except OSError as exc:
             raise InputError(full, f"cannot list directory: {exc.strerror}") from None
         for entry in children:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Container
 from typing import Any
 
 from modelwarden.errors import InputError
@@ -24,6 +25,7 @@ from modelwarden.ir import (
     Checkpoint,
     EntryKind,
     EntryPoint,
+    FileKind,
     Graph,
     KerasModel,
     SaverInfo,
@@ -44,7 +46,7 @@ MAX_ASSETS = 100_000
 GRAPH_FILE_NAMES = ("saved_model.pb", "saved_model.pbtxt")
 
 
-def find_model_files(directory: str, listed: "set[str] | None" = None) -> list[str]:
+def find_model_files(directory: str, listed: "Container[str] | None" = None) -> list[str]:
     """The graph files TensorFlow would consider in a SavedModel directory (.pb first);
     ``listed``: the names of the directory's entries, when already known (no stat each)."""
     return [
@@ -270,7 +272,7 @@ class SavedModelReader(Reader):
         root = candidate.path
         standalone = os.path.isfile(root)  # a SavedModel proto file outside its directory
         files = () if standalone else safeio.walk_tree(root, limits.max_dir_entries)
-        listed = {f.relpath for f in files}  # what the walk saw: the existence checks below need no stat
+        listed = {f.relpath: f.kind for f in files}  # what the walk saw: the checks below need no stat
         graph_files = [root] if standalone else find_model_files(root, listed)
         if not graph_files:
             raise InputError(root, "no saved_model.pb or saved_model.pbtxt in this directory")
@@ -300,13 +302,13 @@ class SavedModelReader(Reader):
             format=self.format,
             graphs=tuple(graphs),
             keras=self._keras_metadata(root, limits, listed),
-            checkpoints=self._variables(root, candidate.display, limits),
+            checkpoints=self._variables(root, candidate.display, limits, listed),
             files=files,
             metadata=metadata,
         )
 
     @staticmethod
-    def _fingerprint(root: str, limits: Limits, listed: "set[str] | None" = None) -> dict[str, str]:
+    def _fingerprint(root: str, limits: Limits, listed: "Container[str] | None" = None) -> dict[str, str]:
         path = os.path.join(root, "fingerprint.pb")
         if not ("fingerprint.pb" in listed if listed is not None else os.path.lexists(path)):
             return {}
@@ -314,7 +316,7 @@ class SavedModelReader(Reader):
         return {"fingerprint_checksum": str(fp.saved_model_checksum)}
 
     @staticmethod
-    def _keras_metadata(root: str, limits: Limits, listed: "set[str] | None" = None) -> KerasModel | None:
+    def _keras_metadata(root: str, limits: Limits, listed: "Container[str] | None" = None) -> KerasModel | None:
         path = os.path.join(root, "keras_metadata.pb")
         if not ("keras_metadata.pb" in listed if listed is not None else os.path.lexists(path)):
             return None
@@ -325,18 +327,23 @@ class SavedModelReader(Reader):
         return model_from_keras_metadata(nodes, "keras_metadata.pb", limits)
 
     @staticmethod
-    def _variables(root: str, display: str, limits: Limits) -> tuple[Checkpoint, ...]:
+    def _variables(root: str, display: str, limits: Limits,
+                   kinds: "dict[str, FileKind] | None" = None) -> tuple[Checkpoint, ...]:
+        """``kinds``: the walk's entries (relative path -> kind), when known: no stat each."""
         prefix = os.path.join(root, "variables", "variables")
-        if not os.path.lexists(prefix + ".index"):
-            return ()
-        if os.path.islink(prefix + ".index") or os.path.islink(os.path.dirname(prefix)):
-            # a link is the model's files' fact (MW201 when it leaves the model), not an unreadable
-            # input: follow it only when it stays inside the model
-            real = os.path.realpath(prefix + ".index")
-            inside = real.startswith(os.path.realpath(root) + os.sep) and os.path.isfile(real)
-            if not inside:
+        plain = kinds is not None and kinds.get("variables") is FileKind.DIR \
+            and kinds.get("variables/variables.index") is FileKind.FILE  # neither a link: read it where it is
+        if not plain:
+            if not os.path.lexists(prefix + ".index"):
                 return ()
-            prefix = real.removesuffix(".index")
+            if os.path.islink(prefix + ".index") or os.path.islink(os.path.dirname(prefix)):
+                # a link is the model's files' fact (MW201 when it leaves the model), not an
+                # unreadable input: follow it only when it stays inside the model
+                real = os.path.realpath(prefix + ".index")
+                inside = real.startswith(os.path.realpath(root) + os.sep) and os.path.isfile(real)
+                if not inside:
+                    return ()
+                prefix = real.removesuffix(".index")
         from modelwarden.formats.checkpoint import read_checkpoint
 
         return (read_checkpoint(prefix, f"{display}/variables/variables", limits),)

@@ -45,13 +45,27 @@ _CRC_TABLE = _make_table()
 _MASK_DELTA = 0xA282EAD8
 
 
-def crc32c(data: bytes, crc: int = 0) -> int:
-    """CRC32C of ``data``, optionally continuing from ``crc``."""
+def _crc32c_python(data: bytes, crc: int = 0) -> int:
+    """CRC32C of ``data``, optionally continuing from ``crc`` (table-driven, in Python)."""
     table = _CRC_TABLE
     crc ^= 0xFFFFFFFF
     for b in data:
         crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
+
+
+try:  # the C implementation (hardware CRC32C where the CPU has it): 200x faster per byte
+    from google_crc32c import extend as _extend
+    from google_crc32c import implementation as _implementation
+except ImportError:  # pragma: no cover - the package is a dependency; the fallback keeps scans working
+    _extend, _implementation = None, "python"
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    """CRC32C of ``data``, optionally continuing from ``crc``."""
+    if _extend is not None and _implementation == "c":
+        return _extend(crc, data if type(data) is bytes else bytes(data))  # it takes read-only buffers only
+    return _crc32c_python(data, crc)
 
 
 def mask_crc(crc: int) -> int:

@@ -45,7 +45,7 @@ def _text(b: bytes) -> str:
 def shape_dims(shape_proto: Any) -> tuple[int, ...] | None:
     if shape_proto.unknown_rank:
         return None
-    return tuple(int(d.size) for d in shape_proto.dim)
+    return tuple([d.size for d in shape_proto.dim])  # int64 fields are ints already
 
 
 def tensor_value(tp: Any, limits: Limits = DEFAULT_LIMITS) -> TensorValue:
@@ -175,7 +175,13 @@ class LazyAttrs(Mapping[str, AttrValue]):
 
 
 def node_from_proto(nd: Any, limits: Limits = DEFAULT_LIMITS) -> Node:
-    return Node(nd.name, nd.op, tuple(nd.input), LazyAttrs(nd.attr, limits), nd.device)
+    # input[:] copies the repeated field in C: half the cost of iterating it into a tuple
+    return Node(nd.name, nd.op, tuple(nd.input[:]), LazyAttrs(nd.attr, limits), nd.device)
+
+
+def _map(proto_map: Any) -> dict[str, str]:
+    """A protobuf string map as a dict (dict() over it goes through the Mapping mixin: slower)."""
+    return {k: proto_map[k] for k in proto_map} if len(proto_map) else {}
 
 
 def _arg(a: Any) -> Arg:
@@ -187,11 +193,11 @@ def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS) -> Function:
     return Function(
         name=sig.name,
         kind=FunctionKind.LIBRARY,
-        nodes=tuple(node_from_proto(n, limits) for n in fd.node_def),
-        args=tuple(_arg(a) for a in sig.input_arg),
-        outputs=tuple(_arg(a) for a in sig.output_arg),
-        ret=dict(fd.ret),
-        control_ret=dict(fd.control_ret),
+        nodes=tuple([node_from_proto(n, limits) for n in fd.node_def]),
+        args=tuple([_arg(a) for a in sig.input_arg]),
+        outputs=tuple([_arg(a) for a in sig.output_arg]),
+        ret=_map(fd.ret),
+        control_ret=_map(fd.control_ret),
         attrs=LazyAttrs(fd.attr, limits),
         is_stateful=bool(sig.is_stateful),
     )
@@ -209,7 +215,7 @@ def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LI
     main = Function(
         name=name,
         kind=FunctionKind.GRAPH,
-        nodes=tuple(node_from_proto(n, limits) for n in graph_def.node),
+        nodes=tuple([node_from_proto(n, limits) for n in graph_def.node]),
     )
     functions: dict[str, Function] = {}
     for fd in graph_def.library.function:

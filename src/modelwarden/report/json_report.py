@@ -16,7 +16,13 @@ SCHEMA_VERSION = "1.1"
 SCHEMA_ID = "urn:modelwarden:schema:scan-report:1"
 
 
+_LABELS = {s: s.label for s in Severity}  # (an enum's name is a descriptor call per access)
+_ZERO = {s.label: 0 for s in Severity}  # per-severity counts, copied per artifact
+
+
 def _s(value: object) -> str:
+    if type(value) is str and value.isascii() and value.isprintable():  # clean()'s own fast path, without its call
+        return value
     return clean(value, newlines=True)
 
 
@@ -47,7 +53,7 @@ def finding_dict(f: Finding, *, suppressed: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "rule_id": _s(f.rule_id),
         "rule_name": rule_name(f.rule_id),
-        "severity": f.severity.label,
+        "severity": _LABELS[f.severity],
         "message": _s(f.message),
         "location": {
             "artifact": _s(loc.artifact),
@@ -76,8 +82,8 @@ def _counts_by_artifact(report: Report) -> tuple[dict[str, dict[str, int]], dict
     for f in report.findings:
         per = counts.get(f.location.artifact)
         if per is None:
-            per = counts[f.location.artifact] = {s.label: 0 for s in Severity}
-        per[f.severity.label] += 1
+            per = counts[f.location.artifact] = dict(_ZERO)
+        per[_LABELS[f.severity]] += 1
     suppressed: dict[str, int] = {}
     for f in report.suppressed:
         suppressed[f.location.artifact] = suppressed.get(f.location.artifact, 0) + 1
@@ -95,7 +101,7 @@ def artifact_dict(a: ArtifactSummary, report: Report,
         "functions": a.functions,
         "nodes": a.nodes,
         "metadata": {_s(k): _s(v) for k, v in a.metadata.items()},
-        "counts": dict(counts.get(a.display) or {s.label: 0 for s in Severity}),
+        "counts": dict(counts.get(a.display) or _ZERO),
         "suppressed": suppressed.get(a.display, 0),
     }
 

@@ -37,6 +37,7 @@ def dumps(data: object, indent: int | None = 2) -> str:
     add = parts.append
     esc = encode_basestring
     step = " " * indent
+    keys: dict[str, str] = {}  # key -> its escaped text plus ": " (a report repeats a few dozen keys)
 
     def enc(o: object, pad: str, depth: int) -> None:
         if isinstance(o, str):
@@ -74,15 +75,20 @@ def dumps(data: object, indent: int | None = 2) -> str:
             inner = pad + step
             sep = "{\n" + inner
             for key, value in o.items():
-                if not isinstance(key, str):
-                    raise _Fallback
+                k = keys.get(key) if type(key) is str else None
+                if k is None:
+                    if not isinstance(key, str):
+                        raise _Fallback
+                    k = esc(key) + ": "
+                    if type(key) is str:
+                        keys[key] = k
                 t = type(value)
                 if t is str:
-                    add(sep + esc(key) + ": " + esc(value))
+                    add(sep + k + esc(value))
                 elif t is int:
-                    add(sep + esc(key) + ": " + int.__repr__(value))
+                    add(sep + k + int.__repr__(value))
                 else:
-                    add(sep + esc(key) + ": ")
+                    add(sep + k)
                     enc(value, inner, depth + 1)
                 sep = ",\n" + inner
             add("\n" + pad + "}")

@@ -150,9 +150,11 @@ class CapabilityRule(Rule):
         for view in graph_views(ctx):
             for fn in view.cg.bodies():
                 for node in fn.nodes:
-                    caps = [c for c in catalog.active(node) if c in CAPABILITY_META]
-                    if caps:
-                        yield from self._node(ctx, view, fn, node, caps)
+                    active = catalog.active(node)  # () for most nodes: no list built for them
+                    if active:
+                        caps = [c for c in active if c in CAPABILITY_META]
+                        if caps:
+                            yield from self._node(ctx, view, fn, node, caps)
 
     def _node(self, ctx: AnalysisContext, view: GraphView, fn: Function, node: Node, caps: list[str]) -> Iterable[Finding]:
         spec = ctx.catalog.lookup(node.op)
