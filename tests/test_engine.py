@@ -275,3 +275,37 @@ def test_prestarted_workers_take_the_work_or_are_ended(copies):
     small = ForkPoolEngine(2)
     small.prestart(job, 5)  # not a pool's worth: nothing forked
     assert _children() == before
+
+
+@pytest.mark.parametrize("crashers", [("dense_savedmodel-05",), ("dense_savedmodel-05", "evil_savedmodel-02")])
+def test_an_artifact_that_kills_its_scanner_is_the_one_blamed(copies, monkeypatch, crashers):
+    """Workers hold a batch of results before sending them, so when one dies the parent cannot tell
+    which of its queued artifacts it was reading: those go out again one at a time, and only the
+    artifact that kills its scanner every time is reported; every other one keeps its findings.
+    (The crash is injected in the forked workers: a hostile artifact that crashes a parser in C.)"""
+    import modelwarden.scanner as scanner_mod
+
+    real = scanner_mod.scan_candidate
+
+    def crashing(cand, job):
+        if any(cand.path.endswith(name) for name in crashers):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(cand, job)
+
+    expected = norm(scan(copies, engine=ForkPoolEngine(1)))
+    monkeypatch.setattr(scanner_mod, "scan_candidate", crashing)
+    eng = ForkPoolEngine(2)
+    got = norm(scan(copies, engine=eng))
+    assert eng.stats.workers == 2
+
+    def drop(items, where):
+        return [x for x in items if not where(x).endswith(crashers)]
+
+    assert len(drop(expected["artifacts"], lambda a: a["path"])) == len(expected["artifacts"]) - len(crashers)
+    assert drop(got["artifacts"], lambda a: a["path"]) == drop(expected["artifacts"], lambda a: a["path"])
+    assert drop(got["findings"], lambda f: f["location"]["artifact"]) == \
+        drop(expected["findings"], lambda f: f["location"]["artifact"])
+    blamed = [e for e in got["errors"] if "died while reading it" in e["message"]]
+    assert sorted(Path(e["path"]).name for e in blamed) == sorted(crashers)
+    assert all("tried 2 times" in e["message"] for e in blamed)
+    assert drop(got["errors"], lambda e: e["path"]) == expected["errors"]  # broken.pb, as serially

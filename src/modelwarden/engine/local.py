@@ -70,6 +70,7 @@ class _Proc:
     buf: bytearray = field(default_factory=bytearray)
     queued: list[int] = field(default_factory=list)  # indices sent and not answered yet, in order
     sent: int = 0  # tasks ever sent (every BATCH-th asks for a reply)
+    replying: set[int] = field(default_factory=set)  # queued indices whose task asks for a reply
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -212,6 +213,7 @@ class ForkPoolEngine(Engine):
         candidates = [first]  # every candidate taken from ``source`` so far, by index
         pending = [0]  # indices to hand out next (pop() takes the last): retries, then the next new one
         attempts = [0]  # times an artifact was being read when its worker died
+        alone: set[int] = set()  # queued when a worker died, not known whether it was the one being read
         exhausted = False
         procs: dict[int, _Proc] = {}
         sel = selectors.DefaultSelector()
@@ -249,13 +251,21 @@ class ForkPoolEngine(Engine):
             depth = TAIL_DEPTH if tail else QUEUE_DEPTH
             batch = []
             while len(p.queued) + len(batch) < depth and (idx := take()) is not None:
+                if idx in alone and (p.queued or batch):
+                    pending.append(idx)  # it goes first in a queue of its own (see died())
+                    break
                 batch.append(idx)
+                if idx in alone:
+                    break
             if batch:
                 p.queued.extend(batch)
                 data = []
                 for k, i in enumerate(batch):  # a reply every BATCH tasks, and at the end of what is sent
                     p.sent += 1
-                    data.append(_task(i, candidates[i], tail or p.sent % BATCH == 0 or k == len(batch) - 1))
+                    reply = tail or p.sent % BATCH == 0 or k == len(batch) - 1
+                    if reply:
+                        p.replying.add(i)
+                    data.append(_task(i, candidates[i], reply))
                 try:
                     _write_all(p.tasks, b"".join(data))
                 except OSError:  # it died: its EOF hands the queue back
@@ -269,11 +279,20 @@ class ForkPoolEngine(Engine):
             return _reap(p)
 
         def died(p: _Proc) -> Iterator[tuple[int, ArtifactResult]]:
-            """The worker is gone: the artifact it was reading (its first queued) is an attempt; the
-            rest of its queue never started.  A new worker takes over while work is left."""
+            """The worker is gone.  If its first queued artifact asked for a reply, nothing finished was
+            held back before it: it was being read, and that is an attempt; the rest never started.
+            Otherwise the worker may have finished it (and others) and held the results, so which
+            artifact it died on is not known: none is charged, and each of them goes out again first
+            in a queue of its own, answered at once, where a death is attributed exactly (a hostile
+            artifact must not have its siblings reported in its place).  A new worker takes over
+            while work is left."""
             _kill(p.pid)
             status = retire(p)
-            if p.queued:
+            if p.queued and p.queued[0] not in p.replying:
+                alone.update(p.queued)
+                pending.extend(reversed(p.queued))
+                self.stats.retried += 1
+            elif p.queued:
                 idx, rest = p.queued[0], p.queued[1:]
                 attempts[idx] += 1
                 pending.extend(reversed(rest))
@@ -324,6 +343,7 @@ class ForkPoolEngine(Engine):
                         if not p.queued:
                             continue  # nothing was asked of it: ignore
                         idx = p.queued.pop(0)
+                        p.replying.discard(idx)
                         try:
                             result = records.loads(payload)
                         except records.RecordError as exc:
