@@ -16,6 +16,10 @@ the same run.  ``--in-process`` adds ``modelwarden.scan(DIR)`` timed inside one 
 runs every series a second time with another source tree (e.g. ``/work/main/src``: the code
 before a change), interleaved with this one in each repetition, and prints new/old ratios.
 "pool / serial" is the scaling from one process to one per core, measured in the same run.
+"pool, python -S" is the pool again with the interpreter's ``site`` step skipped (site-packages
+put on PYTHONPATH instead): what the host's ``.pth`` files add to a whole-process run (an empty
+``python -c pass`` pays ~27 ms for them here, a scan far less: they import modules it needs anyway);
+the start-up line prints the interpreter's own figures.
 Issue #13's target: >= 1,000 small models/s on this 2-core machine and linear scaling with cores.
 """
 
@@ -51,6 +55,14 @@ def bench_env(src: Path) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(src), PYTHONPYCACHEPREFIX=str(ROOT / "bench" / ".work" / "pycache"))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
+
+
+def no_site_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for ``python -S``: the site-packages directories on PYTHONPATH, so modelwarden's
+    dependencies import as usual, without the ``.pth`` files that ``site`` would execute."""
+    import site
+
+    return dict(env, PYTHONPATH=os.pathsep.join([env["PYTHONPATH"], *site.getsitepackages()]))
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, dict]:
@@ -90,6 +102,22 @@ def in_process(tree: Path, n: int, env: dict[str, str]) -> dict[str, float]:
     return out
 
 
+def startup(env: dict[str, str], reps: int = 7) -> dict[str, float]:
+    """What every whole-process run pays before modelwarden's own code: the interpreter with and
+    without ``site`` (``-S``: no site-packages processing, so no ``.pth`` files of the host), and
+    ``modelwarden --version`` (the CLI's entry, no scan).  Medians of ``reps`` runs, seconds."""
+    out = {}
+    for name, args in (("python -S -c pass", ["-S", "-c", "pass"]), ("python -c pass", ["-c", "pass"]),
+                       ("modelwarden --version", ["-m", "modelwarden", "--version"])):
+        runs = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, *args], env=env, capture_output=True, check=True, timeout=60)
+            runs.append(time.perf_counter() - t)
+        out[name] = statistics.median(runs)
+    return out
+
+
 def whole_process(tree: Path, n: int, env: dict[str, str], cache: Path) -> dict[str, float]:
     """One repetition of ``modelwarden scan DIR`` as a user runs it: serial, the pool, the results
     store empty (every artifact hashed, analysed and stored) and warm (nothing changed)."""
@@ -99,6 +127,9 @@ def whole_process(tree: Path, n: int, env: dict[str, str], cache: Path) -> dict[
     # the default one (a process per core), not given with -j
     out = {"serial (-j 1)": timed(base + ["-j", "1", "--no-cache"], env)[0],
            f"pool (-j {os.cpu_count()})": timed(base + ["--no-cache"], env)[0]}
+    # the same pool with the interpreter's site-packages processing skipped (-S; site-packages put on
+    # PYTHONPATH instead): what the host's .pth files add to a run
+    out["pool, python -S"] = timed(base[:1] + ["-S"] + base[1:] + ["--no-cache"], no_site_env(env))[0]
     shutil.rmtree(cache, ignore_errors=True)
     out["store cold (fills it)"] = timed(base + ["--cache-dir", str(cache)], env)[0]
     dt, rep = timed(base + ["--cache-dir", str(cache)], env)
@@ -189,6 +220,7 @@ def main() -> int:
             env = envs[""]
             for n, t in ray_series(tree, nodes, args.reps, env).items():
                 med[f"ray, {n} node(s) x 1 CPU"] = t
+    starts = startup(envs[""])
     load_after = os.getloadavg()[0]
     pool = f"pool (-j {os.cpu_count()})"
     print(f"{args.models} small SavedModels, {os.cpu_count()} cores, load average {load_before:.2f} before, "
@@ -212,6 +244,10 @@ def main() -> int:
             print(f"{tag}CPU per artifact, in-process: serial {serial / args.models * 1e3:.2f} ms, pool "
                   f"{par / args.models * 1e3:.2f} ms (parent and workers; {serial / par:.2f}x of serial's "
                   f"efficiency: the scaling with free cores)")
+    bare, site = starts["python -S -c pass"], starts["python -c pass"]
+    print(f"start-up (medians): python -S -c pass {bare * 1e3:.0f} ms, python -c pass {site * 1e3:.0f} ms (site and "
+          f"the host's .pth files: {(site - bare) * 1e3:.0f} ms, much of it modules a scan imports anyway: compare "
+          f"the 'pool, python -S' row), modelwarden --version {starts['modelwarden --version'] * 1e3:.0f} ms")
     if args.compare:
         print("new / old throughput (> 1: faster):")
         for name in (k for k in med if not k.startswith("old: ") and f"old: {k}" in med):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from functools import cache, total_ordering
-from importlib import resources
 
 from modelwarden.record import record
 
@@ -159,7 +158,9 @@ def _parse_line(line: str, lineno: int) -> Advisory:
 @cache
 def _lines() -> tuple[tuple[int, str], ...]:
     """``(line number, text)`` of every advisory line of the shipped file."""
-    text = resources.files("modelwarden.catalog").joinpath("advisories.psv").read_text("utf-8")
+    from modelwarden.catalog import data_text
+
+    text = data_text("advisories.psv")
     return tuple((n, line) for n, line in enumerate(text.splitlines(), 1)
                  if line.strip() and not line.lstrip().startswith("#"))
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from functools import cache
-from importlib import resources
 from typing import TYPE_CHECKING
 
 from modelwarden.analysis.interface import Severity
@@ -141,11 +141,32 @@ def compile_ops(toml_bytes: bytes) -> dict:
     }
 
 
-def _ops_data(pkg) -> dict:  # type: ignore[no-untyped-def]
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def data_bytes(name: str, directory: "str | os.PathLike[str]" = _HERE) -> bytes:
+    """A data file shipped in this package (``ops.toml``, ``advisories.psv``...), read from the
+    package's directory (or ``directory``); through :mod:`importlib.resources` only when the
+    package is not a plain directory (a zip): that module and what it imports (pathlib, tempfile,
+    zipfile...) cost every ``modelwarden scan`` ~8 ms of start-up, before its pool can fork."""
+    path = os.path.join(directory, name)
+    if os.path.isfile(path) or directory != _HERE:
+        with open(path, "rb") as fh:
+            return fh.read()
+    from importlib import resources
+
+    return (resources.files(__name__) / name).read_bytes()
+
+
+def data_text(name: str) -> str:
+    return data_bytes(name).decode("utf-8")
+
+
+def _ops_data(directory: "str | os.PathLike[str]" = _HERE) -> dict:
     """``ops.toml``'s data: from ``ops.json`` when it was compiled from these exact bytes, else parsed."""
-    toml_bytes = (pkg / "ops.toml").read_bytes()
+    toml_bytes = data_bytes("ops.toml", directory)
     try:
-        compiled = json.loads((pkg / "ops.json").read_bytes())
+        compiled = json.loads(data_bytes("ops.json", directory))
     except (OSError, ValueError):
         compiled = None
     if (isinstance(compiled, dict) and compiled.get("version") == COMPILED_VERSION
@@ -157,10 +178,9 @@ def _ops_data(pkg) -> dict:  # type: ignore[no-untyped-def]
 @cache
 def load_catalog() -> Catalog:
     """The built-in catalog shipped in the package."""
-    pkg = resources.files(__name__)
     stock = frozenset(
         line.strip()
-        for line in (pkg / "stock_ops.txt").read_text("utf-8").splitlines()
+        for line in data_text("stock_ops.txt").splitlines()
         if line.strip() and not line.startswith("#")
     )
-    return _parse(_ops_data(pkg), stock)
+    return _parse(_ops_data(), stock)

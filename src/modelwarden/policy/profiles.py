@@ -9,7 +9,6 @@ the graph pass reports the rest as MW110), and fails at ``low``.
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
 
 from modelwarden.analysis.interface import Severity
 from modelwarden.policy.interface import Policy
@@ -20,7 +19,9 @@ PROFILE_NAMES: tuple[str, ...] = ("default", "strict")
 @cache
 def strict_allowlist() -> frozenset[str]:
     """The op names in ``catalog/strict_allowlist.txt`` (comments and blanks skipped)."""
-    text = (resources.files("modelwarden.catalog") / "strict_allowlist.txt").read_text("utf-8")
+    from modelwarden.catalog import data_text
+
+    text = data_text("strict_allowlist.txt")
     ops = (line.split("#", 1)[0].strip() for line in text.splitlines())
     return frozenset(op for op in ops if op)
 

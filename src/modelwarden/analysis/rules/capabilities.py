@@ -9,7 +9,6 @@ ops reachable from a signature, or fed a constant path, are.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 from modelwarden.analysis.callgraph import tensor_node
 from modelwarden.analysis.graphs import GraphView, graph_views, node_location
@@ -134,8 +133,12 @@ def _restore_region(view: GraphView) -> tuple[frozenset[str], frozenset[str]]:
 
 
 def _scheme(path: str) -> str:
+    if "://" not in path:
+        return ""
+    from urllib.parse import urlsplit  # only for a URL-like path: the module costs each process ~2 ms to import
+
     try:
-        return urlsplit(path).scheme.lower() if "://" in path else ""
+        return urlsplit(path).scheme.lower()
     except ValueError:
         return ""
 
