@@ -253,3 +253,38 @@ def test_ten_thousand_function_library(hostile, name):
 def test_hostile_manifest_complete(hostile):
     assert set(hostile) == {"truncated", "library_10k", "library_10k_wide", "graphdef_10k"}
     assert all(p.exists() for p in hostile.values())
+
+
+@pytest.mark.parametrize("decoy", ["s", "i", "type"])
+def test_a_function_list_mixed_with_other_kinds_is_still_followed(tmp_path, decoy):
+    """An attr list holding functions beside other kinds (strings, ints, dtypes) is malformed, but the
+    functions it names are still part of the call graph: the file read in the named function is
+    found and reached through the call, and the artifact is not lost to an internal error."""
+    from modelwarden.formats import tfproto
+    from modelwarden.scanner import scan
+
+    gd = tfproto.message_class("GraphDef")()
+    fdef = gd.library.function.add()
+    fdef.signature.name = "evil"
+    path = fdef.node_def.add()
+    path.name, path.op = "path", "Const"
+    path.attr["value"].tensor.dtype = 7
+    path.attr["value"].tensor.string_val.append(b"/etc/shadow")
+    read = fdef.node_def.add()
+    read.name, read.op = "read", "ReadFile"
+    read.input.append("path:output:0")
+    x = gd.node.add()
+    x.name, x.op = "x", "Placeholder"
+    call = gd.node.add()
+    call.name, call.op = "call", "PartitionedCall"
+    call.input.append("x")
+    lst = call.attr["f"].list
+    getattr(lst, decoy).append({"s": b"decoy", "i": 7, "type": 1}[decoy])
+    lst.func.add().name = "evil"
+    f = tmp_path / "mixed.pb"
+    f.write_bytes(gd.SerializeToString())
+    r = scan(str(f))
+    assert not r.errors, r.errors
+    reads = [x for x in r.findings if x.rule_id == "MW101"]
+    assert reads and reads[0].location.function == "evil"
+    assert "call" in reads[0].location.call_path

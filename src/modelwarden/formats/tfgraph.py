@@ -105,6 +105,8 @@ def attr_value(av: Any, limits: Limits = DEFAULT_LIMITS) -> AttrValue:
     if kind == "func":
         return FuncRef(av.func.name, LazyAttrs(av.func.attr, limits))
     lv = av.list
+    if lv.func:  # first: a list that also holds other kinds (malformed) must not hide a function from the call graph
+        return tuple(FuncRef(f.name, LazyAttrs(f.attr, limits)) for f in lv.func)
     if lv.s:
         return tuple(_text(s) for s in lv.s)
     if lv.i:
@@ -119,8 +121,6 @@ def attr_value(av: Any, limits: Limits = DEFAULT_LIMITS) -> AttrValue:
         return tuple(Shape(shape_dims(s)) for s in lv.shape)
     if lv.tensor:
         return tuple(tensor_value(t, limits) for t in lv.tensor)
-    if lv.func:
-        return tuple(FuncRef(f.name, LazyAttrs(f.attr, limits)) for f in lv.func)
     return ()
 
 
@@ -164,9 +164,10 @@ class LazyAttrs(Mapping[str, AttrValue]):
             for key in proto:  # keys, then lookups: the map's items() is the slow Mapping mixin
                 av = proto[key]
                 kind = av.WhichOneof("value")
-                if kind == "func" or (kind == "list" and len(av.list.func)):
-                    value = self[key]
-                    refs.extend((key, ref) for ref in (value if isinstance(value, tuple) else (value,)))
+                if kind == "func":
+                    refs.append((key, self[key]))
+                elif kind == "list" and len(av.list.func):  # its functions, whatever other kinds it holds
+                    refs.extend((key, FuncRef(f.name, LazyAttrs(f.attr, self._limits))) for f in av.list.func)
             self._refs = tuple(refs)
         return self._refs
 
