@@ -94,7 +94,7 @@ def main(out_path: str, models: str, workdir: str) -> None:
         import ray.util.state as state
 
         ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
-        replicas = [a for a in state.list_actors(filters=[("state", "=", "ALIVE")]) if "ServeReplica" in a.class_name]
+        replicas = [a for a in state.list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")]) if "ServeReplica" in a.class_name]
         victim_node = next(n for n in nodes if any(a.node_id == n.node_id for a in replicas))
         results: list[int] = []
         stop = threading.Event()
