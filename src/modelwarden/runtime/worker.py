@@ -48,9 +48,8 @@ def main(fd: int, cfg: dict, layers: dict | None = None, arrived_fd: int | None 
     reader = protocol.FrameReader(sock)
     spin_s = float(cfg.get("spin_s", 0.0))
     fast: shmchannel.WorkerChannel | None = None  # the shared-memory fast path, once the parent sets it up
-    fast_spin_s = 0.0
     while True:
-        if fast is not None and not reader.buffered() and fast.wait(sock, fast.spin_s or fast_spin_s):
+        if fast is not None and not reader.buffered() and fast.wait(sock, fast.spin_s):
             _serve_fast(tf, worker, fast, sock)
             continue
         try:
@@ -62,7 +61,6 @@ def main(fd: int, cfg: dict, layers: dict | None = None, arrived_fd: int | None 
             return 0
         if op == "shm" and fast is None:
             fast, reply = _attach_fast(sock, header)
-            fast_spin_s = float(header.get("spin_s") or 0.0)
             protocol.send_frame(sock, reply)
             continue
         try:

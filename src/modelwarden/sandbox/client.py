@@ -60,7 +60,6 @@ def _spin_env(default_us: float) -> float:
 
 FAST_SPIN_MAX_S = _spin_env(2000)
 WORKER_SPIN_MAX_S = min(FAST_SPIN_MAX_S, 1e-3)
-WORKER_FAST_SPIN_S = 0.0  # a fixed poll for the worker (the per-request budget above replaces it)
 
 
 def model_kind(path: str | os.PathLike) -> str:
@@ -663,8 +662,7 @@ class _Worker:
         except OSError:  # no memfd/sealing here: every call stays on the JSON channel
             return
         try:
-            self.request({"op": "shm", "req_bytes": chan.req_bytes, "rep_bytes": chan.rep_bytes,
-                          "spin_s": WORKER_FAST_SPIN_S}, [], timeout, "shared-memory set-up", 0)
+            self.request({"op": "shm", "req_bytes": chan.req_bytes, "rep_bytes": chan.rep_bytes}, [], timeout, "shared-memory set-up", 0)
             try:
                 socket.send_fds(self.sock, [b"F"], chan.handover_fds())
             except OSError:
