@@ -3,14 +3,17 @@ inside a private network namespace that has only loopback (the test starts it wi
 
 A real multi-node Ray cluster on this host (ray.cluster_utils.Cluster: a head and two worker
 nodes, each a separate raylet), then: a distributed scan compared with the local one, with a
-worker node removed mid-scan; the same through the CLI's ``--ray ADDRESS``.
+worker node removed mid-scan while a task is running on it; the same through the CLI's ``--ray ADDRESS``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -18,6 +21,11 @@ def interfaces() -> list[str]:
     """Network interfaces of this network namespace (/proc/net/dev is per namespace; /sys is not)."""
     with open("/proc/net/dev") as fh:
         return sorted(line.split(":")[0].strip() for line in fh.readlines()[2:])
+
+
+def _pid() -> int:
+    """A Ray task: the pid of the worker process that runs it."""
+    return os.getpid()
 
 
 def main(out_path: str, paths: list[str]) -> None:
@@ -52,15 +60,46 @@ def main(out_path: str, paths: list[str]) -> None:
         local = norm(scan(paths, engine=ForkPoolEngine(1)))
         lap("local")
 
+        # The node must die with a task in flight on it, whatever the host's load: its worker is
+        # started first (a task pinned to it reports its pid), frozen once the scan is under way so
+        # that the next task handed to it cannot finish, and the node is removed when the scan has
+        # stalled on that task alone.  (Removing it at a fixed progress count lost the race under
+        # load: its worker had not started yet, its queued tasks moved elsewhere, nothing was lost.)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        pinned = NodeAffinitySchedulingStrategy(node_id=workers[0].node_id, soft=False)
+        victim = ray.get(ray.remote(num_cpus=1)(_pid).options(scheduling_strategy=pinned).remote())
         killed: list[int] = []
+        frozen: list[float] = []  # progress time stamps once the victim is stopped
 
         def progress(done: int, total: int, current: str) -> None:
-            if done >= 10 and not killed:
-                killed.append(done)
-                cluster.remove_node(workers[0])  # a node dies with tasks running and queued on it
+            if not frozen:
+                os.kill(victim, signal.SIGSTOP)
+            frozen.append(time.monotonic())
 
+        def watchdog() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                if frozen and time.monotonic() - frozen[-1] > 3:  # stalled: only the frozen task is left
+                    killed.append(len(frozen))
+                    os.kill(victim, signal.SIGKILL)
+                    cluster.remove_node(workers[0])  # the node dies with that task on it
+                    return
+                if report_done:
+                    return
+
+        report_done: list[bool] = []
+        guard = threading.Thread(target=watchdog, daemon=True)
+        guard.start()
         eng = RayEngine(address=cluster.address, batch_size=2)
-        report = scan(paths, engine=eng, progress=progress)
+        try:
+            report = scan(paths, engine=eng, progress=progress)
+        finally:
+            report_done.append(True)
+            guard.join()
+            if not killed:
+                os.kill(victim, signal.SIGKILL)
         out["node_killed_after"] = killed
         out["same_report"] = norm(report) == local
         out["stats"] = dict(report.engine)
