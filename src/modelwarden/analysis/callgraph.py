@@ -190,18 +190,23 @@ def _bfs(cg: CallGraph, kind: EntryKind, entries: list[EntryPoint]) -> None:
         cg.function_reach.setdefault(name, reach)
         fn_queue.append((name, reach))
 
+    main_index = cg.main_index
+    node_calls = cg.node_calls
     for ep in entries:
         label = entry_label(ep)
         node_queue: deque[tuple[str, Reach]] = deque()
         roots = [n.name for n in main.nodes] if kind is EntryKind.GRAPH else [tensor_node(t) for t in ep.tensors]
+        root = Reach.root(kind, label, (label,))  # immutable: one for every root of the entry point
         for r in roots:
-            visit_main(r, Reach.root(kind, label, (label,)), node_queue)
+            visit_main(r, root, node_queue)
         while node_queue:  # backward over data and control inputs in the top-level graph
             name, reach = node_queue.popleft()
-            node = cg.main_index[name]
+            node = main_index[name]
             for inp in node.inputs:
-                visit_main(tensor_node(inp), reach, node_queue)
-            for attr, callee in cg.calls(node):
+                src = inp.lstrip("^").partition(":")[0]  # tensor_node, inline: the hot loop
+                if src not in seen_main and src in main_index:
+                    visit_main(src, reach, node_queue)
+            for attr, callee in node_calls.get(id(node), ()):
                 edge = CallEdge(main.name, name, attr, callee)
                 enter_fn(callee, reach.hop(edge, _step(edge)))
         for fname in ep.functions:

@@ -12,7 +12,7 @@ stays conservative (a union of inputs).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from modelwarden.analysis.callgraph import tensor_node
 from modelwarden.analysis.graphs import GraphView
@@ -32,6 +32,9 @@ CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 # bounds of its own size, so input taint becomes "input-shape" and variables drop out.
 SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "TensorListLength", "TensorArraySizeV3"})
 _NO_CALLEES: list[str] = []  # shared, never mutated
+# Ops _node treats specially: a node with any other op and no callee has the union of its inputs
+# (reading a variable too: only the ops that create one are sources).
+_SPECIAL_OPS = frozenset({"Const", "PlaceholderWithDefault", "VarHandleOp", "VariableV2", "Variable"}) | PLACEHOLDERS | SHAPE_OPS
 MAX_SWEEPS = 8
 MAX_ROUNDS = 6
 
@@ -70,10 +73,10 @@ class Dataflow:
         self._local: dict[str, dict[str, list[Taint]]] = {}  # fn -> node -> per-output taints
         self._argsyms: dict[str, dict[str, Taint]] = {}  # fn -> arg name -> {("arg", j)}
         self._plans: dict[str, list[tuple[Node, tuple[str, ...], list[str]]]] = {}
+        self._readers: dict[int, Callable[[str], Taint]] = {}  # id(body) -> its _reader
         self._acyclic: dict[str, bool] = {}
         self.summaries: dict[str, Summary] = {}
         self.arg_taint: dict[str, list[Taint]] = {}
-        self._inputs = {tensor_node(spec.tensor) for sig in self.graph.signatures for spec in sig.inputs}
         saver = self.graph.saver
         self._saver_filename = tensor_node(saver.filename_tensor) if saver and saver.filename_tensor else ""
         self._run()
@@ -96,46 +99,79 @@ class Dataflow:
     def _tensor(self, fn: Function, tensor: str) -> Taint:
         if tensor[:1] == "^":
             tensor = tensor.lstrip("^")
-        name, _, rest = tensor.partition(":")
-        if not rest and fn is not self.graph.main:
+        return self._reader(fn)(tensor)
+
+    def _reader(self, fn: Function) -> Callable[[str], Taint]:
+        """``tensor -> local taint`` in ``fn`` (a bare argument name: its symbol), for tensors without "^"
+        (made once per body, when its table exists)."""
+        read = self._readers.get(id(fn))
+        if read is not None:
+            return read
+        table = self._local.get(fn.name)
+        syms = None
+        if fn is not self.graph.main:
             syms = self._argsyms.get(fn.name)
             if syms is None:
                 syms = self._argsyms[fn.name] = {a.name: frozenset({("arg", str(j))}) for j, a in enumerate(fn.args)}
-            if name in syms:
+        get = table.get if table is not None else {}.get
+
+        def read(tensor: str) -> Taint:
+            name, _, rest = tensor.partition(":")
+            if not rest and syms is not None and name in syms:
                 return syms[name]
-        table = self._local.get(fn.name)
-        outs = table.get(name) if table is not None else None
-        if not outs:
-            return EMPTY
-        if len(outs) == 1:  # one output: every index reads it (an index past the end too)
-            return outs[0]
-        idx = 0
-        if rest:
-            tail = rest.rsplit(":", 1)[-1]
-            idx = int(tail) if tail.isdigit() else 0
-        return outs[idx] if idx < len(outs) else frozenset().union(*outs)
+            outs = get(name)
+            if not outs:
+                return EMPTY
+            if len(outs) == 1:  # one output: every index reads it (an index past the end too)
+                return outs[0]
+            idx = 0
+            if rest:
+                tail = rest.rsplit(":", 1)[-1]
+                idx = int(tail) if tail.isdigit() else 0
+            return outs[idx] if idx < len(outs) else frozenset().union(*outs)
+
+        if table is not None:
+            self._readers[id(fn)] = read
+        return read
 
     def _plan(self, fn: Function) -> list[tuple[Node, tuple[str, ...], list[str]]]:
-        """Each node with its data inputs and the library functions it calls (computed once)."""
+        """Each node with its data inputs and the library functions it calls (computed once), in an
+        order where producers come first when there is one."""
         plan = self._plans.get(fn.name)
         if plan is None:
             functions = self.graph.functions
             node_calls = self.view.cg.node_calls
+            nodes = fn.nodes
+            names = {n.name for n in nodes}
+            in_order = len(names) == len(nodes)  # names unique, and (checked below) producers first
+            seen: set[str] = set()
             plan = []
-            for node in fn.nodes:
+            for node in nodes:
                 if node.op in functions:
                     callees = [node.op]
                 elif (named := node_calls.get(id(node))) is not None:  # read by the call graph already
                     callees = [callee for attr, callee in named if attr and callee in functions]
                 else:  # most nodes name no function
                     callees = _NO_CALLEES
-                plan.append((node, node.data_inputs, callees))
-            plan, acyclic = _topological(plan)
+                data = node.data_inputs
+                plan.append((node, data, callees))
+                if in_order:  # what _in_order checks, in the same pass
+                    name = node.name
+                    for t in data:
+                        producer = t.partition(":")[0]  # data inputs carry no "^"
+                        if producer not in seen and producer in names and producer != name:
+                            in_order = False
+                            break
+                    seen.add(name)
+            acyclic = True
+            if not in_order:
+                plan, acyclic = _topological(plan)
             self._plans[fn.name] = plan
             self._acyclic[fn.name] = acyclic
         return plan
 
-    def _node(self, fn: Function, node: Node, data: tuple[str, ...], callees: list[str]) -> list[Taint]:
+    def _node(self, fn: Function, node: Node, data: tuple[str, ...], callees: list[str],
+              read: Callable[[str], Taint]) -> list[Taint]:
         op = node.op
         if op == "Const":  # before reading the inputs: a constant's taint does not depend on them
             return [EMPTY]
@@ -146,7 +182,7 @@ class Dataflow:
                 return [frozenset({("input", node.name)})]
             if op in ("VarHandleOp", "VariableV2", "Variable"):
                 return [frozenset({("variable", str(node.attrs.get("shared_name") or node.name))})]
-        ins = [self._tensor(fn, t) for t in data]
+        ins = [read(t) for t in data]
         union = frozenset().union(*ins) if ins else EMPTY
         if op in SHAPE_OPS:
             return [shape_of(union)]
@@ -195,13 +231,25 @@ class Dataflow:
         changed_any = False
         plan = self._plan(fn)
         sweeps = 1 if self._acyclic[fn.name] else MAX_SWEEPS  # topological order: one sweep is exact
-        for _ in range(sweeps):
+        read = self._reader(fn)
+        special = _SPECIAL_OPS
+        node_taint = self._node
+        for sweep in range(sweeps):
+            compare = sweep > 0 or bool(table)  # a first sweep into an empty table changes every entry
             changed = False
             for node, data, callees in plan:
-                new = self._node(fn, node, data, callees)
-                if table.get(node.name) != new:
-                    table[node.name] = new
-                    changed = True
+                if callees or node.op in special:
+                    new = node_taint(fn, node, data, callees, read)
+                elif not data:
+                    new = [EMPTY]
+                elif len(data) == 1:  # the common case, as _node computes it: the union of the inputs
+                    new = [read(data[0])]
+                else:
+                    new = [frozenset().union(*[read(t) for t in data])]
+                if compare and table.get(node.name) == new:
+                    continue
+                table[node.name] = new
+                changed = True
             changed_any |= changed
             if not changed:
                 break
@@ -302,7 +350,10 @@ class Dataflow:
                     heapq.heappush(heap, (rank.get(c, -1), c))
 
     def _concrete(self, fn: Function, taint: Taint) -> Taint:
-        if not any(_is_arg(s) for s in taint):
+        for kind, _ in taint:
+            if kind == "arg" or kind == "arg-shape":
+                break
+        else:  # no argument in it (most taints are empty)
             return taint
         args = self.arg_taint.get(fn.name, [])
         out = {s for s in taint if not _is_arg(s)}

@@ -121,7 +121,7 @@ def _capability_index(ctx: AnalysisContext, view: GraphView) -> tuple[dict, dict
     from modelwarden.analysis.dataflow import callees_first
 
     functions = view.cg.callable
-    base: dict[tuple[str, str, str], CapabilityUse] = {}
+    base: dict[tuple[str, str, str], CapabilityUse | tuple[Function, Node, str]] = {}  # a use once shown
     hops: dict[str, dict[tuple[str, str, str], tuple[str, str] | None]] = {}
     for name, fn in functions.items():
         own: dict[tuple[str, str, str], tuple[str, str] | None] = {}
@@ -129,7 +129,7 @@ def _capability_index(ctx: AnalysisContext, view: GraphView) -> tuple[dict, dict
             for cap in ctx.catalog.active(node):
                 if cap in CAPABILITY_META and len(own) < MAX_WITNESSES:
                     k = (name, node.name, cap)
-                    base[k] = _use(ctx, view, fn, node, cap, (name,))
+                    base[k] = (fn, node, cap)
                     own[k] = None
         hops[name] = own
     order = callees_first(view.cg)
@@ -160,6 +160,8 @@ def _capabilities_from(ctx: AnalysisContext, view: GraphView, start: str, memo: 
             cur = nxt[1]
             seen.add(cur)
         u = base[k]
+        if not isinstance(u, CapabilityUse):  # its argument resolved once, the first time it is shown
+            u = base[k] = _use(ctx, view, *u, (k[0],))
         uses.append(CapabilityUse(u.capability, u.op, u.function, u.node, tuple(path), u.argument))
     memo[start] = tuple(uses)
     return memo[start]

@@ -146,15 +146,17 @@ class DataflowRule(Rule):
                         yield from self._loop(ctx, view, df, fn, node)
 
     def _sensitive(self, ctx, view, fn, node, index, taint) -> Iterable[Finding]:
+        variables = sources(taint, "variable")
+        inputs = sources(taint, "input")
+        if not variables and not inputs:
+            return  # the usual case: where it is and how it is reached are only worked out for a finding
         reach = view.cg.reach(fn, node)
         loc = node_location(ctx, view, fn, node, reach)
         path = " → ".join((*reach.path, f"{node.op}({node.name})"))
-        variables = sources(taint, "variable")
         if variables:
             names = ", ".join(variable_label(v) for v in variables)
             yield ctx.finding(CKPT_ARG, f"checkpoint variable(s) {names} flow into {node.op} input {index}: {path}",
                               loc, evidence={"op": node.op, "variables": names, "input": str(index)})
-        inputs = sources(taint, "input")
         if inputs:
             yield ctx.finding(INPUT_ARG, f"request input(s) {', '.join(inputs)} flow into {node.op} input {index}: {path}",
                               loc, capability="file-read" if "read" in node.op.lower() else "", 
