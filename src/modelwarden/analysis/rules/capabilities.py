@@ -149,15 +149,14 @@ class CapabilityRule(Rule):
     meta = CAPABILITY_META["file-read"]
 
     def check(self, ctx: AnalysisContext) -> Iterable[Finding]:
-        catalog = ctx.catalog
+        from modelwarden.analysis.gating import watched_nodes  # it imports this module
+
         for view in graph_views(ctx):
-            for fn in view.cg.bodies():
-                for node in fn.nodes:
-                    active = catalog.active(node)  # () for most nodes: no list built for them
-                    if active:
-                        caps = [c for c in active if c in CAPABILITY_META]
-                        if caps:
-                            yield from self._node(ctx, view, fn, node, caps)
+            for fn, node, _, active in watched_nodes(ctx, view):  # the nodes the catalog names
+                if active:
+                    caps = [c for c in active if c in CAPABILITY_META]
+                    if caps:
+                        yield from self._node(ctx, view, fn, node, caps)
 
     def _node(self, ctx: AnalysisContext, view: GraphView, fn: Function, node: Node, caps: list[str]) -> Iterable[Finding]:
         spec = ctx.catalog.lookup(node.op)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from modelwarden.analysis.dataflow import sources
-from modelwarden.analysis.gating import dataflows, gating_sites, render_expr, variable_label
+from modelwarden.analysis.gating import dataflows, gating_sites, render_expr, variable_label, watched_nodes
 from modelwarden.analysis.graphs import node_location
 from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleMeta, Severity
 from modelwarden.analysis.registry import register
@@ -124,26 +124,24 @@ class DataflowRule(Rule):
 
     def _arguments(self, ctx: AnalysisContext) -> Iterable[Finding]:
         for view, df in dataflows(ctx):
-            for fn in view.cg.bodies():
-                for node in fn.nodes:
-                    spec = ctx.catalog.lookup(node.op)
-                    if spec is not None and spec.paths and ctx.catalog.active(node):
-                        for i in spec.paths:
-                            taint = df.input_taint(fn, node, i)
-                            yield from self._sensitive(ctx, view, fn, node, i, taint)
-                    alloc = ALLOCATION_INPUTS.get(node.op)
-                    if alloc is not None:
-                        idx, argname, sev = alloc
-                        inputs = sources(df.input_taint(fn, node, idx), "input")
-                        if inputs:
-                            reach = view.cg.reach(fn, node)
-                            msg = (f"{node.op}({argname}) is set by request input(s) {', '.join(inputs)}: "
-                                   f"a request can make it allocate without bound; path: {' → '.join((*reach.path, node.name))}")
-                            yield ctx.finding(INPUT_ALLOC, msg, node_location(ctx, view, fn, node, reach), severity=sev,
-                                              capability="resource-amplification",
-                                              evidence={"op": node.op, "argument": argname, "inputs": ", ".join(inputs)})
-                    if node.op in ("While", "StatelessWhile"):
-                        yield from self._loop(ctx, view, df, fn, node)
+            for fn, node, spec, active in watched_nodes(ctx, view):  # every other node has no sensitive input
+                if spec is not None and spec.paths and active:
+                    for i in spec.paths:
+                        taint = df.input_taint(fn, node, i)
+                        yield from self._sensitive(ctx, view, fn, node, i, taint)
+                alloc = ALLOCATION_INPUTS.get(node.op)
+                if alloc is not None:
+                    idx, argname, sev = alloc
+                    inputs = sources(df.input_taint(fn, node, idx), "input")
+                    if inputs:
+                        reach = view.cg.reach(fn, node)
+                        msg = (f"{node.op}({argname}) is set by request input(s) {', '.join(inputs)}: "
+                               f"a request can make it allocate without bound; path: {' → '.join((*reach.path, node.name))}")
+                        yield ctx.finding(INPUT_ALLOC, msg, node_location(ctx, view, fn, node, reach), severity=sev,
+                                          capability="resource-amplification",
+                                          evidence={"op": node.op, "argument": argname, "inputs": ", ".join(inputs)})
+                if node.op in ("While", "StatelessWhile"):
+                    yield from self._loop(ctx, view, df, fn, node)
 
     def _sensitive(self, ctx, view, fn, node, index, taint) -> Iterable[Finding]:
         variables = sources(taint, "variable")
