@@ -59,6 +59,14 @@ def shape_of(taint: Taint) -> Taint:
     return frozenset(out)
 
 
+_ARG_SYMBOLS = tuple(frozenset({("arg", str(j))}) for j in range(64))  # shared, immutable
+
+
+def _arg_symbol(j: int) -> Taint:
+    """``{("arg", "j")}``: made once for the first arguments (a hostile arity allocates per scan only)."""
+    return _ARG_SYMBOLS[j] if j < len(_ARG_SYMBOLS) else frozenset({("arg", str(j))})
+
+
 def _subst(src: Source, actual: list[Taint]) -> Taint:
     j = int(src[1])
     if j >= len(actual):
@@ -112,7 +120,7 @@ class Dataflow:
         if fn is not self.graph.main:
             syms = self._argsyms.get(fn.name)
             if syms is None:
-                syms = self._argsyms[fn.name] = {a.name: frozenset({("arg", str(j))}) for j, a in enumerate(fn.args)}
+                syms = self._argsyms[fn.name] = {a.name: _arg_symbol(j) for j, a in enumerate(fn.args)}
         get = table.get if table is not None else {}.get
 
         def read(tensor: str) -> Taint:
@@ -270,6 +278,12 @@ class Dataflow:
             for e in edges:
                 callers.setdefault(e.callee, set()).add(caller)
         order = [n for n in callees_first(cg) if n in functions]
+        if not cg.cycles:  # no recursion: callees first, each function once is exact (what the worklist does)
+            for name in order:
+                self._analyse_fn(functions[name])
+            self._analyse_fn(self.graph.main)
+            self._args_top_down()
+            return
         position = {name: i for i, name in enumerate(order)}
         # Bottom-up summaries with a worklist: a function is redone only when a callee's summary
         # changed (recursion), at most MAX_ROUNDS times each.
@@ -324,6 +338,11 @@ class Dataflow:
         for site in sites:
             by_caller.setdefault(site[0].name, []).append(site)
         order = sorted(by_caller, key=lambda n: rank.get(n, -1))
+        if not self.view.cg.cycles:  # no recursion: callers first, each once, is what the worklist does
+            for name in order:
+                for site in by_caller[name]:
+                    self._pass_arguments(*site)
+            return
         import heapq
 
         heap = [(rank.get(n, -1), n) for n in order]
@@ -333,21 +352,27 @@ class Dataflow:
             _, name = heapq.heappop(heap)
             queued.discard(name)
             visits[name] = visits.get(name, 0) + 1
-            for caller, callee, data, offset, generic in by_caller[name]:
-                actual = [self.taint(caller, t) for t in data]
-                everything = frozenset().union(*actual) if actual else EMPTY
-                cur = self.arg_taint[callee.name]
-                caps = len(graph.captures.get(callee.name, ()))
-                changed = False
-                for j in range(len(callee.args) - caps):
-                    src = everything if generic else (actual[j + offset] if j + offset < len(actual) else EMPTY)
-                    if not src <= cur[j]:
-                        cur[j] = cur[j] | src
-                        changed = True
-                c = callee.name
-                if changed and c in by_caller and c not in queued and visits.get(c, 0) < MAX_ROUNDS:
+            for site in by_caller[name]:
+                c = site[1].name
+                if (self._pass_arguments(*site) and c in by_caller and c not in queued
+                        and visits.get(c, 0) < MAX_ROUNDS):
                     queued.add(c)
                     heapq.heappush(heap, (rank.get(c, -1), c))
+
+    def _pass_arguments(self, caller: Function, callee: Function, data: tuple[str, ...], offset: int,
+                        generic: bool) -> bool:
+        """Add what one call site passes to the callee's argument taints; did they grow?"""
+        actual = [self.taint(caller, t) for t in data]
+        everything = frozenset().union(*actual) if actual else EMPTY
+        cur = self.arg_taint[callee.name]
+        caps = len(self.graph.captures.get(callee.name, ()))
+        changed = False
+        for j in range(len(callee.args) - caps):
+            src = everything if generic else (actual[j + offset] if j + offset < len(actual) else EMPTY)
+            if not src <= cur[j]:
+                cur[j] = cur[j] | src
+                changed = True
+        return changed
 
     def _concrete(self, fn: Function, taint: Taint) -> Taint:
         for kind, _ in taint:
@@ -428,14 +453,15 @@ def _callees_first(functions: dict[str, Function], edges: dict) -> list[str]:
         state[root] = 1
         while stack:
             name, it = stack[-1]
-            nxt = next((c for c in it if c in functions and c not in state), None)
-            if nxt is None:
+            for nxt in it:  # the next callee not seen yet
+                if nxt in functions and nxt not in state:
+                    state[nxt] = 1
+                    stack.append((nxt, iter([e.callee for e in edges.get(nxt, ())])))
+                    break
+            else:
                 stack.pop()
                 state[name] = 2
                 order.append(name)
-            else:
-                state[nxt] = 1
-                stack.append((nxt, iter([e.callee for e in edges.get(nxt, ())])))
     return order
 
 
