@@ -273,10 +273,6 @@ class Dataflow:
     def _run(self) -> None:
         cg = self.view.cg
         functions = self.graph.functions
-        callers: dict[str, set[str]] = {}
-        for caller, edges in cg.edges.items():
-            for e in edges:
-                callers.setdefault(e.callee, set()).add(caller)
         order = [n for n in callees_first(cg) if n in functions]
         if not cg.cycles:  # no recursion: callees first, each function once is exact (what the worklist does)
             for name in order:
@@ -284,6 +280,10 @@ class Dataflow:
             self._analyse_fn(self.graph.main)
             self._args_top_down()
             return
+        callers: dict[str, set[str]] = {}
+        for caller, edges in cg.edges.items():
+            for e in edges:
+                callers.setdefault(e.callee, set()).add(caller)
         position = {name: i for i, name in enumerate(order)}
         # Bottom-up summaries with a worklist: a function is redone only when a callee's summary
         # changed (recursion), at most MAX_ROUNDS times each.
