@@ -246,7 +246,10 @@ class Dataflow:
             compare = sweep > 0 or bool(table)  # a first sweep into an empty table changes every entry
             changed = False
             for node, data, callees in plan:
-                if callees or node.op in special:
+                op = node.op
+                if op == "Const":  # as _node answers first: a constant carries nothing, whatever it names
+                    new = [EMPTY]
+                elif callees or op in special:
                     new = node_taint(fn, node, data, callees, read)
                 elif not data:
                     new = [EMPTY]

@@ -110,15 +110,13 @@ class DataflowRule(Rule):
         for sites in harmless.values():
             first = sites[0]
             view, fn, node = first.view, first.fn, first.node
-            examples = "; ".join(
-                f"{s.node.op} {s.node.name!r} in {s.fn.name}: {render_expr(s.view, s.predicate_fn, s.predicate)}"
-                for s in sites[:3]
-            )
+            shown = [render_expr(s.view, s.predicate_fn, s.predicate) for s in sites[:3]]
+            examples = "; ".join(f"{s.node.op} {s.node.name!r} in {s.fn.name}: {p}" for s, p in zip(sites, shown))
             variables = sorted({v for s in sites for v in s.variables})
             names = ", ".join(variable_label(v) for v in variables[:10]) + (" ..." if len(variables) > 10 else "")
             count = f"{len(sites)} branches/loops are" if len(sites) > 1 else f"{node.op} {node.name!r} is"
             msg = f"{count} decided by checkpoint variable(s) {names}, but no gated branch reaches a host capability"
-            evidence = {"predicate": render_expr(view, first.predicate_fn, first.predicate), "variables": names,
+            evidence = {"predicate": shown[0], "variables": names,
                         "sites": str(len(sites)), "examples": examples, "op": node.op}
             yield ctx.finding(GATED, msg, node_location(ctx, view, fn, node), severity=Severity.INFO, evidence=evidence)
 
