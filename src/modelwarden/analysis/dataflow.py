@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from modelwarden.analysis.callgraph import tensor_node
 from modelwarden.analysis.graphs import GraphView
 from modelwarden.analysis.values import PLACEHOLDERS, VARIABLE_OPS
-from modelwarden.ir import Function, Node
+from modelwarden.ir import Function, FunctionKind, Node
 from modelwarden.record import record
 
 Source = tuple[str, str]  # ("variable", key) | ("input", name) | ("saver", "") | ("arg", "3")
@@ -74,8 +74,19 @@ def _subst(src: Source, actual: list[Taint]) -> Taint:
     return actual[j] if src[0] == "arg" else shape_of(actual[j])
 
 
+class _Fallback(Exception):
+    """On demand is not exact for this graph (a body with a cycle or a name twice): analyse it whole."""
+
+
 class Dataflow:
-    def __init__(self, view: GraphView) -> None:
+    """Taints of a graph's tensors.
+
+    On demand by default: a query evaluates only the nodes, callee summaries and argument taints
+    it depends on, which is exact when the call graph has no cycle and every body it touches has
+    unique node names and no data cycle (checked per body as it is touched).  Otherwise (or
+    ``on_demand=False``) every body is analysed up front, with bounded fixed-point rounds."""
+
+    def __init__(self, view: GraphView, on_demand: bool = True) -> None:
         self.view = view
         self.graph = view.graph
         self._local: dict[str, dict[str, list[Taint]]] = {}  # fn -> node -> per-output taints
@@ -87,12 +98,35 @@ class Dataflow:
         self.arg_taint: dict[str, list[Taint]] = {}
         saver = self.graph.saver
         self._saver_filename = tensor_node(saver.filename_tensor) if saver and saver.filename_tensor else ""
-        self._run()
+        graph = self.graph
+        self._on_demand = (on_demand and not view.cg.cycles and graph.main.kind is not FunctionKind.SUBGRAPH
+                           and graph.main.name not in graph.functions)
+        self._bodies: dict[int, dict[str, Node]] = {}  # on demand: id(body) -> its nodes by name, once checked
+        self._sites: dict[str, list] | None = None  # on demand: callee -> its call sites
+        self._rank: dict[str, int] = {}  # on demand: callers first
+        self._budget = 0
+        if not self._on_demand:
+            self._run()
 
     # ------------------------------------------------------------------ public
     def taint(self, fn: Function, tensor: str) -> Taint:
         """Concrete sources of a tensor (arguments replaced by what callers pass)."""
+        if self._on_demand:
+            try:
+                return self._concrete(fn, self._tensor(fn, tensor))
+            except _Fallback:
+                self._whole()
         return self._concrete(fn, self._tensor(fn, tensor))
+
+    def summary(self, name: str) -> Summary | None:
+        """What a library function's outputs depend on (``("arg", j)`` for its arguments)."""
+        fn = self.graph.functions.get(name)
+        if self._on_demand and fn is not None:
+            try:
+                self._demand_summary(fn)
+            except _Fallback:
+                self._whole()
+        return self.summaries.get(name)
 
     def input_taint(self, fn: Function, node: Node, index: int) -> Taint:
         data = node.data_inputs
@@ -107,6 +141,10 @@ class Dataflow:
     def _tensor(self, fn: Function, tensor: str) -> Taint:
         if tensor[:1] == "^":
             tensor = tensor.lstrip("^")
+        if self._on_demand:
+            producer = self._producer(fn, tensor)
+            if producer is not None:
+                self._demand([("node", fn, producer)])
         return self._reader(fn)(tensor)
 
     def _reader(self, fn: Function) -> Callable[[str], Taint]:
@@ -313,13 +351,7 @@ class Dataflow:
     def _args_top_down(self) -> None:
         graph = self.graph
         for name, fn in graph.functions.items():
-            taints = [EMPTY] * len(fn.args)
-            caps = graph.captures.get(name, ())
-            first = len(fn.args) - len(caps)
-            for k, cap in enumerate(caps):
-                if cap.kind == "variable" and 0 <= first + k < len(taints):
-                    taints[first + k] = frozenset({("variable", cap.value)})
-            self.arg_taint[name] = taints
+            self.arg_taint[name] = self._initial_arguments(name, fn)
         sites = []  # (caller, callee, data inputs, offset, generic)
         for caller_name, edges in self.view.cg.edges.items():
             caller = graph.function(caller_name)
@@ -362,10 +394,20 @@ class Dataflow:
                     queued.add(c)
                     heapq.heappush(heap, (rank.get(c, -1), c))
 
+    def _initial_arguments(self, name: str, fn: Function) -> list[Taint]:
+        """Argument taints before any call site: the captured variables the loader binds."""
+        taints = [EMPTY] * len(fn.args)
+        caps = self.graph.captures.get(name, ())
+        first = len(fn.args) - len(caps)
+        for k, cap in enumerate(caps):
+            if cap.kind == "variable" and 0 <= first + k < len(taints):
+                taints[first + k] = frozenset({("variable", cap.value)})
+        return taints
+
     def _pass_arguments(self, caller: Function, callee: Function, data: tuple[str, ...], offset: int,
                         generic: bool) -> bool:
         """Add what one call site passes to the callee's argument taints; did they grow?"""
-        actual = [self.taint(caller, t) for t in data]
+        actual = [self._concrete(caller, self._tensor(caller, t)) for t in data]  # taint(), without its fallback
         everything = frozenset().union(*actual) if actual else EMPTY
         cur = self.arg_taint[callee.name]
         caps = len(self.graph.captures.get(callee.name, ()))
@@ -383,12 +425,179 @@ class Dataflow:
                 break
         else:  # no argument in it (most taints are empty)
             return taint
+        if self._on_demand and fn.name not in self.arg_taint and fn.name in self.graph.functions:
+            self._demand_arguments(fn.name)
         args = self.arg_taint.get(fn.name, [])
         out = {s for s in taint if not _is_arg(s)}
         for s in taint:
             if _is_arg(s):
                 out |= _subst(s, args)
         return frozenset(out)
+
+
+    # ------------------------------------------------------------------ on demand
+    def _whole(self) -> None:
+        """Forget what was worked out on demand and analyse every body (the exact route for this graph)."""
+        self._on_demand = False
+        self._local, self._readers, self._plans, self._acyclic = {}, {}, {}, {}
+        self.summaries, self.arg_taint = {}, {}
+        self._run()
+
+    def _body(self, fn: Function) -> dict[str, Node]:
+        """The body's nodes by name, the first time it is touched checked to have unique names and no
+        data cycle (then evaluating a node from its producers' final values is what one sweep does)."""
+        index = self._bodies.get(id(fn))
+        if index is None:
+            nodes = fn.nodes
+            index = {n.name: n for n in nodes}
+            if len(index) != len(nodes):
+                raise _Fallback
+            seen: set[str] = set()
+            edges = 0
+            in_order = True  # every input's producer comes first (control inputs too: stricter than needed)
+            for n in nodes:
+                inputs = n.inputs
+                edges += len(inputs)
+                if in_order:
+                    for t in inputs:
+                        producer = t.partition(":")[0]  # "^c" names no node: a control input is no data edge
+                        if producer not in seen and producer in index and producer != n.name:
+                            in_order = False
+                            break
+                    seen.add(n.name)
+            if not in_order and not _topological([(n, n.data_inputs, _NO_CALLEES) for n in nodes])[1]:
+                raise _Fallback  # a data cycle
+            self._bodies[id(fn)] = index
+            self._local.setdefault(fn.name, {})
+            # steps a DAG of this body can take (each frame pushed once per consumer, looked at twice)
+            self._budget += 4 * (len(nodes) + edges + len(fn.outputs) + len(self.view.cg.edges.get(fn.name, ()))) + 16
+        return index
+
+    def _producer(self, fn: Function, tensor: str, index: dict[str, Node] | None = None) -> Node | None:
+        """The node of ``fn`` whose output ``tensor`` (no "^") reads, if any (not an argument)."""
+        name, _, rest = tensor.partition(":")
+        if not rest and fn is not self.graph.main:
+            syms = self._argsyms.get(fn.name)
+            if syms is None:
+                syms = self._argsyms[fn.name] = {a.name: _arg_symbol(j) for j, a in enumerate(fn.args)}
+            if name in syms:
+                return None
+        return (index if index is not None else self._body(fn)).get(name)
+
+    def _callees_of(self, node: Node) -> list[str]:
+        functions = self.graph.functions
+        if node.op in functions:
+            return [node.op]
+        named = self.view.cg.node_calls.get(id(node))
+        return [callee for attr, callee in named if attr and callee in functions] if named else _NO_CALLEES
+
+    def _needs(self, fn: Function, node: Node, data: tuple[str, ...], callees: list[str]) -> list:
+        """What ``_node`` reads for this node and is not worked out yet."""
+        op = node.op
+        if op == "Const":
+            return []
+        if fn is self.graph.main and (op in PLACEHOLDERS or op in ("PlaceholderWithDefault", "VarHandleOp",
+                                                                   "VariableV2", "Variable")):
+            return []
+        table = self._local[fn.name]
+        index = self._bodies[id(fn)]
+        out: list = []
+        for t in data:
+            producer = self._producer(fn, t, index)
+            if producer is not None and producer is not node and producer.name not in table:
+                out.append(("node", fn, producer))
+        if callees and op not in SHAPE_OPS and not (op in VARIABLE_OPS and op not in ("VarHandleOp", "VariableV2",
+                                                                                      "Variable")):
+            called = callees[:1] if (op in CALL_OPS or op in self.graph.functions) else (
+                callees if (op in BRANCH_OPS or op in LOOP_OPS) else ())
+            functions = self.graph.functions
+            out.extend(("summary", functions[c], None) for c in called if c not in self.summaries)
+        return out
+
+    def _summary_needs(self, fn: Function) -> list:
+        table = self._local.setdefault(fn.name, {})
+        out: list = []
+        for o in fn.outputs:
+            tensor = fn.ret.get(o.name)
+            if tensor:
+                producer = self._producer(fn, tensor.lstrip("^"))
+                if producer is not None and producer.name not in table:
+                    out.append(("node", fn, producer))
+        return out
+
+    def _demand(self, work: list) -> None:
+        """Evaluate what ``work`` asks for, dependencies first, with an explicit stack (no recursion)."""
+        while work:
+            if self._budget <= 0:  # more steps than a DAG of the touched bodies can take: not one
+                raise _Fallback
+            self._budget -= 1
+            frame = work[-1]
+            kind, fn, node = frame[0], frame[1], frame[2]
+            if kind == "ready":  # its needs were pushed above it, so they are worked out now
+                self._local[fn.name][node.name] = self._node(fn, node, frame[3], frame[4], self._reader(fn))
+            elif kind == "node":
+                table = self._local[fn.name]
+                if node.name in table:
+                    work.pop()
+                    continue
+                data = node.data_inputs
+                callees = self._callees_of(node)
+                needs = self._needs(fn, node, data, callees)
+                if needs:
+                    work[-1] = ("ready", fn, node, data, callees)
+                    work.extend(needs)
+                    continue
+                table[node.name] = self._node(fn, node, data, callees, self._reader(fn))
+            else:
+                if fn.name in self.summaries:
+                    work.pop()
+                    continue
+                needs = self._summary_needs(fn)
+                if needs:
+                    work.extend(needs)
+                    continue
+                self.summaries[fn.name] = Summary(tuple(
+                    self._tensor(fn, fn.ret.get(o.name, "")) if fn.ret.get(o.name) else EMPTY for o in fn.outputs))
+            work.pop()
+
+    def _demand_summary(self, fn: Function) -> None:
+        self._body(fn)
+        self._demand([("summary", fn, None)])
+
+    def _demand_arguments(self, name: str) -> None:
+        """Argument taints of ``name`` and of every caller above it not worked out yet, callers first
+        (what the top-down pass gives without recursion)."""
+        graph = self.graph
+        if self._sites is None:
+            self._sites = {}
+            for edges in self.view.cg.edges.values():
+                for edge in edges:
+                    self._sites.setdefault(edge.callee, []).append(edge)
+            self._rank = {n: k for k, n in enumerate(reversed(callees_first(self.view.cg)))}
+        want = [name]
+        seen = {name}
+        i = 0
+        while i < len(want):
+            for edge in self._sites.get(want[i], ()):
+                c = edge.caller
+                if c not in seen and c in graph.functions and c not in self.arg_taint:
+                    seen.add(c)
+                    want.append(c)
+            i += 1
+        rank = self._rank
+        for callee_name in sorted(want, key=lambda n: rank.get(n, -1)) if len(want) > 1 else want:
+            fn = graph.functions[callee_name]
+            self.arg_taint[callee_name] = self._initial_arguments(callee_name, fn)
+            for edge in self._sites.get(callee_name, ()):
+                caller = graph.function(edge.caller)
+                if caller is None:
+                    continue
+                node = self._body(caller).get(edge.node)
+                if node is None:
+                    continue
+                offset = 0 if edge.attr == "" else BRANCH_OPS.get(node.op, 0)
+                generic = edge.attr not in ("", "f") and node.op not in BRANCH_OPS and node.op not in LOOP_OPS
+                self._pass_arguments(caller, fn, node.data_inputs, offset, generic)
 
 
 def _in_order(plan: list, names: set[str]) -> bool:
