@@ -7,7 +7,9 @@ bottom-up over the call graph; then each function's arguments get their
 concrete sources top-down from every call site.  Control dependence through
 If/Case/While predicates taints their outputs too.  Everything is bounded:
 sweeps and fixed-point rounds stop at fixed limits, and what is not resolved
-stays conservative (a union of inputs).
+stays conservative (a union of inputs).  Where that is exact (no recursion, and
+the bodies a query touches are DAGs of uniquely named nodes) a query evaluates
+only what it depends on instead (see :class:`Dataflow`).
 """
 
 from __future__ import annotations
