@@ -124,10 +124,12 @@ class CallGraph:
 
 
 def _callees(node: Node, functions: dict[str, Function]) -> tuple[tuple[str, str], ...]:
+    """``(attr, callee)`` for every function ``node`` names (``attr`` "" when its op is one)."""
     refs = node.func_refs()
-    if node.op in functions:
-        return (("", node.op), *((attr, ref.name) for attr, ref in refs))
-    return tuple((attr, ref.name) for attr, ref in refs) if refs else ()
+    if not refs:  # most nodes
+        return (("", node.op),) if node.op in functions else ()
+    named = tuple((attr, ref.name) for attr, ref in refs)
+    return (("", node.op), *named) if node.op in functions else named
 
 
 def build(graph: Graph, is_stock_op=lambda op: False) -> CallGraph:  # noqa: C901 - one linear pass
@@ -190,26 +192,34 @@ def _bfs(cg: CallGraph, kind: EntryKind, entries: list[EntryPoint]) -> None:
         cg.function_reach.setdefault(name, reach)
         fn_queue.append((name, reach))
 
+    main_index = cg.main_index
+    node_calls = cg.node_calls
     for ep in entries:
         label = entry_label(ep)
         node_queue: deque[tuple[str, Reach]] = deque()
         roots = [n.name for n in main.nodes] if kind is EntryKind.GRAPH else [tensor_node(t) for t in ep.tensors]
+        root = Reach.root(kind, label, (label,))  # immutable: one for every root of the entry point
         for r in roots:
-            visit_main(r, Reach.root(kind, label, (label,)), node_queue)
+            visit_main(r, root, node_queue)
         while node_queue:  # backward over data and control inputs in the top-level graph
             name, reach = node_queue.popleft()
-            node = cg.main_index[name]
+            node = main_index[name]
             for inp in node.inputs:
-                visit_main(tensor_node(inp), reach, node_queue)
-            for attr, callee in cg.calls(node):
-                edge = CallEdge(main.name, name, attr, callee)
-                enter_fn(callee, reach.hop(edge, _step(edge)))
+                src = inp.lstrip("^").partition(":")[0]  # tensor_node, inline: the hot loop
+                if src not in seen_main and src in main_index:
+                    visit_main(src, reach, node_queue)
+            for attr, callee in node_calls.get(id(node), ()):
+                if callee not in seen_fn and callee in cg.callable:  # the reach is made only to be kept
+                    edge = CallEdge(main.name, name, attr, callee)
+                    enter_fn(callee, reach.hop(edge, _step(edge)))
         for fname in ep.functions:
-            enter_fn(fname, Reach.root(kind, label, (label, fname)))
+            if fname not in seen_fn and fname in cg.callable:
+                enter_fn(fname, Reach.root(kind, label, (label, fname)))
     while fn_queue:  # a reached function runs whole: every callee in it is reached
         fname, reach = fn_queue.popleft()
         for edge in cg.edges.get(fname, ()):
-            enter_fn(edge.callee, reach.hop(edge, _step(edge)))
+            if edge.callee not in seen_fn:  # (every edge's callee is callable)
+                enter_fn(edge.callee, reach.hop(edge, _step(edge)))
 
 
 def _cycles(cg: CallGraph) -> list[tuple[str, ...]]:

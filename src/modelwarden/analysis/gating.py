@@ -14,6 +14,7 @@ from modelwarden.analysis.dataflow import BRANCH_OPS, LOOP_OPS, Dataflow, source
 from modelwarden.analysis.graphs import GraphView, graph_views
 from modelwarden.analysis.interface import AnalysisContext
 from modelwarden.analysis.rules.capabilities import CAPABILITY_META
+from modelwarden.catalog import OpSpec
 from modelwarden.ir import EntryKind, FuncRef, Function, Node
 from modelwarden.record import record
 
@@ -59,6 +60,32 @@ class GatingSite:
 CONTROL_SINKS = frozenset(BRANCH_OPS) | LOOP_OPS | {"Switch", "RefSwitch"}
 
 
+WatchedNode = tuple[Function, Node, "OpSpec | None", tuple[str, ...]]
+
+
+def watched_nodes(ctx: AnalysisContext, view: GraphView) -> list[WatchedNode]:
+    """The nodes graph rules look at more closely, found in one pass over every body (body order):
+    ops the catalog names, with the capabilities their attributes give them; control flow; ops
+    whose input sizes an allocation.  ``(fn, node, spec or None, active capabilities)``."""
+    key = ("watched_nodes", id(view))
+    found = ctx.cache.get(key)
+    if found is None:
+        from modelwarden.analysis.rules.dataflow import ALLOCATION_INPUTS
+
+        catalog = ctx.catalog
+        other = CONTROL_SINKS | ALLOCATION_INPUTS.keys()
+        found = []
+        for fn in view.cg.bodies():
+            for node in fn.nodes:
+                spec = catalog.lookup(node.op)
+                if spec is not None:
+                    found.append((fn, node, spec, catalog.active(node)))
+                elif node.op in other:
+                    found.append((fn, node, None, ()))
+        ctx.cache[key] = found
+    return found  # type: ignore[return-value]
+
+
 def _has_sinks(ctx: AnalysisContext, view: GraphView) -> bool:
     """Does any node consume taint we report on (control flow, path or allocation arguments)?"""
     from modelwarden.analysis.rules.dataflow import ALLOCATION_INPUTS
@@ -70,19 +97,17 @@ def _has_sinks(ctx: AnalysisContext, view: GraphView) -> bool:
         producer = view.values.nodes(fn).get(tensor_node(data[index]))
         return producer is not None and producer.op == "Const"
 
-    for fn in view.cg.bodies():
-        for node in fn.nodes:
-            op = node.op
-            if op in CONTROL_SINKS:
+    for fn, node, spec, _ in watched_nodes(ctx, view):
+        op = node.op
+        if op in CONTROL_SINKS:
+            return True
+        alloc = ALLOCATION_INPUTS.get(op)
+        if alloc is not None and not constant(fn, node, alloc[0]):
+            return True
+        if spec is not None and spec.paths and not all(constant(fn, node, i) for i in spec.paths):
+            kinds = view.cg.kinds(fn, node)
+            if not kinds or not kinds <= {EntryKind.SAVER}:  # the saver's own path is its placeholder
                 return True
-            alloc = ALLOCATION_INPUTS.get(op)
-            if alloc is not None and not constant(fn, node, alloc[0]):
-                return True
-            spec = ctx.catalog.lookup(op)
-            if spec is not None and spec.paths and not all(constant(fn, node, i) for i in spec.paths):
-                kinds = view.cg.kinds(fn, node)
-                if not kinds or not kinds <= {EntryKind.SAVER}:  # the saver's own path is its placeholder
-                    return True
     return False
 
 
@@ -121,17 +146,17 @@ def _capability_index(ctx: AnalysisContext, view: GraphView) -> tuple[dict, dict
     from modelwarden.analysis.dataflow import callees_first
 
     functions = view.cg.callable
-    base: dict[tuple[str, str, str], CapabilityUse] = {}
-    hops: dict[str, dict[tuple[str, str, str], tuple[str, str] | None]] = {}
-    for name, fn in functions.items():
-        own: dict[tuple[str, str, str], tuple[str, str] | None] = {}
-        for node in fn.nodes:
-            for cap in ctx.catalog.active(node):
-                if cap in CAPABILITY_META and len(own) < MAX_WITNESSES:
-                    k = (name, node.name, cap)
-                    base[k] = _use(ctx, view, fn, node, cap, (name,))
-                    own[k] = None
-        hops[name] = own
+    base: dict[tuple[str, str, str], CapabilityUse | tuple[Function, Node, str]] = {}  # a use once shown
+    hops: dict[str, dict[tuple[str, str, str], tuple[str, str] | None]] = {name: {} for name in functions}
+    for fn, node, _, active in watched_nodes(ctx, view):
+        if not active or functions.get(fn.name) is not fn:  # the top-level graph is not called
+            continue
+        own = hops[fn.name]
+        for cap in active:
+            if cap in CAPABILITY_META and len(own) < MAX_WITNESSES:
+                k = (fn.name, node.name, cap)
+                base[k] = (fn, node, cap)
+                own[k] = None
     order = callees_first(view.cg)
     for _ in range(2):
         for name in order:
@@ -160,6 +185,8 @@ def _capabilities_from(ctx: AnalysisContext, view: GraphView, start: str, memo: 
             cur = nxt[1]
             seen.add(cur)
         u = base[k]
+        if not isinstance(u, CapabilityUse):  # its argument resolved once, the first time it is shown
+            u = base[k] = _use(ctx, view, *u, (k[0],))
         uses.append(CapabilityUse(u.capability, u.op, u.function, u.node, tuple(path), u.argument))
     memo[start] = tuple(uses)
     return memo[start]
@@ -213,41 +240,40 @@ def gating_sites(ctx: AnalysisContext) -> list[GatingSite]:
     sites: list[GatingSite] = []
     for view, df in dataflows(ctx):
         memo: dict = {}
-        for fn in view.cg.bodies():
-            for node in fn.nodes:
-                op = node.op
-                if op in BRANCH_OPS or op in ("Switch", "RefSwitch"):
-                    pidx = 1 if op in ("Switch", "RefSwitch") else 0
-                    data = node.data_inputs
-                    if pidx >= len(data):
-                        continue
-                    taint = df.input_taint(fn, node, pidx)
-                    pred_tensor, pred_fn = data[pidx], fn
-                elif op in LOOP_OPS:
-                    cond = node.attrs.get("cond")
-                    cond_fn = view.graph.functions.get(cond.name) if isinstance(cond, FuncRef) else None
-                    if cond_fn is None or not cond_fn.outputs:
-                        continue
-                    out_name = cond_fn.outputs[0].name
-                    taint = df.output_taint(cond_fn, out_name)
-                    pred_tensor, pred_fn = cond_fn.ret.get(out_name, ""), cond_fn
-                else:
+        for fn, node, _, _ in watched_nodes(ctx, view):  # control flow among them
+            op = node.op
+            if op in BRANCH_OPS or op in ("Switch", "RefSwitch"):
+                pidx = 1 if op in ("Switch", "RefSwitch") else 0
+                data = node.data_inputs
+                if pidx >= len(data):
                     continue
-                variables = tuple(sources(taint, "variable"))
-                if not variables:
+                taint = df.input_taint(fn, node, pidx)
+                pred_tensor, pred_fn = data[pidx], fn
+            elif op in LOOP_OPS:
+                cond = node.attrs.get("cond")
+                cond_fn = view.graph.functions.get(cond.name) if isinstance(cond, FuncRef) else None
+                if cond_fn is None or not cond_fn.outputs:
                     continue
-                if op in ("Switch", "RefSwitch"):
-                    branches = tuple(
-                        Branch(label, "", _switch_cone(ctx, view, fn, node, port, memo))
-                        for label, port in (("output_false", 0), ("output_true", 1))
-                    )
-                else:
-                    branches = tuple(
-                        Branch(label, ref.name, _capabilities_from(ctx, view, ref.name, memo))
-                        for label, ref in _branch_refs(node)
-                    )
-                sites.append(GatingSite(view, fn, node, pred_tensor, pred_fn, variables,
-                                        tuple(sources(taint, "input")), branches))
+                out_name = cond_fn.outputs[0].name
+                taint = df.output_taint(cond_fn, out_name)
+                pred_tensor, pred_fn = cond_fn.ret.get(out_name, ""), cond_fn
+            else:
+                continue
+            variables = tuple(sources(taint, "variable"))
+            if not variables:
+                continue
+            if op in ("Switch", "RefSwitch"):
+                branches = tuple(
+                    Branch(label, "", _switch_cone(ctx, view, fn, node, port, memo))
+                    for label, port in (("output_false", 0), ("output_true", 1))
+                )
+            else:
+                branches = tuple(
+                    Branch(label, ref.name, _capabilities_from(ctx, view, ref.name, memo))
+                    for label, ref in _branch_refs(node)
+                )
+            sites.append(GatingSite(view, fn, node, pred_tensor, pred_fn, variables,
+                                    tuple(sources(taint, "input")), branches))
     ctx.cache["gating_sites"] = sites
     return sites
 

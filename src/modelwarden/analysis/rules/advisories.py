@@ -70,14 +70,24 @@ def _model_version(ctx: AnalysisContext) -> tuple[str, str]:
     return "", ""
 
 
+_CHOICES: dict[tuple[str, str, str], adv.VersionChoice] = {}  # the same few versions, artifact after artifact
+MAX_CHOICES = 64
+
+
 def version_choice(ctx: AnalysisContext) -> adv.VersionChoice:
     cached = ctx.cache.get("advisories.version")
     if cached is None:
         model_version, source = _model_version(ctx)
-        try:
-            cached = adv.choose_version(ctx.options.tf_version, model_version, source)
-        except adv.VersionError as exc:
-            cached = adv.VersionChoice(None, f"--tf-version: {exc}")
+        key = (ctx.options.tf_version, model_version, source)
+        cached = _CHOICES.get(key)
+        if cached is None:
+            try:
+                cached = adv.choose_version(*key)
+            except adv.VersionError as exc:
+                cached = adv.VersionChoice(None, f"--tf-version: {exc}")
+            if len(_CHOICES) >= MAX_CHOICES:  # model versions are the model's text: keep the memo small
+                _CHOICES.clear()
+            _CHOICES[key] = cached
         ctx.cache["advisories.version"] = cached
     return cached  # type: ignore[return-value]
 

@@ -149,15 +149,14 @@ class CapabilityRule(Rule):
     meta = CAPABILITY_META["file-read"]
 
     def check(self, ctx: AnalysisContext) -> Iterable[Finding]:
-        catalog = ctx.catalog
+        from modelwarden.analysis.gating import watched_nodes  # it imports this module
+
         for view in graph_views(ctx):
-            for fn in view.cg.bodies():
-                for node in fn.nodes:
-                    active = catalog.active(node)  # () for most nodes: no list built for them
-                    if active:
-                        caps = [c for c in active if c in CAPABILITY_META]
-                        if caps:
-                            yield from self._node(ctx, view, fn, node, caps)
+            for fn, node, _, active in watched_nodes(ctx, view):  # the nodes the catalog names
+                if active:
+                    caps = [c for c in active if c in CAPABILITY_META]
+                    if caps:
+                        yield from self._node(ctx, view, fn, node, caps)
 
     def _node(self, ctx: AnalysisContext, view: GraphView, fn: Function, node: Node, caps: list[str]) -> Iterable[Finding]:
         spec = ctx.catalog.lookup(node.op)
@@ -168,14 +167,15 @@ class CapabilityRule(Rule):
             caps = [c for c in caps if c != "graph-execution"]  # the reader parsed it: analysed as a graph
             if not caps:
                 return
+        # the saver's own machinery first: it is exempt whatever its path values, so they are not resolved
+        saver_only = bool(kinds) and kinds <= {EntryKind.SAVER}
+        at_load = "file-write" in caps and _in_restore_path(ctx, view, fn, node)
+        if saver_only and node.op in SAVER_MACHINERY and not at_load and _saver_paths(view, fn, node, spec):
+            return  # the model's own checkpoint save/restore, on exactly the paths TensorFlow derives
         values = _path_values(view, fn, node, spec)
         consts = [v for val in values if val.kind == "const" for v in val.values]
         if spec.empty_path_ok and values and all(val.kind == "const" for val in values) and not any(consts):
             return
-        saver_only = bool(kinds) and kinds <= {EntryKind.SAVER}
-        at_load = "file-write" in caps and _in_restore_path(ctx, view, fn, node)
-        if saver_only and node.op in SAVER_MACHINERY and _saver_paths(view, fn, node, spec) and not at_load:
-            return  # the model's own checkpoint save/restore, on exactly the paths TensorFlow derives
         asset_fed = bool(values) and all(v.kind == "asset" for v in values)
         location = node_location(ctx, view, fn, node, reach)
         evidence = {"op": node.op}

@@ -165,9 +165,9 @@ class CheckpointConsistency(Rule):
 
     def _size(self, ctx: AnalysisContext, index: str, e: CheckpointEntry) -> Iterator[Finding]:
         n = _elements(e.shape)
-        loc = ctx.location(file=index, node=e.name)
         if n is None:
-            yield ctx.finding(SIZE_MISMATCH, f"entry {e.name!r} has a negative dimension in shape {list(e.shape)}", loc)
+            yield ctx.finding(SIZE_MISMATCH, f"entry {e.name!r} has a negative dimension in shape {list(e.shape)}",
+                              ctx.location(file=index, node=e.name))
             return
         elsize = _SIZE_BY_NAME.get(e.dtype)
         if elsize is not None:
@@ -176,11 +176,12 @@ class CheckpointConsistency(Rule):
                 yield ctx.finding(
                     SIZE_MISMATCH,
                     f"entry {e.name!r} is {e.dtype}{list(e.shape)} = {expected} bytes, but the index says {e.size}",
-                    loc,
+                    ctx.location(file=index, node=e.name),
                     evidence={"dtype": e.dtype, "shape": str(list(e.shape)), "expected": str(expected), "size": str(e.size)},
                 )
         elif e.dtype == "string" and n > e.size:
             # Every string element takes at least one length byte.
             yield ctx.finding(
-                SIZE_MISMATCH, f"string entry {e.name!r} claims {n} elements in {e.size} bytes", loc
+                SIZE_MISMATCH, f"string entry {e.name!r} claims {n} elements in {e.size} bytes",
+                ctx.location(file=index, node=e.name),
             )

@@ -87,15 +87,14 @@ class CheckpointAuditRule(Rule):
 
     def _gates(self, ctx, ckpt: Checkpoint, entries: dict[str, CheckpointEntry]) -> Iterable[Finding]:
         from modelwarden.analysis.dataflow import sources
-        from modelwarden.analysis.gating import dataflows, gating_sites, variable_label
+        from modelwarden.analysis.gating import dataflows, gating_sites, variable_label, watched_nodes
 
         sites = [s for s in gating_sites(ctx) if s.dangerous]
         sensitive = any(  # a variable flowing into a path argument
             sources(df.input_taint(fn, node, i), "variable")
             for view, df in dataflows(ctx)
-            for fn in view.cg.bodies()
-            for node in fn.nodes
-            if (spec := ctx.catalog.lookup(node.op)) is not None and spec.paths and ctx.catalog.active(node)
+            for fn, node, spec, active in watched_nodes(ctx, view)
+            if spec is not None and spec.paths and active
             for i in spec.paths
         )
         if not sites and not sensitive:
@@ -163,23 +162,21 @@ class CheckpointAuditRule(Rule):
     def _path_values(self, ctx, value) -> Iterable[Finding]:
         from modelwarden.analysis import evaluate as ev
         from modelwarden.analysis.dataflow import sources
-        from modelwarden.analysis.gating import dataflows, variable_label
+        from modelwarden.analysis.gating import dataflows, variable_label, watched_nodes
 
         for view, df in dataflows(ctx):
-            for fn in view.cg.bodies():
-                for node in fn.nodes:
-                    spec = ctx.catalog.lookup(node.op)
-                    if spec is None or not spec.paths or not ctx.catalog.active(node):
-                        continue
-                    for i in spec.paths:
-                        for key in sources(df.input_taint(fn, node, i), "variable"):
-                            try:
-                                shown = _short(value(key))
-                            except ev.Unknown as exc:
-                                shown = f"<{exc}>"
-                            msg = f"checkpoint sets {variable_label(key)!r} = {shown}, used as {node.op} input {i}"
-                            yield ctx.finding(PATH_VALUE, msg, node_location(ctx, view, fn, node),
-                                              evidence={"variable": variable_label(key), "value": shown})
+            for fn, node, spec, active in watched_nodes(ctx, view):
+                if spec is None or not spec.paths or not active:
+                    continue
+                for i in spec.paths:
+                    for key in sources(df.input_taint(fn, node, i), "variable"):
+                        try:
+                            shown = _short(value(key))
+                        except ev.Unknown as exc:
+                            shown = f"<{exc}>"
+                        msg = f"checkpoint sets {variable_label(key)!r} = {shown}, used as {node.op} input {i}"
+                        yield ctx.finding(PATH_VALUE, msg, node_location(ctx, view, fn, node),
+                                          evidence={"variable": variable_label(key), "value": shown})
 
 
 def _shape_matches(expected: tuple[int, ...] | None, actual: tuple[int, ...]) -> bool:

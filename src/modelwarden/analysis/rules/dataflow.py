@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from modelwarden.analysis.dataflow import sources
-from modelwarden.analysis.gating import dataflows, gating_sites, render_expr, variable_label
+from modelwarden.analysis.gating import dataflows, gating_sites, render_expr, variable_label, watched_nodes
 from modelwarden.analysis.graphs import node_location
 from modelwarden.analysis.interface import AnalysisContext, Finding, Rule, RuleMeta, Severity
 from modelwarden.analysis.registry import register
@@ -110,51 +110,49 @@ class DataflowRule(Rule):
         for sites in harmless.values():
             first = sites[0]
             view, fn, node = first.view, first.fn, first.node
-            examples = "; ".join(
-                f"{s.node.op} {s.node.name!r} in {s.fn.name}: {render_expr(s.view, s.predicate_fn, s.predicate)}"
-                for s in sites[:3]
-            )
+            shown = [render_expr(s.view, s.predicate_fn, s.predicate) for s in sites[:3]]
+            examples = "; ".join(f"{s.node.op} {s.node.name!r} in {s.fn.name}: {p}" for s, p in zip(sites, shown))
             variables = sorted({v for s in sites for v in s.variables})
             names = ", ".join(variable_label(v) for v in variables[:10]) + (" ..." if len(variables) > 10 else "")
             count = f"{len(sites)} branches/loops are" if len(sites) > 1 else f"{node.op} {node.name!r} is"
             msg = f"{count} decided by checkpoint variable(s) {names}, but no gated branch reaches a host capability"
-            evidence = {"predicate": render_expr(view, first.predicate_fn, first.predicate), "variables": names,
+            evidence = {"predicate": shown[0], "variables": names,
                         "sites": str(len(sites)), "examples": examples, "op": node.op}
             yield ctx.finding(GATED, msg, node_location(ctx, view, fn, node), severity=Severity.INFO, evidence=evidence)
 
     def _arguments(self, ctx: AnalysisContext) -> Iterable[Finding]:
         for view, df in dataflows(ctx):
-            for fn in view.cg.bodies():
-                for node in fn.nodes:
-                    spec = ctx.catalog.lookup(node.op)
-                    if spec is not None and spec.paths and ctx.catalog.active(node):
-                        for i in spec.paths:
-                            taint = df.input_taint(fn, node, i)
-                            yield from self._sensitive(ctx, view, fn, node, i, taint)
-                    alloc = ALLOCATION_INPUTS.get(node.op)
-                    if alloc is not None:
-                        idx, argname, sev = alloc
-                        inputs = sources(df.input_taint(fn, node, idx), "input")
-                        if inputs:
-                            reach = view.cg.reach(fn, node)
-                            msg = (f"{node.op}({argname}) is set by request input(s) {', '.join(inputs)}: "
-                                   f"a request can make it allocate without bound; path: {' → '.join((*reach.path, node.name))}")
-                            yield ctx.finding(INPUT_ALLOC, msg, node_location(ctx, view, fn, node, reach), severity=sev,
-                                              capability="resource-amplification",
-                                              evidence={"op": node.op, "argument": argname, "inputs": ", ".join(inputs)})
-                    if node.op in ("While", "StatelessWhile"):
-                        yield from self._loop(ctx, view, df, fn, node)
+            for fn, node, spec, active in watched_nodes(ctx, view):  # every other node has no sensitive input
+                if spec is not None and spec.paths and active:
+                    for i in spec.paths:
+                        taint = df.input_taint(fn, node, i)
+                        yield from self._sensitive(ctx, view, fn, node, i, taint)
+                alloc = ALLOCATION_INPUTS.get(node.op)
+                if alloc is not None:
+                    idx, argname, sev = alloc
+                    inputs = sources(df.input_taint(fn, node, idx), "input")
+                    if inputs:
+                        reach = view.cg.reach(fn, node)
+                        msg = (f"{node.op}({argname}) is set by request input(s) {', '.join(inputs)}: "
+                               f"a request can make it allocate without bound; path: {' → '.join((*reach.path, node.name))}")
+                        yield ctx.finding(INPUT_ALLOC, msg, node_location(ctx, view, fn, node, reach), severity=sev,
+                                          capability="resource-amplification",
+                                          evidence={"op": node.op, "argument": argname, "inputs": ", ".join(inputs)})
+                if node.op in ("While", "StatelessWhile"):
+                    yield from self._loop(ctx, view, df, fn, node)
 
     def _sensitive(self, ctx, view, fn, node, index, taint) -> Iterable[Finding]:
+        variables = sources(taint, "variable")
+        inputs = sources(taint, "input")
+        if not variables and not inputs:
+            return  # the usual case: where it is and how it is reached are only worked out for a finding
         reach = view.cg.reach(fn, node)
         loc = node_location(ctx, view, fn, node, reach)
         path = " → ".join((*reach.path, f"{node.op}({node.name})"))
-        variables = sources(taint, "variable")
         if variables:
             names = ", ".join(variable_label(v) for v in variables)
             yield ctx.finding(CKPT_ARG, f"checkpoint variable(s) {names} flow into {node.op} input {index}: {path}",
                               loc, evidence={"op": node.op, "variables": names, "input": str(index)})
-        inputs = sources(taint, "input")
         if inputs:
             yield ctx.finding(INPUT_ARG, f"request input(s) {', '.join(inputs)} flow into {node.op} input {index}: {path}",
                               loc, capability="file-read" if "read" in node.op.lower() else "", 

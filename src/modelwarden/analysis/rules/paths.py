@@ -65,13 +65,14 @@ class FileEntryRule(Rule):
         symlink, hardlink, special = self.metas
         if ctx.artifact.archive is not None:
             return  # members of a zip model (.keras) are the archive rules' (MW870-MW877): one finding each
-        for entry in ctx.artifact.files:
-            loc = ctx.location(file=entry.relpath)
+        for entry in ctx.artifact.files:  # (a location is made only for a finding: most files have none)
             if entry.kind is FileKind.SYMLINK and not entry.resolves_inside:
                 yield ctx.finding(symlink, f"{entry.relpath} is a symlink to {entry.link_target!r}, outside the model",
-                                  loc, capability="file-read", evidence={"target": entry.link_target})
+                                  ctx.location(file=entry.relpath), capability="file-read",
+                                  evidence={"target": entry.link_target})
             elif entry.kind is FileKind.FILE and entry.nlink > 1:
-                yield ctx.finding(hardlink, f"{entry.relpath} has {entry.nlink} hard links", loc,
-                                  evidence={"links": str(entry.nlink)})
+                yield ctx.finding(hardlink, f"{entry.relpath} has {entry.nlink} hard links",
+                                  ctx.location(file=entry.relpath), evidence={"links": str(entry.nlink)})
             elif entry.kind is FileKind.OTHER:
-                yield ctx.finding(special, f"{entry.relpath} is not a regular file or directory", loc)
+                yield ctx.finding(special, f"{entry.relpath} is not a regular file or directory",
+                                  ctx.location(file=entry.relpath))

@@ -31,13 +31,14 @@ class CustomOpRule(Rule):
     )
 
     def check(self, ctx: AnalysisContext) -> Iterable[Finding]:
+        is_stock = ctx.catalog.is_stock
         for view in graph_views(ctx):
             functions = view.graph.functions
             for fn in view.cg.bodies():
                 reported: set[str] = set()
                 for node in fn.nodes:
                     op = node.op
-                    if op in reported or op in functions or ctx.catalog.is_stock(op) or op.startswith(TFLITE_PREFIXES):
+                    if op in reported or op in functions or is_stock(op) or op.startswith(TFLITE_PREFIXES):
                         continue
                     reported.add(op)
                     count = sum(1 for n in fn.nodes if n.op == op)
