@@ -15,6 +15,7 @@ from typing import Any
 
 from modelwarden.errors import InputError
 from modelwarden.formats import safeio, tfproto
+from modelwarden.formats.funcattrs import Calls, nodes_with_func_attrs
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
 from modelwarden.formats.tfgraph import embedded_graphs, graph_body, may_embed_graphs, shape_dims
 from modelwarden.ir import (
@@ -70,15 +71,18 @@ def is_text_saved_model(path: str, head: bytes) -> bool:
     return b"\x00" not in head[:256] and text_key(head) in SAVEDMODEL_TEXT_KEYS
 
 
-def load_saved_model_proto(path: str, limits: Limits) -> Any:
+def load_saved_model_proto(path: str, limits: Limits) -> tuple[Any, Calls | None]:
+    """The SavedModel message, and which of its nodes may name a function in an attribute when
+    that is cheap to tell (binary and small: :mod:`funcattrs`)."""
     data = safeio.read_file(path, limits.max_proto_bytes, what="SavedModel graph")
     if is_text_saved_model(path, data[:4096]):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise InputError(path, "SavedModel text file is not valid UTF-8") from None
-        return tfproto.parse_text("SavedModel", text, path)
-    return tfproto.parse("SavedModel", data, path)
+        return tfproto.parse_text("SavedModel", text, path), None
+    sm = tfproto.parse("SavedModel", data, path)
+    return sm, nodes_with_func_attrs("SavedModel", data)
 
 
 def _signature(name: str, sdef: Any) -> Signature:
@@ -216,11 +220,13 @@ def _tf1_variables(nodes: Any) -> list[VariableSpec]:
     return out
 
 
-def meta_graph_to_ir(mg: Any, index: int, source_file: str, path: str, limits: Limits) -> Graph:
-    """One MetaGraphDef -> Graph with every way into it as an entry point."""
+def meta_graph_to_ir(mg: Any, index: int, source_file: str, path: str, limits: Limits,
+                     calls: Calls | None = None) -> Graph:
+    """One MetaGraphDef -> Graph with every way into it as an entry point; ``calls``: the nodes of
+    the SavedModel that may name functions, when known (:func:`load_saved_model_proto`)."""
     tags = tuple(mg.meta_info_def.tags)
     name = f"meta_graph[{index}]" + (f"({','.join(tags)})" if tags else "")
-    main, functions = graph_body(mg.graph_def, "<graph>", path, limits)
+    main, functions = graph_body(mg.graph_def, "<graph>", path, limits, None if calls is None else calls.get(index, {}))
     entries: list[EntryPoint] = []
     signatures: list[Signature] = []
     for key in sorted(mg.signature_def):
@@ -280,12 +286,12 @@ class SavedModelReader(Reader):
         metadata: dict[str, str] = {}
         for gf in graph_files:
             rel = os.path.basename(gf) if standalone else os.path.relpath(gf, root)
-            sm = load_saved_model_proto(gf, limits)
+            sm, calls = load_saved_model_proto(gf, limits)
             if not sm.meta_graphs:
                 raise InputError(gf, "SavedModel contains no meta graphs")
             metadata.setdefault("saved_model_schema_version", str(sm.saved_model_schema_version))
             for i, mg in enumerate(sm.meta_graphs):
-                g = meta_graph_to_ir(mg, i, rel, gf, limits)
+                g = meta_graph_to_ir(mg, i, rel, gf, limits, calls)
                 graphs.append(g)
                 if may_embed_graphs(g.main, g.functions, mg.graph_def):
                     graphs.extend(embedded_graphs(mg.graph_def, g.name, gf, limits))

@@ -129,11 +129,13 @@ class LazyAttrs(Mapping[str, AttrValue]):
 
     __slots__ = ("_proto", "_limits", "_cache", "_refs")
 
-    def __init__(self, proto_map: Any, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, proto_map: Any, limits: Limits = DEFAULT_LIMITS,
+                 refs: tuple[tuple[str, FuncRef], ...] | None = None) -> None:
+        """``refs``: ``()`` when the map is known to hold no function-valued attribute."""
         self._proto = proto_map
         self._limits = limits
         self._cache: dict[str, AttrValue] | None = None  # made on first lookup: most nodes never have one
-        self._refs: tuple[tuple[str, FuncRef], ...] | None = None
+        self._refs = refs
 
     def __getitem__(self, key: str) -> AttrValue:
         cache = self._cache
@@ -175,9 +177,19 @@ class LazyAttrs(Mapping[str, AttrValue]):
         return f"LazyAttrs({sorted(self._proto.keys())})"
 
 
-def node_from_proto(nd: Any, limits: Limits = DEFAULT_LIMITS) -> Node:
+def node_from_proto(nd: Any, limits: Limits = DEFAULT_LIMITS, no_funcs: bool = False) -> Node:
+    """``no_funcs``: the node is known to name no function in an attribute (:mod:`funcattrs`)."""
     # input[:] copies the repeated field in C: half the cost of iterating it into a tuple
-    return Node(nd.name, nd.op, tuple(nd.input[:]), LazyAttrs(nd.attr, limits), nd.device)
+    return Node(nd.name, nd.op, tuple(nd.input[:]), LazyAttrs(nd.attr, limits, () if no_funcs else None), nd.device)
+
+
+def _nodes(protos: Any, limits: Limits, calls: "dict[int, frozenset[int]] | None", index: int) -> tuple[Node, ...]:
+    """The nodes of one body; ``calls``: function index -> the nodes that may name a function
+    (``index`` -1 for the top-level graph), when known."""
+    if calls is None:
+        return tuple([node_from_proto(n, limits) for n in protos])
+    named = calls.get(index, ())
+    return tuple([node_from_proto(n, limits, i not in named) for i, n in enumerate(protos)])
 
 
 def _map(proto_map: Any) -> dict[str, str]:
@@ -189,12 +201,14 @@ def _arg(a: Any) -> Arg:
     return Arg(a.name, dtype_name(a.type) if a.type else "")
 
 
-def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS) -> Function:
+def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS,
+                        calls: "dict[int, frozenset[int]] | None" = None, index: int = 0) -> Function:
+    """``calls``/``index``: what :func:`graph_body` knows of the nodes naming functions, and which function this is."""
     sig = fd.signature
     return Function(
         name=sig.name,
         kind=FunctionKind.LIBRARY,
-        nodes=tuple([node_from_proto(n, limits) for n in fd.node_def]),
+        nodes=_nodes(fd.node_def, limits, calls, index),
         args=tuple([_arg(a) for a in sig.input_arg]),
         outputs=tuple([_arg(a) for a in sig.output_arg]),
         ret=_map(fd.ret),
@@ -204,8 +218,12 @@ def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS) -> Function:
     )
 
 
-def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Function, dict[str, Function]]:
-    """The top-level body and the function library of a GraphDef message."""
+def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LIMITS,
+               calls: "dict[int, frozenset[int]] | None" = None) -> tuple[Function, dict[str, Function]]:
+    """The top-level body and the function library of a GraphDef message; ``calls``: function
+    index (-1 for the top-level graph) -> the nodes that may name a function in an attribute,
+    when known (:func:`~modelwarden.formats.funcattrs.nodes_with_func_attrs`): the others are
+    not examined for one."""
     n_nodes = len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
     if n_nodes > limits.max_nodes:
         raise LimitExceeded(path, f"graph has {n_nodes} nodes, over the limit of {limits.max_nodes}")
@@ -216,11 +234,11 @@ def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LI
     main = Function(
         name=name,
         kind=FunctionKind.GRAPH,
-        nodes=tuple([node_from_proto(n, limits) for n in graph_def.node]),
+        nodes=_nodes(graph_def.node, limits, calls, -1),
     )
     functions: dict[str, Function] = {}
-    for fd in graph_def.library.function:
-        fn = function_from_proto(fd, limits)
+    for i, fd in enumerate(graph_def.library.function):
+        fn = function_from_proto(fd, limits, calls, i)
         functions.setdefault(fn.name, fn)  # TF rejects duplicates; the first wins here
     return main, functions
 
