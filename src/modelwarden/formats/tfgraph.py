@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import array
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from typing import Any
 
 from modelwarden.errors import InputError, LimitExceeded
@@ -177,19 +177,19 @@ class LazyAttrs(Mapping[str, AttrValue]):
         return f"LazyAttrs({sorted(self._proto.keys())})"
 
 
-def node_from_proto(nd: Any, limits: Limits = DEFAULT_LIMITS, no_funcs: bool = False) -> Node:
-    """``no_funcs``: the node is known to name no function in an attribute (:mod:`funcattrs`)."""
-    # input[:] copies the repeated field in C: half the cost of iterating it into a tuple
-    return Node(nd.name, nd.op, tuple(nd.input[:]), LazyAttrs(nd.attr, limits, () if no_funcs else None), nd.device)
+def node_from_proto(nd: Any, limits: Limits = DEFAULT_LIMITS) -> Node:
+    return _nodes((nd,), limits)[0]
 
 
-def _nodes(protos: Any, limits: Limits, calls: "dict[int, frozenset[int]] | None", index: int) -> tuple[Node, ...]:
-    """The nodes of one body; ``calls``: function index -> the nodes that may name a function
-    (``index`` -1 for the top-level graph), when known."""
-    if calls is None:
-        return tuple([node_from_proto(n, limits) for n in protos])
-    named = calls.get(index, ())
-    return tuple([node_from_proto(n, limits, i not in named) for i, n in enumerate(protos)])
+def _nodes(protos: Any, limits: Limits, named: "Container[int] | None" = None) -> tuple[Node, ...]:
+    """The nodes of one body; ``named``: the indices of those that may name a function in an
+    attribute, when known (:mod:`funcattrs`): the others are not examined for one."""
+    if named is None:
+        named = range(len(protos))  # not known: every node is
+    # (one comprehension, no call per node; input[:] copies the repeated field in C: half the
+    # cost of iterating it into a tuple)
+    return tuple([Node(nd.name, nd.op, tuple(nd.input[:]), LazyAttrs(nd.attr, limits, None if i in named else ()),
+                       nd.device) for i, nd in enumerate(protos)])
 
 
 def _map(proto_map: Any) -> dict[str, str]:
@@ -208,7 +208,7 @@ def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS,
     return Function(
         name=sig.name,
         kind=FunctionKind.LIBRARY,
-        nodes=_nodes(fd.node_def, limits, calls, index),
+        nodes=_nodes(fd.node_def, limits, None if calls is None else calls.get(index, ())),
         args=tuple([_arg(a) for a in sig.input_arg]),
         outputs=tuple([_arg(a) for a in sig.output_arg]),
         ret=_map(fd.ret),
@@ -234,7 +234,7 @@ def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LI
     main = Function(
         name=name,
         kind=FunctionKind.GRAPH,
-        nodes=_nodes(graph_def.node, limits, calls, -1),
+        nodes=_nodes(graph_def.node, limits, None if calls is None else calls.get(-1, ())),
     )
     functions: dict[str, Function] = {}
     for i, fd in enumerate(graph_def.library.function):
