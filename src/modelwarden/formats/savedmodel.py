@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from typing import Any
 
 from modelwarden.errors import InputError
@@ -85,11 +85,16 @@ def load_saved_model_proto(path: str, limits: Limits) -> tuple[Any, Calls | None
     return sm, nodes_with_func_attrs("SavedModel", data)
 
 
+def _sorted_items(proto_map: Any) -> list[tuple[str, Any]]:
+    """A protobuf map's items by key (its items() is the slow Mapping mixin: keys, then lookups)."""
+    return [(k, proto_map[k]) for k in sorted(proto_map)]
+
+
 def _signature(name: str, sdef: Any) -> Signature:
     def specs(m: Any) -> tuple[TensorSpec, ...]:
         return tuple(
             TensorSpec(key, info.name, tfproto.dtype_name(info.dtype), shape_dims(info.tensor_shape))
-            for key, info in sorted(m.items())
+            for key, info in _sorted_items(m)
         )
 
     return Signature(name, sdef.method_name, specs(sdef.inputs), specs(sdef.outputs))
@@ -103,21 +108,23 @@ def _escape_local_name(name: str) -> str:
     return name.replace(".", "..").replace("/", ".S")
 
 
-def _object_paths(og: Any) -> tuple[list[str], list[str]]:
+def _object_paths(nodes: Sequence[Any]) -> tuple[list[str], list[str]]:
     """Per object-graph node: a human path ("root.layer.call") and its checkpoint key prefix, breadth first."""
-    paths = [""] * len(og.nodes)
-    keys = [""] * len(og.nodes)
-    if not og.nodes:
+    n = len(nodes)
+    paths = [""] * n
+    keys = [""] * n
+    if not n:
         return paths, keys
     paths[0] = "root"
     queue = deque([0])
     while queue:
         i = queue.popleft()
-        for child in og.nodes[i].children:
+        for child in nodes[i].children:
             j = child.node_id
-            if 0 <= j < len(paths) and not paths[j]:
-                paths[j] = f"{paths[i]}.{child.local_name}"
-                esc = _escape_local_name(child.local_name)
+            if 0 <= j < n and not paths[j]:
+                name = child.local_name
+                paths[j] = f"{paths[i]}.{name}"
+                esc = _escape_local_name(name)
                 keys[j] = f"{keys[i]}/{esc}" if keys[i] else esc
                 queue.append(j)
     return [p or f"node[{i}]" for i, p in enumerate(paths)], keys
@@ -129,9 +136,11 @@ def _object_graph_entries(
     og = mg.object_graph_def
     entries: list[EntryPoint] = []
     captures: dict[str, tuple[Capture, ...]] = {}
-    if not og.nodes:
+    nodes = og.nodes[:]  # one wrapper per node, and each node's kind asked once
+    if not nodes:
         return entries, captures, []
-    paths, keys = _object_paths(og)
+    kinds = [obj.WhichOneof("kind") for obj in nodes]
+    paths, keys = _object_paths(nodes)
     variables = [
         VariableSpec(
             keys[i] + VARIABLE_KEY_SUFFIX,
@@ -139,45 +148,47 @@ def _object_graph_entries(
             shape_dims(obj.variable.shape),
             paths[i],
         )
-        for i, obj in enumerate(og.nodes)
-        if obj.WhichOneof("kind") == "variable" and keys[i]
+        for i, obj in enumerate(nodes)
+        if kinds[i] == "variable" and keys[i]
     ]
-    n = len(og.nodes)
+    n = len(nodes)
 
-    def concrete(obj: Any) -> tuple[str, ...]:
-        kind = obj.WhichOneof("kind")
+    def concrete(i: int) -> tuple[str, ...]:
+        kind = kinds[i]
         if kind == "function":
-            return tuple(obj.function.concrete_functions)
+            return tuple(nodes[i].function.concrete_functions)
         if kind == "bare_concrete_function":
-            return (obj.bare_concrete_function.concrete_function_name,)
+            return (nodes[i].bare_concrete_function.concrete_function_name,)
         return ()
 
     load_time: list[str] = []
-    for i, obj in enumerate(og.nodes):
-        kind = obj.WhichOneof("kind")
-        names = concrete(obj)
+    for i, obj in enumerate(nodes):
+        names = concrete(i)
         if names:
             entries.append(EntryPoint(EntryKind.OBJECT_METHOD, paths[i], functions=names))
-        if kind == "resource":
+        if kinds[i] == "resource":
             for child in obj.children:
                 if child.local_name in RESOURCE_LOAD_FUNCTIONS and 0 <= child.node_id < n:
-                    load_time.extend(concrete(og.nodes[child.node_id]))
-        for so in obj.saveable_objects.values():
+                    load_time.extend(concrete(child.node_id))
+        saveables = obj.saveable_objects
+        for key in saveables if len(saveables) else ():  # keys, then lookups: values() is the slow Mapping mixin
+            so = saveables[key]
             for fid in (so.save_function, so.restore_function):
                 if 0 < fid < n:
-                    entries.append(EntryPoint(EntryKind.SAVER, paths[fid], functions=concrete(og.nodes[fid])))
+                    entries.append(EntryPoint(EntryKind.SAVER, paths[fid], functions=concrete(fid)))
     if load_time:
         entries.append(EntryPoint(EntryKind.LOAD_TIME, "resource-initializers", functions=tuple(load_time)))
 
     asset_files = list(mg.asset_file_def)
-    for fname, cf in og.concrete_functions.items():
+    cfs = og.concrete_functions
+    for fname in cfs:
         caps: list[Capture] = []
-        for node_id in cf.bound_inputs:
+        for node_id in cfs[fname].bound_inputs:
             if not 0 <= node_id < n:
                 caps.append(Capture("other"))
                 continue
-            obj = og.nodes[node_id]
-            kind = obj.WhichOneof("kind")
+            obj = nodes[node_id]
+            kind = kinds[node_id]
             if kind == "asset":
                 idx = obj.asset.asset_file_def_index
                 fn = asset_files[idx].filename if 0 <= idx < len(asset_files) else ""
@@ -231,7 +242,7 @@ def meta_graph_to_ir(mg: Any, index: int, source_file: str, path: str, limits: L
     signatures: list[Signature] = []
     for key in sorted(mg.signature_def):
         sdef = mg.signature_def[key]
-        outputs = tuple(info.name for _, info in sorted(sdef.outputs.items()))
+        outputs = tuple(info.name for _, info in _sorted_items(sdef.outputs))
         if key == INIT_SIGNATURE:
             entries.append(EntryPoint(EntryKind.LOAD_TIME, "init-op", tensors=outputs))
             continue
