@@ -149,6 +149,10 @@ class LazyAttrs(Mapping[str, AttrValue]):
         cache[key] = value
         return value
 
+    def get(self, key: str, default: Any = None) -> Any:
+        """As :meth:`Mapping.get`, without raising and catching a KeyError for a missing key."""
+        return self[key] if key in self._proto else default
+
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._proto.keys()))
 
