@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import sys
+from operator import attrgetter
 from collections.abc import Container, Iterator, Mapping
 from typing import Any
 
@@ -201,8 +202,8 @@ def _map(proto_map: Any) -> dict[str, str]:
     return {k: proto_map[k] for k in proto_map} if len(proto_map) else {}
 
 
-def _arg(a: Any) -> Arg:
-    return Arg(a.name, dtype_name(a.type) if a.type else "")
+def _args(protos: Any) -> tuple[Arg, ...]:
+    return tuple([Arg(a.name, dtype_name(a.type) if a.type else "") for a in protos])
 
 
 def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS,
@@ -213,8 +214,8 @@ def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS,
         name=sig.name,
         kind=FunctionKind.LIBRARY,
         nodes=_nodes(fd.node_def, limits, None if calls is None else calls.get(index, ())),
-        args=tuple([_arg(a) for a in sig.input_arg]),
-        outputs=tuple([_arg(a) for a in sig.output_arg]),
+        args=_args(sig.input_arg),
+        outputs=_args(sig.output_arg),
         ret=_map(fd.ret),
         control_ret=_map(fd.control_ret),
         attrs=LazyAttrs(fd.attr, limits),
@@ -253,6 +254,7 @@ def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LI
 # Ops whose input carries a serialized GraphDef that the op runs (TensorFlow's op definitions:
 # DatasetFromGraph "graph_def: string").  The catalog says what running it means.
 GRAPH_DEF_INPUTS = {"DatasetFromGraph": 0}
+_OP = attrgetter("op")
 MAX_EMBEDDED_DEPTH = 4
 MAX_EMBEDDED = 64
 
@@ -263,7 +265,8 @@ def may_embed_graphs(main: Function, functions: dict[str, Function], graph_def: 
     library names a function twice (the IR keeps the first): then look at the protobuf itself."""
     if len(functions) != len(graph_def.library.function):
         return True
-    return any(n.op in GRAPH_DEF_INPUTS for fn in (main, *functions.values()) for n in fn.nodes)
+    is_runner = GRAPH_DEF_INPUTS.__contains__
+    return any(any(map(is_runner, map(_OP, fn.nodes))) for fn in (main, *functions.values()))  # (in C per body)
 
 
 def embedded_graphs(graph_def: Any, owner: str, path: str, limits: Limits = DEFAULT_LIMITS,
