@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import array
 import sys
-from operator import attrgetter
 from collections.abc import Container, Iterator, Mapping
+from operator import attrgetter
 from typing import Any
 
 from modelwarden.errors import InputError, LimitExceeded
