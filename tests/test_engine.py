@@ -309,3 +309,40 @@ def test_an_artifact_that_kills_its_scanner_is_the_one_blamed(copies, monkeypatc
     assert sorted(Path(e["path"]).name for e in blamed) == sorted(crashers)
     assert all("tried 2 times" in e["message"] for e in blamed)
     assert drop(got["errors"], lambda e: e["path"]) == expected["errors"]  # broken.pb, as serially
+
+
+def test_a_pool_parent_renders_rule_names_without_importing_the_rules(copies):
+    """The workers name the rules of their findings in their records: the parent of a pool renders
+    the JSON report (rule names included) without importing a rule module itself."""
+    import json
+    import subprocess
+    import sys
+
+    from modelwarden.analysis import registry
+
+    code = ("import json, sys; from modelwarden.scanner import scan; from modelwarden.engine.local import ForkPoolEngine;"
+            "from modelwarden.report.json_report import JsonRenderer;"
+            f"r = scan([{str(copies)!r}], engine=ForkPoolEngine(2)); text = JsonRenderer().render(r);"
+            "print(json.dumps([sorted(m for m in sys.modules if '.rules' in m), json.loads(text)['findings']]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), timeout=120)
+    imported, findings = json.loads(out.stdout)
+    assert imported == []
+    assert findings and all(f["rule_name"] == registry.meta(f["rule_id"]).name for f in findings)
+    assert findings == norm(scan(copies, engine=ForkPoolEngine(1)))["findings"]
+
+
+def test_a_record_naming_other_rules_than_its_findings_is_refused(copies):
+    from modelwarden.engine import records
+    from modelwarden.engine.interface import ScanJob
+    from modelwarden.formats.detect import iter_discover
+    from modelwarden.scanner import resolve_policy, scan_candidate
+
+    cand = next(c for c in iter_discover([str(copies / "evil_savedmodel-00")], skipped=[], errors=[]))
+    d = records.to_dict(scan_candidate(cand, ScanJob(resolve_policy(None))))
+    assert d["names"] and records.from_dict(d).rule_names == d["names"]
+    for names in ({}, {**d["names"], "MW999": "made-up"}, {k: 1 for k in d["names"]}):
+        with pytest.raises(records.RecordError):
+            records.from_dict({**d, "names": names})
+    with pytest.raises(records.RecordError):
+        records.from_dict({**d, "v": 1})  # a record of the version before names

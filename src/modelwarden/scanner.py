@@ -220,6 +220,7 @@ def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, c
     artifacts: list[ArtifactSummary] = []
     findings: list[Finding] = []
     sketches: list[CallGraphSketch] = []
+    rule_names: dict[str, str] = {}
     from modelwarden.engine.run import run_ordered
 
     seen = set(errors)  # (not a scan of the list per error: a mirror can hold thousands of broken files)
@@ -232,6 +233,8 @@ def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, c
             artifacts.append(result.summary)
             findings.extend(result.findings)
             sketches.extend(result.sketches)
+            for rid, name in result.rule_names.items():
+                rule_names.setdefault(rid, name)
     kept, suppressed = pol.apply(findings)
     return Report(
         tool_version=__version__,
@@ -246,6 +249,7 @@ def _scan(path_list, pol, threshold, limits, progress, tf_version, checkpoint, c
         callgraphs=tuple(sketches),
         engine=_engine_stats(engine, store),
         skipped=tuple(SkippedFile(p, r) for p, r in skipped),
+        rule_names=rule_names,
     )
 
 

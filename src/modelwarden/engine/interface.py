@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from modelwarden.analysis.interface import Finding, ScanOptions
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits
@@ -31,6 +31,9 @@ class ArtifactResult:
     errors: tuple[ScanError, ...] = ()
     sketches: tuple[CallGraphSketch, ...] = ()
     cached: bool = False  # served from the results store, not analysed again
+    # rule id -> rule name for the findings, when the result came from another process (a record):
+    # the parent of a pool then renders names without importing every rule module itself
+    rule_names: Mapping[str, str] = field(default_factory=dict)
 
 
 Progress = Callable[[int, int, str], None]

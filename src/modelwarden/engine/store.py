@@ -29,6 +29,7 @@ from modelwarden.engine.interface import ArtifactResult, ScanJob
 from modelwarden.errors import UsageError
 from modelwarden.formats.interface import Candidate
 from modelwarden.ir import ArtifactFormat
+from modelwarden.record import replace
 
 DB_NAME = "scan-cache.sqlite3"
 MAX_FILES_PER_ARTIFACT = 100_000
@@ -239,7 +240,7 @@ class ResultStore:
             self.misses += 1
             return None
         self.hits += 1
-        return ArtifactResult(result.summary, result.findings, result.errors, result.sketches, cached=True)
+        return replace(result, cached=True)
 
     def put(self, key: str, result: ArtifactResult) -> None:
         if result.errors or result.summary is None:

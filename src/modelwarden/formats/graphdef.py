@@ -14,6 +14,7 @@ import re
 
 from modelwarden.errors import InputError
 from modelwarden.formats import safeio, tfproto
+from modelwarden.formats.funcattrs import nodes_with_func_attrs
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
 from modelwarden.formats.protoschema import read_varint
 from modelwarden.formats.tfgraph import embedded_graphs, graph_body, may_embed_graphs
@@ -125,6 +126,7 @@ class GraphDefReader(Reader):
     def read(self, candidate: Candidate, limits: Limits = DEFAULT_LIMITS) -> Artifact:
         path = candidate.path
         data = safeio.read_file(path, limits.max_proto_bytes, what="GraphDef")
+        calls = None
         if graphdef_encoding(data[:4096], len(data)) == "text":
             try:
                 gd = tfproto.parse_text("GraphDef", data.decode("utf-8"), path)
@@ -132,9 +134,10 @@ class GraphDefReader(Reader):
                 raise InputError(path, "GraphDef text file is not valid UTF-8") from None
         else:
             gd = tfproto.parse("GraphDef", data, path)
+            calls = nodes_with_func_attrs("GraphDef", data)
         if not gd.node and not gd.library.function:
             raise InputError(path, "GraphDef contains no nodes and no functions")
-        main, functions = graph_body(gd, "<graph>", path, limits)
+        main, functions = graph_body(gd, "<graph>", path, limits, None if calls is None else calls.get(0, {}))
         producer = gd.versions.producer if gd.HasField("versions") else None
         graph = Graph(
             name="graph",

@@ -1,10 +1,11 @@
 """Protobuf schemas declared as data, in private descriptor pools, without protoc or the owning library.
 
 A schema is a dict of messages, each a list of ``(name, number, type[, oneof])``:
-``"X*"`` is repeated, ``"map<K,V>"`` a map, ``"enum:E"`` an enum declared in
-``enums``; other names are messages of the same schema (nested with dots), or, with a
-leading dot (``".tensorflow.TensorProto"``), fully qualified messages of a schema or
-protobuf file named in ``deps``.
+``"X*"`` is repeated, ``"X!"`` required (``syntax="proto2"`` schemas only),
+``"map<K,V>"`` a map, ``"enum:E"`` an enum declared in ``enums``; other names are
+messages of the same schema (nested with dots), or, with a leading dot
+(``".tensorflow.TensorProto"``), fully qualified messages of a schema or protobuf
+file named in ``deps``.
 Field numbers are wire-format facts; each schema's tests check them against
 the owning library's own descriptors.
 """
@@ -58,8 +59,10 @@ class ProtoSchema:
         enums: dict[str, dict[int, str]] | None = None,
         label: str = "",
         deps: Sequence["ProtoSchema | descriptor.FileDescriptor"] = (),
+        syntax: str = "proto3",
     ) -> None:
         self.package = package
+        self.syntax = syntax
         self.filename = filename
         self.messages = messages
         self.enums = enums or {}
@@ -83,7 +86,7 @@ class ProtoSchema:
 
     @cached_property
     def file_proto(self) -> descriptor_pb2.FileDescriptorProto:
-        fdp = descriptor_pb2.FileDescriptorProto(name=self.filename, package=self.package, syntax="proto3")
+        fdp = descriptor_pb2.FileDescriptorProto(name=self.filename, package=self.package, syntax=self.syntax)
         fdp.dependency.extend(d.filename if isinstance(d, ProtoSchema) else d.name for d in self.deps)
         for enum_name, values in self.enums.items():
             e = fdp.enum_type.add(name=enum_name)
@@ -110,9 +113,9 @@ class ProtoSchema:
     def _field(self, msg: descriptor_pb2.DescriptorProto, owner: str, spec: tuple, oneofs: dict[str, int]) -> None:
         name, number, typ = spec[0], spec[1], spec[2]
         f = msg.field.add(name=name, number=number, json_name=name)
-        repeated = typ.endswith("*")
-        typ = typ.rstrip("*")
-        f.label = _T.LABEL_REPEATED if repeated else _T.LABEL_OPTIONAL
+        repeated, required = typ.endswith("*"), typ.endswith("!")
+        typ = typ.rstrip("*!")
+        f.label = _T.LABEL_REPEATED if repeated else _T.LABEL_REQUIRED if required else _T.LABEL_OPTIONAL
         if typ.startswith("map<"):
             key, value = typ[4:-1].split(",")
             entry_name = "".join(p.capitalize() for p in name.split("_")) + "Entry"

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from typing import Any
 
 from modelwarden.errors import InputError
 from modelwarden.formats import safeio, tfproto
+from modelwarden.formats.funcattrs import Calls, nodes_with_func_attrs
 from modelwarden.formats.interface import DEFAULT_LIMITS, Candidate, Limits, Reader
 from modelwarden.formats.tfgraph import embedded_graphs, graph_body, may_embed_graphs, shape_dims
 from modelwarden.ir import (
@@ -70,22 +71,30 @@ def is_text_saved_model(path: str, head: bytes) -> bool:
     return b"\x00" not in head[:256] and text_key(head) in SAVEDMODEL_TEXT_KEYS
 
 
-def load_saved_model_proto(path: str, limits: Limits) -> Any:
+def load_saved_model_proto(path: str, limits: Limits) -> tuple[Any, Calls | None]:
+    """The SavedModel message, and which of its nodes may name a function in an attribute when
+    that is cheap to tell (binary and small: :mod:`funcattrs`)."""
     data = safeio.read_file(path, limits.max_proto_bytes, what="SavedModel graph")
     if is_text_saved_model(path, data[:4096]):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise InputError(path, "SavedModel text file is not valid UTF-8") from None
-        return tfproto.parse_text("SavedModel", text, path)
-    return tfproto.parse("SavedModel", data, path)
+        return tfproto.parse_text("SavedModel", text, path), None
+    sm = tfproto.parse("SavedModel", data, path)
+    return sm, nodes_with_func_attrs("SavedModel", data)
+
+
+def _sorted_items(proto_map: Any) -> list[tuple[str, Any]]:
+    """A protobuf map's items by key (its items() is the slow Mapping mixin: keys, then lookups)."""
+    return [(k, proto_map[k]) for k in sorted(proto_map)]
 
 
 def _signature(name: str, sdef: Any) -> Signature:
     def specs(m: Any) -> tuple[TensorSpec, ...]:
         return tuple(
             TensorSpec(key, info.name, tfproto.dtype_name(info.dtype), shape_dims(info.tensor_shape))
-            for key, info in sorted(m.items())
+            for key, info in _sorted_items(m)
         )
 
     return Signature(name, sdef.method_name, specs(sdef.inputs), specs(sdef.outputs))
@@ -99,21 +108,23 @@ def _escape_local_name(name: str) -> str:
     return name.replace(".", "..").replace("/", ".S")
 
 
-def _object_paths(og: Any) -> tuple[list[str], list[str]]:
+def _object_paths(nodes: Sequence[Any]) -> tuple[list[str], list[str]]:
     """Per object-graph node: a human path ("root.layer.call") and its checkpoint key prefix, breadth first."""
-    paths = [""] * len(og.nodes)
-    keys = [""] * len(og.nodes)
-    if not og.nodes:
+    n = len(nodes)
+    paths = [""] * n
+    keys = [""] * n
+    if not n:
         return paths, keys
     paths[0] = "root"
     queue = deque([0])
     while queue:
         i = queue.popleft()
-        for child in og.nodes[i].children:
+        for child in nodes[i].children:
             j = child.node_id
-            if 0 <= j < len(paths) and not paths[j]:
-                paths[j] = f"{paths[i]}.{child.local_name}"
-                esc = _escape_local_name(child.local_name)
+            if 0 <= j < n and not paths[j]:
+                name = child.local_name
+                paths[j] = f"{paths[i]}.{name}"
+                esc = _escape_local_name(name)
                 keys[j] = f"{keys[i]}/{esc}" if keys[i] else esc
                 queue.append(j)
     return [p or f"node[{i}]" for i, p in enumerate(paths)], keys
@@ -125,9 +136,11 @@ def _object_graph_entries(
     og = mg.object_graph_def
     entries: list[EntryPoint] = []
     captures: dict[str, tuple[Capture, ...]] = {}
-    if not og.nodes:
+    nodes = og.nodes[:]  # one wrapper per node, and each node's kind asked once
+    if not nodes:
         return entries, captures, []
-    paths, keys = _object_paths(og)
+    kinds = [obj.WhichOneof("kind") for obj in nodes]
+    paths, keys = _object_paths(nodes)
     variables = [
         VariableSpec(
             keys[i] + VARIABLE_KEY_SUFFIX,
@@ -135,45 +148,47 @@ def _object_graph_entries(
             shape_dims(obj.variable.shape),
             paths[i],
         )
-        for i, obj in enumerate(og.nodes)
-        if obj.WhichOneof("kind") == "variable" and keys[i]
+        for i, obj in enumerate(nodes)
+        if kinds[i] == "variable" and keys[i]
     ]
-    n = len(og.nodes)
+    n = len(nodes)
 
-    def concrete(obj: Any) -> tuple[str, ...]:
-        kind = obj.WhichOneof("kind")
+    def concrete(i: int) -> tuple[str, ...]:
+        kind = kinds[i]
         if kind == "function":
-            return tuple(obj.function.concrete_functions)
+            return tuple(nodes[i].function.concrete_functions)
         if kind == "bare_concrete_function":
-            return (obj.bare_concrete_function.concrete_function_name,)
+            return (nodes[i].bare_concrete_function.concrete_function_name,)
         return ()
 
     load_time: list[str] = []
-    for i, obj in enumerate(og.nodes):
-        kind = obj.WhichOneof("kind")
-        names = concrete(obj)
+    for i, obj in enumerate(nodes):
+        names = concrete(i)
         if names:
             entries.append(EntryPoint(EntryKind.OBJECT_METHOD, paths[i], functions=names))
-        if kind == "resource":
+        if kinds[i] == "resource":
             for child in obj.children:
                 if child.local_name in RESOURCE_LOAD_FUNCTIONS and 0 <= child.node_id < n:
-                    load_time.extend(concrete(og.nodes[child.node_id]))
-        for so in obj.saveable_objects.values():
+                    load_time.extend(concrete(child.node_id))
+        saveables = obj.saveable_objects
+        for key in saveables if len(saveables) else ():  # keys, then lookups: values() is the slow Mapping mixin
+            so = saveables[key]
             for fid in (so.save_function, so.restore_function):
                 if 0 < fid < n:
-                    entries.append(EntryPoint(EntryKind.SAVER, paths[fid], functions=concrete(og.nodes[fid])))
+                    entries.append(EntryPoint(EntryKind.SAVER, paths[fid], functions=concrete(fid)))
     if load_time:
         entries.append(EntryPoint(EntryKind.LOAD_TIME, "resource-initializers", functions=tuple(load_time)))
 
     asset_files = list(mg.asset_file_def)
-    for fname, cf in og.concrete_functions.items():
+    cfs = og.concrete_functions
+    for fname in cfs:
         caps: list[Capture] = []
-        for node_id in cf.bound_inputs:
+        for node_id in cfs[fname].bound_inputs:
             if not 0 <= node_id < n:
                 caps.append(Capture("other"))
                 continue
-            obj = og.nodes[node_id]
-            kind = obj.WhichOneof("kind")
+            obj = nodes[node_id]
+            kind = kinds[node_id]
             if kind == "asset":
                 idx = obj.asset.asset_file_def_index
                 fn = asset_files[idx].filename if 0 <= idx < len(asset_files) else ""
@@ -216,16 +231,18 @@ def _tf1_variables(nodes: Any) -> list[VariableSpec]:
     return out
 
 
-def meta_graph_to_ir(mg: Any, index: int, source_file: str, path: str, limits: Limits) -> Graph:
-    """One MetaGraphDef -> Graph with every way into it as an entry point."""
+def meta_graph_to_ir(mg: Any, index: int, source_file: str, path: str, limits: Limits,
+                     calls: Calls | None = None) -> Graph:
+    """One MetaGraphDef -> Graph with every way into it as an entry point; ``calls``: the nodes of
+    the SavedModel that may name functions, when known (:func:`load_saved_model_proto`)."""
     tags = tuple(mg.meta_info_def.tags)
     name = f"meta_graph[{index}]" + (f"({','.join(tags)})" if tags else "")
-    main, functions = graph_body(mg.graph_def, "<graph>", path, limits)
+    main, functions = graph_body(mg.graph_def, "<graph>", path, limits, None if calls is None else calls.get(index, {}))
     entries: list[EntryPoint] = []
     signatures: list[Signature] = []
     for key in sorted(mg.signature_def):
         sdef = mg.signature_def[key]
-        outputs = tuple(info.name for _, info in sorted(sdef.outputs.items()))
+        outputs = tuple(info.name for _, info in _sorted_items(sdef.outputs))
         if key == INIT_SIGNATURE:
             entries.append(EntryPoint(EntryKind.LOAD_TIME, "init-op", tensors=outputs))
             continue
@@ -280,12 +297,12 @@ class SavedModelReader(Reader):
         metadata: dict[str, str] = {}
         for gf in graph_files:
             rel = os.path.basename(gf) if standalone else os.path.relpath(gf, root)
-            sm = load_saved_model_proto(gf, limits)
+            sm, calls = load_saved_model_proto(gf, limits)
             if not sm.meta_graphs:
                 raise InputError(gf, "SavedModel contains no meta graphs")
             metadata.setdefault("saved_model_schema_version", str(sm.saved_model_schema_version))
             for i, mg in enumerate(sm.meta_graphs):
-                g = meta_graph_to_ir(mg, i, rel, gf, limits)
+                g = meta_graph_to_ir(mg, i, rel, gf, limits, calls)
                 graphs.append(g)
                 if may_embed_graphs(g.main, g.functions, mg.graph_def):
                     graphs.extend(embedded_graphs(mg.graph_def, g.name, gf, limits))

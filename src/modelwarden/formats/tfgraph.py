@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import array
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
+from operator import attrgetter
 from typing import Any
 
 from modelwarden.errors import InputError, LimitExceeded
@@ -129,11 +130,13 @@ class LazyAttrs(Mapping[str, AttrValue]):
 
     __slots__ = ("_proto", "_limits", "_cache", "_refs")
 
-    def __init__(self, proto_map: Any, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, proto_map: Any, limits: Limits = DEFAULT_LIMITS,
+                 refs: tuple[tuple[str, FuncRef], ...] | None = None) -> None:
+        """``refs``: ``()`` when the map is known to hold no function-valued attribute."""
         self._proto = proto_map
         self._limits = limits
         self._cache: dict[str, AttrValue] | None = None  # made on first lookup: most nodes never have one
-        self._refs: tuple[tuple[str, FuncRef], ...] | None = None
+        self._refs = refs
 
     def __getitem__(self, key: str) -> AttrValue:
         cache = self._cache
@@ -146,6 +149,10 @@ class LazyAttrs(Mapping[str, AttrValue]):
         value = attr_value(self._proto[key], self._limits)
         cache[key] = value
         return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """As :meth:`Mapping.get`, without raising and catching a KeyError for a missing key."""
+        return self[key] if key in self._proto else default
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._proto.keys()))
@@ -176,8 +183,18 @@ class LazyAttrs(Mapping[str, AttrValue]):
 
 
 def node_from_proto(nd: Any, limits: Limits = DEFAULT_LIMITS) -> Node:
-    # input[:] copies the repeated field in C: half the cost of iterating it into a tuple
-    return Node(nd.name, nd.op, tuple(nd.input[:]), LazyAttrs(nd.attr, limits), nd.device)
+    return _nodes((nd,), limits)[0]
+
+
+def _nodes(protos: Any, limits: Limits, named: "Container[int] | None" = None) -> tuple[Node, ...]:
+    """The nodes of one body; ``named``: the indices of those that may name a function in an
+    attribute, when known (:mod:`funcattrs`): the others are not examined for one."""
+    if named is None:
+        named = range(len(protos))  # not known: every node is
+    # (one comprehension, no call per node; input[:] copies the repeated field in C: half the
+    # cost of iterating it into a tuple)
+    return tuple([Node(nd.name, nd.op, tuple(nd.input[:]), LazyAttrs(nd.attr, limits, None if i in named else ()),
+                       nd.device) for i, nd in enumerate(protos)])
 
 
 def _map(proto_map: Any) -> dict[str, str]:
@@ -185,18 +202,20 @@ def _map(proto_map: Any) -> dict[str, str]:
     return {k: proto_map[k] for k in proto_map} if len(proto_map) else {}
 
 
-def _arg(a: Any) -> Arg:
-    return Arg(a.name, dtype_name(a.type) if a.type else "")
+def _args(protos: Any) -> tuple[Arg, ...]:
+    return tuple([Arg(a.name, dtype_name(a.type) if a.type else "") for a in protos])
 
 
-def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS) -> Function:
+def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS,
+                        calls: "dict[int, frozenset[int]] | None" = None, index: int = 0) -> Function:
+    """``calls``/``index``: what :func:`graph_body` knows of the nodes naming functions, and which function this is."""
     sig = fd.signature
     return Function(
         name=sig.name,
         kind=FunctionKind.LIBRARY,
-        nodes=tuple([node_from_proto(n, limits) for n in fd.node_def]),
-        args=tuple([_arg(a) for a in sig.input_arg]),
-        outputs=tuple([_arg(a) for a in sig.output_arg]),
+        nodes=_nodes(fd.node_def, limits, None if calls is None else calls.get(index, ())),
+        args=_args(sig.input_arg),
+        outputs=_args(sig.output_arg),
         ret=_map(fd.ret),
         control_ret=_map(fd.control_ret),
         attrs=LazyAttrs(fd.attr, limits),
@@ -204,8 +223,12 @@ def function_from_proto(fd: Any, limits: Limits = DEFAULT_LIMITS) -> Function:
     )
 
 
-def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Function, dict[str, Function]]:
-    """The top-level body and the function library of a GraphDef message."""
+def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LIMITS,
+               calls: "dict[int, frozenset[int]] | None" = None) -> tuple[Function, dict[str, Function]]:
+    """The top-level body and the function library of a GraphDef message; ``calls``: function
+    index (-1 for the top-level graph) -> the nodes that may name a function in an attribute,
+    when known (:func:`~modelwarden.formats.funcattrs.nodes_with_func_attrs`): the others are
+    not examined for one."""
     n_nodes = len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
     if n_nodes > limits.max_nodes:
         raise LimitExceeded(path, f"graph has {n_nodes} nodes, over the limit of {limits.max_nodes}")
@@ -216,11 +239,11 @@ def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LI
     main = Function(
         name=name,
         kind=FunctionKind.GRAPH,
-        nodes=tuple([node_from_proto(n, limits) for n in graph_def.node]),
+        nodes=_nodes(graph_def.node, limits, None if calls is None else calls.get(-1, ())),
     )
     functions: dict[str, Function] = {}
-    for fd in graph_def.library.function:
-        fn = function_from_proto(fd, limits)
+    for i, fd in enumerate(graph_def.library.function):
+        fn = function_from_proto(fd, limits, calls, i)
         functions.setdefault(fn.name, fn)  # TF rejects duplicates; the first wins here
     return main, functions
 
@@ -231,6 +254,7 @@ def graph_body(graph_def: Any, name: str, path: str, limits: Limits = DEFAULT_LI
 # Ops whose input carries a serialized GraphDef that the op runs (TensorFlow's op definitions:
 # DatasetFromGraph "graph_def: string").  The catalog says what running it means.
 GRAPH_DEF_INPUTS = {"DatasetFromGraph": 0}
+_OP = attrgetter("op")
 MAX_EMBEDDED_DEPTH = 4
 MAX_EMBEDDED = 64
 
@@ -241,7 +265,8 @@ def may_embed_graphs(main: Function, functions: dict[str, Function], graph_def: 
     library names a function twice (the IR keeps the first): then look at the protobuf itself."""
     if len(functions) != len(graph_def.library.function):
         return True
-    return any(n.op in GRAPH_DEF_INPUTS for fn in (main, *functions.values()) for n in fn.nodes)
+    is_runner = GRAPH_DEF_INPUTS.__contains__
+    return any(any(map(is_runner, map(_OP, fn.nodes))) for fn in (main, *functions.values()))  # (in C per body)
 
 
 def embedded_graphs(graph_def: Any, owner: str, path: str, limits: Limits = DEFAULT_LIMITS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 
 from modelwarden.analysis.interface import Finding, Severity
 from modelwarden.record import field, record
@@ -71,6 +72,9 @@ class Report:
     engine: dict[str, int | str] = field(default_factory=dict)  # how it ran: workers, cached, retried
     skipped: tuple[SkippedFile, ...] = ()  # files under the inputs that were not scanned, and why
     allow_empty: bool = False  # a scan that found no artifact passes (exit 0) instead of exit 4
+    # rule id -> name, as the processes that analysed the artifacts reported them (a pool's
+    # results): renderers look up the registry only for the others
+    rule_names: Mapping[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out = {s.label: 0 for s in Severity}

@@ -6,6 +6,7 @@ added, never removed, renamed or retyped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from modelwarden.analysis.interface import Finding, Severity
@@ -41,18 +42,21 @@ def skipped_dict(report: Report, verbose: bool) -> dict[str, Any]:
     }
 
 
-def rule_name(rule_id: str) -> str:
+def rule_name(rule_id: str, known: Mapping[str, str] | None = None) -> str:
+    """The rule's name: from ``known`` (a report's :attr:`~Report.rule_names`), else the registry."""
+    if known and rule_id in known:
+        return known[rule_id]
     from modelwarden.analysis import registry
 
     meta = registry.meta(rule_id)
     return meta.name if meta else ""
 
 
-def finding_dict(f: Finding, *, suppressed: bool = False) -> dict[str, Any]:
+def finding_dict(f: Finding, *, suppressed: bool = False, names: Mapping[str, str] | None = None) -> dict[str, Any]:
     loc = f.location
     out: dict[str, Any] = {
         "rule_id": _s(f.rule_id),
-        "rule_name": rule_name(f.rule_id),
+        "rule_name": _s(rule_name(f.rule_id, names)),
         "severity": _LABELS[f.severity],
         "message": _s(f.message),
         "location": {
@@ -121,8 +125,8 @@ def report_dict(report: Report, verbose: bool = False) -> dict[str, Any]:
         "counts": report.counts(),
         "failing": len(report.failing()),
         "artifacts": [artifact_dict(a, report, tallies) for a in report.artifacts],
-        "findings": [finding_dict(f) for f in report.findings],
-        "suppressed": [finding_dict(f, suppressed=True) for f in report.suppressed],
+        "findings": [finding_dict(f, names=report.rule_names) for f in report.findings],
+        "suppressed": [finding_dict(f, suppressed=True, names=report.rule_names) for f in report.suppressed],
         "errors": [{"path": _s(e.path), "message": _s(e.message)} for e in report.errors],
         "skipped": skipped_dict(report, verbose),
         **({"engine": dict(report.engine)} if report.engine else {}),
