@@ -205,9 +205,7 @@ def _bfs(cg: CallGraph, kind: EntryKind, entries: list[EntryPoint]) -> None:
             name, reach = node_queue.popleft()
             node = main_index[name]
             for inp in node.inputs:
-                src = inp.lstrip("^").partition(":")[0]  # tensor_node, inline: the hot loop
-                if src not in seen_main and src in main_index:
-                    visit_main(src, reach, node_queue)
+                visit_main(tensor_node(inp), reach, node_queue)
             for attr, callee in node_calls.get(id(node), ()):
                 if callee not in seen_fn and callee in cg.callable:  # the reach is made only to be kept
                     edge = CallEdge(main.name, name, attr, callee)

@@ -149,6 +149,13 @@ class Dataflow:
                 self._demand([("node", fn, producer)])
         return self._reader(fn)(tensor)
 
+    def _arg_symbols(self, fn: Function) -> dict[str, Taint]:
+        """arg name -> ``{("arg", j)}`` for a library function (made once)."""
+        syms = self._argsyms.get(fn.name)
+        if syms is None:
+            syms = self._argsyms[fn.name] = {a.name: _arg_symbol(j) for j, a in enumerate(fn.args)}
+        return syms
+
     def _reader(self, fn: Function) -> Callable[[str], Taint]:
         """``tensor -> local taint`` in ``fn`` (a bare argument name: its symbol), for tensors without "^"
         (made once per body, when its table exists)."""
@@ -156,11 +163,7 @@ class Dataflow:
         if read is not None:
             return read
         table = self._local.get(fn.name)
-        syms = None
-        if fn is not self.graph.main:
-            syms = self._argsyms.get(fn.name)
-            if syms is None:
-                syms = self._argsyms[fn.name] = {a.name: _arg_symbol(j) for j, a in enumerate(fn.args)}
+        syms = None if fn is self.graph.main else self._arg_symbols(fn)
         get = table.get if table is not None else {}.get
 
         def read(tensor: str) -> Taint:
@@ -187,33 +190,8 @@ class Dataflow:
         order where producers come first when there is one."""
         plan = self._plans.get(fn.name)
         if plan is None:
-            functions = self.graph.functions
-            node_calls = self.view.cg.node_calls
-            nodes = fn.nodes
-            names = {n.name for n in nodes}
-            in_order = len(names) == len(nodes)  # names unique, and (checked below) producers first
-            seen: set[str] = set()
-            plan = []
-            for node in nodes:
-                if node.op in functions:
-                    callees = [node.op]
-                elif (named := node_calls.get(id(node))) is not None:  # read by the call graph already
-                    callees = [callee for attr, callee in named if attr and callee in functions]
-                else:  # most nodes name no function
-                    callees = _NO_CALLEES
-                data = node.data_inputs
-                plan.append((node, data, callees))
-                if in_order:  # what _in_order checks, in the same pass
-                    name = node.name
-                    for t in data:
-                        producer = t.partition(":")[0]  # data inputs carry no "^"
-                        if producer not in seen and producer in names and producer != name:
-                            in_order = False
-                            break
-                    seen.add(name)
-            acyclic = True
-            if not in_order:
-                plan, acyclic = _topological(plan)
+            callees_of = self._callees_of
+            plan, acyclic = _topological([(node, node.data_inputs, callees_of(node)) for node in fn.nodes])
             self._plans[fn.name] = plan
             self._acyclic[fn.name] = acyclic
         return plan
@@ -454,21 +432,9 @@ class Dataflow:
             index = {n.name: n for n in nodes}
             if len(index) != len(nodes):
                 raise _Fallback
-            seen: set[str] = set()
-            edges = 0
-            in_order = True  # every input's producer comes first (control inputs too: stricter than needed)
-            for n in nodes:
-                inputs = n.inputs
-                edges += len(inputs)
-                if in_order:
-                    for t in inputs:
-                        producer = t.partition(":")[0]  # "^c" names no node: a control input is no data edge
-                        if producer not in seen and producer in index and producer != n.name:
-                            in_order = False
-                            break
-                    seen.add(n.name)
-            if not in_order and not _topological([(n, n.data_inputs, _NO_CALLEES) for n in nodes])[1]:
+            if not _topological([(n, n.data_inputs, _NO_CALLEES) for n in nodes])[1]:
                 raise _Fallback  # a data cycle
+            edges = sum(len(n.inputs) for n in nodes)
             self._bodies[id(fn)] = index
             self._local.setdefault(fn.name, {})
             # steps a DAG of this body can take (each frame pushed once per consumer, looked at twice)
@@ -478,12 +444,8 @@ class Dataflow:
     def _producer(self, fn: Function, tensor: str, index: dict[str, Node] | None = None) -> Node | None:
         """The node of ``fn`` whose output ``tensor`` (no "^") reads, if any (not an argument)."""
         name, _, rest = tensor.partition(":")
-        if not rest and fn is not self.graph.main:
-            syms = self._argsyms.get(fn.name)
-            if syms is None:
-                syms = self._argsyms[fn.name] = {a.name: _arg_symbol(j) for j, a in enumerate(fn.args)}
-            if name in syms:
-                return None
+        if not rest and fn is not self.graph.main and name in self._arg_symbols(fn):
+            return None
         return (index if index is not None else self._body(fn)).get(name)
 
     def _callees_of(self, node: Node) -> list[str]:

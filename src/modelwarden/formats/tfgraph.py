@@ -174,7 +174,7 @@ class LazyAttrs(Mapping[str, AttrValue]):
                 if kind == "func":
                     refs.append((key, self[key]))
                 elif kind == "list" and len(av.list.func):  # its functions, whatever other kinds it holds
-                    refs.extend((key, FuncRef(f.name, LazyAttrs(f.attr, self._limits))) for f in av.list.func)
+                    refs.extend((key, ref) for ref in self[key])  # (attr_value: a list's functions first)
             self._refs = tuple(refs)
         return self._refs
 
