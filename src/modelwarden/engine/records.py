@@ -38,17 +38,13 @@ def _finding(f: Finding) -> list[Any]:
 
 def _names(result: ArtifactResult) -> dict[str, str]:
     """Rule id -> name for the result's findings (the registry only for those it does not carry)."""
+    from modelwarden.report.json_report import rule_name  # the registry: loaded already where findings are made
+
     names: dict[str, str] = {}
     for f in result.findings:
         rid = f.rule_id
         if rid not in names:
-            name = result.rule_names.get(rid)
-            if name is None:
-                from modelwarden.analysis import registry  # loaded already where findings are made
-
-                meta = registry.meta(rid)
-                name = meta.name if meta else ""
-            names[rid] = name
+            names[rid] = rule_name(rid, result.rule_names)
     return names
 
 
