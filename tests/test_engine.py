@@ -208,6 +208,33 @@ def test_a_worker_answers_a_batch_at_once(copies):
             pass
 
 
+def test_long_tasks_and_long_results_never_deadlock_the_pool(tmp_path):
+    """Tasks and results both larger than a pipe holds: paths near PATH_MAX make a worker's queue
+    of tasks and a batch of its records each well over 64 KiB.  The parent never blocks writing
+    tasks to a worker that is itself blocked sending results (a blocking write here hung for good);
+    the pool finishes and gives the serial report."""
+    import json
+
+    deep = tmp_path
+    for i in range(15):  # ~3,800 bytes of path: every task and every record carries it
+        deep = deep / (f"{i:02d}" + "d" * 250)
+    deep.mkdir(parents=True)
+    for i in range(100):
+        for name in ("dense_savedmodel", "evil_savedmodel"):
+            shutil.copytree(EXAMPLES / name, deep / f"{name[:4]}{i:03d}")
+    out = {}
+    for jobs in ("1", "2"):
+        res = run_cli("scan", str(tmp_path), "-j", jobs, "--no-cache", "-f", "json", "--no-progress", timeout=240)
+        assert res.returncode == 1, res.stderr[-2000:]
+        d = json.loads(res.stdout)
+        d.pop("duration_s")
+        out[jobs] = d
+    assert out["2"].pop("engine")["workers"] == 2
+    out["1"].pop("engine", None)
+    assert out["2"] == out["1"]
+    assert len(out["2"]["artifacts"]) == 200 and not out["2"]["errors"]
+
+
 def _complete(buf: bytes, n: int) -> bool:
     from modelwarden.engine.local import _LEN
 

@@ -8,8 +8,12 @@ out a few artifacts at a time over a pipe (the fastest worker takes the next one
 caller produces them: candidates may still be arriving (the results store hashing the next
 artifact) while the workers analyse the first.  Results come back as length-prefixed JSON
 records (:mod:`records`), never pickles, a batch at a time: a worker answers when it finishes the
-last task of a batch, while the next batch is already queued, so the parent wakes once per batch
-(not per artifact) and never takes a core from the workers for long.  A worker that dies
+last task of a batch (16), while the next batch is already queued, so the parent wakes once per
+batch (not per artifact) and never takes a core from the workers for long; the worker encodes
+the batch's records one after another (warm caches: a record encoded right after its scan cost
+twice as much) and reads its tasks as many at a time as have arrived.  The parent never blocks
+writing tasks: a worker may itself be blocked sending results, and paths near PATH_MAX make both
+more than a pipe holds.  A worker that dies
 while scanning is replaced; the artifact is retried once in a fresh worker and then reported
 as an error, never lost and never counted twice.
 """
@@ -34,7 +38,7 @@ _LEN = struct.Struct(">Q")
 _TASK = struct.Struct(">I")  # length of a task: [index, path, format, display, claimed, reply] as JSON
 POOL_MIN_ARTIFACTS = 16  # below this a pool's start-up costs more than it saves
 MAX_ATTEMPTS = 2
-BATCH = 4  # results a worker sends at once (the parent wakes once per batch)
+BATCH = 16  # results a worker sends at once (the parent wakes once per batch)
 QUEUE_DEPTH = 2 * BATCH  # artifacts queued per worker: the next batch waits while the parent reads one
 TAIL_DEPTH = 2  # the same near the end of the work, each answered at once
 READ_SIZE = 1 << 16  # per read of results (not more: a larger buffer is an mmap and munmap per read)
@@ -68,6 +72,7 @@ class _Proc:
     tasks: int  # fd: parent -> worker, candidates
     results: int  # fd: worker -> parent, records
     buf: bytearray = field(default_factory=bytearray)
+    out: bytearray = field(default_factory=bytearray)  # tasks not written yet (the pipe was full)
     queued: list[int] = field(default_factory=list)  # indices sent and not answered yet, in order
     sent: int = 0  # tasks ever sent (every BATCH-th asks for a reply)
     replying: set[int] = field(default_factory=set)  # queued indices whose task asks for a reply
@@ -79,14 +84,32 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _read_exact(fd: int, n: int) -> bytes | None:
-    out = bytearray()
-    while len(out) < n:
-        chunk = os.read(fd, n - len(out))
-        if not chunk:
-            return None
-        out += chunk
-    return bytes(out)
+class _TaskReader:
+    """The tasks on a worker's pipe, read as many at a time as have arrived (one read per batch
+    the parent wrote, not two per task)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.pos = 0
+
+    def next(self) -> bytes | None:
+        """The next task's JSON; None at the end of the pipe (the parent is done or gone)."""
+        while True:
+            have = len(self.buf) - self.pos
+            if have >= _TASK.size:
+                (size,) = _TASK.unpack_from(self.buf, self.pos)
+                if have >= _TASK.size + size:
+                    start = self.pos + _TASK.size
+                    self.pos = start + size
+                    return bytes(self.buf[start:self.pos])
+            if self.pos:
+                del self.buf[:self.pos]
+                self.pos = 0
+            chunk = os.read(self.fd, READ_SIZE)
+            if not chunk:
+                return None
+            self.buf += chunk
 
 
 def _task(idx: int, cand: Candidate, reply: bool) -> bytes:
@@ -100,25 +123,34 @@ def _worker_loop(tasks: int, results: int, job: ScanJob) -> None:
     from modelwarden.scanner import scan_candidate
 
     _warm_up()  # (a no-op when the parent had loaded them before forking)
-    held: list[bytes] = []
-    while True:
-        raw = _read_exact(tasks, _TASK.size)
-        if raw is None:
-            return
-        data = _read_exact(tasks, _TASK.unpack(raw)[0])
-        if data is None:
-            return
+    reader = _TaskReader(tasks)
+    held: list[tuple[str, ArtifactResult | Exception]] = []
+    while (data := reader.next()) is not None:
         _, path, fmt, display, claimed, reply = json.loads(data)  # from the parent, which wrote it above
         cand = Candidate(path, ArtifactFormat(fmt), display, tuple(claimed))
         try:
-            payload = records.dumps(scan_candidate(cand, job)).encode("utf-8", "surrogatepass")
+            held.append((path, scan_candidate(cand, job)))
         except Exception as exc:  # noqa: BLE001 - scan_candidate already catches input errors
-            payload = records.dumps(ArtifactResult(None, errors=(ScanError(
-                cand.path, f"internal error while scanning ({type(exc).__name__})"),))).encode("utf-8", "surrogatepass")
-        held += (_LEN.pack(len(payload)), payload)
-        if reply:
-            _write_all(results, b"".join(held))
+            held.append((path, exc))
+        if reply:  # the batch's records are encoded together, one after another (warm: cheaper)
+            out = []
+            for path, result in held:
+                payload = _encode(path, result)
+                out += (_LEN.pack(len(payload)), payload)
+            _write_all(results, b"".join(out))
             held.clear()
+
+
+def _encode(path: str, result: ArtifactResult | Exception) -> bytes:
+    """A result's record, or the record of an internal error for an exception (raised while
+    scanning or while encoding the result)."""
+    if not isinstance(result, Exception):
+        try:
+            return records.dumps(result).encode("utf-8", "surrogatepass")
+        except Exception as exc:  # noqa: BLE001
+            result = exc
+    return records.dumps(ArtifactResult(None, errors=(ScanError(
+        path, f"internal error while scanning ({type(result).__name__})"),))).encode("utf-8", "surrogatepass")
 
 
 def _warm_up() -> None:
@@ -206,6 +238,7 @@ class ForkPoolEngine(Engine):
         os.close(t_r)
         os.close(r_w)
         os.set_blocking(r_r, False)
+        os.set_blocking(t_w, False)  # never blocked on a worker that is itself blocked on its results
         return _Proc(pid, t_w, r_r)
 
     def _pool(self, first: Candidate, source: Iterator[Candidate], job: ScanJob,
@@ -215,7 +248,8 @@ class ForkPoolEngine(Engine):
         attempts = [0]  # times an artifact was being read when its worker died
         alone: set[int] = set()  # queued when a worker died, not known whether it was the one being read
         exhausted = False
-        procs: dict[int, _Proc] = {}
+        procs: dict[int, _Proc] = {}  # by the fd of their results
+        writers: dict[int, _Proc] = {}  # by the fd of their tasks, while tasks wait to be written
         sel = selectors.DefaultSelector()
 
         def take() -> int | None:
@@ -242,6 +276,24 @@ class ForkPoolEngine(Engine):
             sel.register(p.results, selectors.EVENT_READ)
             return p
 
+        def flush(p: _Proc) -> None:
+            """Write what the pipe takes of ``p``'s tasks; the rest when it has room again (the
+            parent must keep reading results meanwhile: the worker may be waiting to send them)."""
+            try:
+                while p.out:
+                    del p.out[:os.write(p.tasks, p.out)]
+            except BlockingIOError:
+                pass
+            except OSError:  # it died: its EOF hands the queue back
+                p.out.clear()
+            waiting = p.tasks in writers
+            if p.out and not waiting:
+                writers[p.tasks] = p
+                sel.register(p.tasks, selectors.EVENT_WRITE)
+            elif waiting and not p.out:
+                del writers[p.tasks]
+                sel.unregister(p.tasks)
+
         def feed(p: _Proc) -> None:
             """Top up ``p``'s queue; a worker with nothing queued and nothing left to hand out is retired.
             Near the end (fewer artifacts left than the queues hold) tasks go out in twos, each
@@ -266,16 +318,16 @@ class ForkPoolEngine(Engine):
                     if reply:
                         p.replying.add(i)
                     data.append(_task(i, candidates[i], reply))
-                try:
-                    _write_all(p.tasks, b"".join(data))
-                except OSError:  # it died: its EOF hands the queue back
-                    pass
+                p.out += b"".join(data)
+                flush(p)
             elif not p.queued:
                 retire(p)
 
         def retire(p: _Proc) -> int:
             sel.unregister(p.results)
             del procs[p.results]
+            if writers.pop(p.tasks, None) is not None:
+                sel.unregister(p.tasks)
             return _reap(p)
 
         def died(p: _Proc) -> Iterator[tuple[int, ArtifactResult]]:
@@ -320,6 +372,9 @@ class ForkPoolEngine(Engine):
                 feed(p)
             while procs:
                 for key, _ in sel.select():
+                    if (w := writers.get(key.fd)) is not None:
+                        flush(w)
+                        continue
                     p = procs.get(key.fd)
                     if p is None:
                         continue
