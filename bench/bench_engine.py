@@ -12,7 +12,9 @@ installed, ``--ray`` on a local cluster of 1, 2 and 4 nodes (each one CPU) start
 private network namespace with only loopback (root and ``unshare`` needed).  Runs are
 interleaved per repetition and medians reported; every figure is a ratio to the baseline of
 the same run.  ``--in-process`` adds ``modelwarden.scan(DIR)`` timed inside one process
-(serial and the pool): the per-artifact cost without interpreter start-up.  ``--compare SRC``
+(serial and the pool): the per-artifact cost without interpreter start-up, and the machine's
+ceiling for the pool (one independent serial scan of the tree per core, all at once: the most
+any sharing of the work could scale on this host, in the same run).  ``--compare SRC``
 runs every series a second time with another source tree (e.g. ``/work/main/src``: the code
 before a change), interleaved with this one in each repetition, and prints new/old ratios.
 "pool / serial" is the scaling from one process to one per core, measured in the same run.
@@ -80,25 +82,41 @@ from modelwarden.scanner import scan
 tree, jobs, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 scan([tree], jobs=1)  # warm: rules, catalog and lazily compiled classes, as a long-running caller has them
 t, c = time.perf_counter(), os.times()
-report = scan([tree], jobs=jobs)
+if jobs > 0:
+    report = scan([tree], jobs=jobs)
+    assert len(report.artifacts) == n and not report.errors, (len(report.artifacts), report.errors[:2])
+else:  # -jobs independent serial scans of the whole tree at once, one per forked process
+    pids = []
+    for _ in range(-jobs):
+        pid = os.fork()
+        if pid == 0:
+            report = scan([tree], jobs=1)
+            os._exit(0 if len(report.artifacts) == n and not report.errors else 1)
+        pids.append(pid)
+    assert all(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 for pid in pids)
 dt, c2 = time.perf_counter() - t, os.times()
-assert len(report.artifacts) == n and not report.errors, (len(report.artifacts), report.errors[:2])
 cpu = sum(c2[:4]) - sum(c[:4])  # this process and its pool's workers, user + system
 print(dt, cpu)
 """
+
+CEILING = "in-process ceiling"
 
 
 def in_process(tree: Path, n: int, env: dict[str, str]) -> dict[str, float]:
     """One repetition of ``modelwarden.scan(DIR)`` timed inside one process (no interpreter
     start-up, no report rendering): serial, then the fork pool; with the CPU seconds each used
-    (the pool's workers included), which other load on the host changes far less than wall time."""
+    (the pool's workers included), which other load on the host changes far less than wall time.
+    Then the machine's own ceiling for the pool: one independent serial scan of the whole tree per
+    core, all at once, each in its own forked process (no work shared, nothing sent between them):
+    their wall time over the serial one is the most any way of sharing the work could scale here."""
+    cores = os.cpu_count() or 1
     out = {}
-    for name, jobs in (("in-process serial", 1), (f"in-process pool (-j {os.cpu_count()})", os.cpu_count() or 1)):
+    for name, jobs in (("in-process serial", 1), (f"in-process pool (-j {cores})", cores), (CEILING, -cores)):
         res = subprocess.run([sys.executable, "-c", _IN_PROCESS, str(tree), str(jobs), str(n)], env=env,
                              capture_output=True, text=True, timeout=1800, check=True).stdout
         wall, cpu = (float(x) for x in res.split())
-        out[name] = wall
-        out["cpu: " + name] = cpu
+        out[name] = wall / cores if jobs < 0 else wall  # the time per tree's worth of work
+        out["cpu: " + name] = cpu / cores if jobs < 0 else cpu
     return out
 
 
@@ -238,6 +256,10 @@ def main() -> int:
             serial, par = med.get(f"{tag}{kind}serial" + ("" if kind else " (-j 1)")), med.get(f"{tag}{kind}{pool}")
             if serial and par:
                 print(f"{tag}scaling {kind or 'whole-process '}-j 1 -> -j {os.cpu_count()}: {serial / par:.2f}x")
+        serial, par, ceiling = (med.get(f"{tag}{k}") for k in ("in-process serial", f"in-process {pool}", CEILING))
+        if serial and par and ceiling:
+            print(f"{tag}machine ceiling: {os.cpu_count()} independent serial scans at once scale {serial / ceiling:.2f}x; "
+                  f"the in-process pool reaches {ceiling / par:.2f} of that")
     for tag in trees:
         serial, par = med.get(f"{tag}cpu: in-process serial"), med.get(f"{tag}cpu: in-process {pool}")
         if serial and par:
