@@ -11,7 +11,7 @@ records (:mod:`records`), never pickles, a batch at a time: a worker answers whe
 last task of a batch (16), while the next batch is already queued, so the parent wakes once per
 batch (not per artifact) and never takes a core from the workers for long; the worker encodes
 the batch's records one after another (warm caches: a record encoded right after its scan cost
-twice as much) and reads its tasks as many at a time as have arrived.  The parent never blocks
+twice as much) and reads and decodes its tasks as many at a time as have arrived.  The parent never blocks
 writing tasks: a worker may itself be blocked sending results, and paths near PATH_MAX make both
 more than a pipe holds.  A worker that dies
 while scanning is replaced; the artifact is retried once in a fresh worker and then reported
@@ -85,30 +85,32 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class _TaskReader:
-    """The tasks on a worker's pipe, read as many at a time as have arrived (one read per batch
-    the parent wrote, not two per task)."""
+    """The tasks on a worker's pipe, read and decoded as many at a time as have arrived (one read
+    per batch the parent wrote, not two per task; decoded together, while the decoder is warm)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buf = bytearray()
-        self.pos = 0
 
-    def next(self) -> bytes | None:
-        """The next task's JSON; None at the end of the pipe (the parent is done or gone)."""
+    def batch(self) -> list[tuple[Candidate, bool]]:
+        """Every task that has arrived whole (waiting for one if none has), as (candidate, whether
+        to reply after it); empty at the end of the pipe (the parent is done or gone)."""
         while True:
-            have = len(self.buf) - self.pos
-            if have >= _TASK.size:
-                (size,) = _TASK.unpack_from(self.buf, self.pos)
-                if have >= _TASK.size + size:
-                    start = self.pos + _TASK.size
-                    self.pos = start + size
-                    return bytes(self.buf[start:self.pos])
-            if self.pos:
-                del self.buf[:self.pos]
-                self.pos = 0
+            out, pos = [], 0
+            while len(self.buf) - pos >= _TASK.size:
+                (size,) = _TASK.unpack_from(self.buf, pos)
+                if len(self.buf) - pos - _TASK.size < size:
+                    break
+                # from the parent, which wrote it with _task()
+                _, path, fmt, display, claimed, reply = json.loads(self.buf[pos + _TASK.size:pos + _TASK.size + size])
+                out.append((Candidate(path, ArtifactFormat(fmt), display, tuple(claimed)), reply))
+                pos += _TASK.size + size
+            del self.buf[:pos]
+            if out:
+                return out
             chunk = os.read(self.fd, READ_SIZE)
             if not chunk:
-                return None
+                return []
             self.buf += chunk
 
 
@@ -125,20 +127,19 @@ def _worker_loop(tasks: int, results: int, job: ScanJob) -> None:
     _warm_up()  # (a no-op when the parent had loaded them before forking)
     reader = _TaskReader(tasks)
     held: list[tuple[str, ArtifactResult | Exception]] = []
-    while (data := reader.next()) is not None:
-        _, path, fmt, display, claimed, reply = json.loads(data)  # from the parent, which wrote it above
-        cand = Candidate(path, ArtifactFormat(fmt), display, tuple(claimed))
-        try:
-            held.append((path, scan_candidate(cand, job)))
-        except Exception as exc:  # noqa: BLE001 - scan_candidate already catches input errors
-            held.append((path, exc))
-        if reply:  # the batch's records are encoded together, one after another (warm: cheaper)
-            out = []
-            for path, result in held:
-                payload = _encode(path, result)
-                out += (_LEN.pack(len(payload)), payload)
-            _write_all(results, b"".join(out))
-            held.clear()
+    while batch := reader.batch():
+        for cand, reply in batch:
+            try:
+                held.append((cand.path, scan_candidate(cand, job)))
+            except Exception as exc:  # noqa: BLE001 - scan_candidate already catches input errors
+                held.append((cand.path, exc))
+            if reply:  # the batch's records are encoded together, one after another (warm: cheaper)
+                out = []
+                for path, result in held:
+                    payload = _encode(path, result)
+                    out += (_LEN.pack(len(payload)), payload)
+                _write_all(results, b"".join(out))
+                held.clear()
 
 
 def _encode(path: str, result: ArtifactResult | Exception) -> bytes:
