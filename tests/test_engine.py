@@ -235,6 +235,41 @@ def test_long_tasks_and_long_results_never_deadlock_the_pool(tmp_path):
     assert len(out["2"]["artifacts"]) == 200 and not out["2"]["errors"]
 
 
+def test_slow_artifacts_are_handed_out_one_at_a_time(tmp_path, monkeypatch):
+    """A worker answers about 20 ms of work at a time: small artifacts in batches of up to 16, slow
+    ones singly, so no worker is handed a long queue of slow artifacts while its sibling runs out
+    of work.  32 slow artifacts (50 ms each, injected in the forked workers) come first in the
+    order, 64 fast ones after: the two workers share the slow ones (a queue of 32 handed to one
+    worker at the start gave it all of them, and its sibling none)."""
+    import modelwarden.scanner as scanner_mod
+
+    for i in range(32):
+        shutil.copytree(EXAMPLES / "dense_savedmodel", tmp_path / f"a-slow-{i:02d}")
+    for i in range(64):
+        shutil.copytree(EXAMPLES / "dense_savedmodel", tmp_path / f"b-fast-{i:02d}")
+    log = tmp_path.parent / f"{tmp_path.name}-who-scanned.txt"
+    real = scanner_mod.scan_candidate
+
+    def slow_first(cand, job):
+        if "a-slow-" in cand.path:
+            import time
+
+            time.sleep(0.05)
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()}\n")
+        return real(cand, job)
+
+    monkeypatch.setattr(scanner_mod, "scan_candidate", slow_first)
+    eng = ForkPoolEngine(2)
+    report = scan(tmp_path, engine=eng)
+    assert eng.stats.workers == 2 and len(report.artifacts) == 96 and not report.errors
+    per_worker = {}
+    for pid in log.read_text().split():
+        per_worker[pid] = per_worker.get(pid, 0) + 1
+    assert sum(per_worker.values()) == 32
+    assert len(per_worker) == 2 and max(per_worker.values()) <= 24, per_worker
+
+
 def _complete(buf: bytes, n: int) -> bool:
     from modelwarden.engine.local import _LEN
 

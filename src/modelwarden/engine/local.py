@@ -8,12 +8,14 @@ out a few artifacts at a time over a pipe (the fastest worker takes the next one
 caller produces them: candidates may still be arriving (the results store hashing the next
 artifact) while the workers analyse the first.  Results come back as length-prefixed JSON
 records (:mod:`records`), never pickles, a batch at a time: a worker answers when it finishes the
-last task of a batch (16), while the next batch is already queued, so the parent wakes once per
-batch (not per artifact) and never takes a core from the workers for long; the worker encodes
-the batch's records one after another (warm caches: a record encoded right after its scan cost
-twice as much) and reads and decodes its tasks as many at a time as have arrived.  The parent never blocks
-writing tasks: a worker may itself be blocked sending results, and paths near PATH_MAX make both
-more than a pipe holds.  A worker that dies
+last task of a batch (about 20 ms of work at the measured pace: up to 16 small artifacts, a
+large one alone), while the next batch is already queued, so the parent wakes once per batch
+(not per artifact) and never takes a core from the workers for long, and no worker holds a long
+queue of slow artifacts that an idle sibling could have taken.  The worker encodes a batch's
+records one after another (warm caches: a record encoded right after its scan cost twice as
+much) and reads and decodes its tasks as many at a time as have arrived.  The parent never
+blocks writing tasks: a worker may itself be blocked sending results, and paths near PATH_MAX
+make both more than a pipe holds.  A worker that dies
 while scanning is replaced; the artifact is retried once in a fresh worker and then reported
 as an error, never lost and never counted twice.
 """
@@ -25,6 +27,7 @@ import os
 import selectors
 import signal
 import struct
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from modelwarden.engine import records
@@ -38,9 +41,15 @@ _LEN = struct.Struct(">Q")
 _TASK = struct.Struct(">I")  # length of a task: [index, path, format, display, claimed, reply] as JSON
 POOL_MIN_ARTIFACTS = 16  # below this a pool's start-up costs more than it saves
 MAX_ATTEMPTS = 2
-BATCH = 16  # results a worker sends at once (the parent wakes once per batch)
-QUEUE_DEPTH = 2 * BATCH  # artifacts queued per worker: the next batch waits while the parent reads one
-TAIL_DEPTH = 2  # the same near the end of the work, each answered at once
+# A worker answers a batch of results at once, so the parent wakes once per batch, not per artifact;
+# the batch is about BATCH_WORK_S of work at the pace measured so far: small artifacts go up to
+# BATCH_MAX at a time, large ones one at a time (a worker never holds a long queue of slow
+# artifacts that an idle sibling could have taken).  Twice a batch is queued per worker (the next
+# batch waits while the parent reads one).
+BATCH_MAX = 16
+BATCH_FIRST = 4  # before the first results have given a pace
+BATCH_WORK_S = 0.025
+TAIL_DEPTH = 2  # queued per worker near the end of the work, each answered at once
 READ_SIZE = 1 << 16  # per read of results (not more: a larger buffer is an mmap and munmap per read)
 
 
@@ -74,7 +83,8 @@ class _Proc:
     buf: bytearray = field(default_factory=bytearray)
     out: bytearray = field(default_factory=bytearray)  # tasks not written yet (the pipe was full)
     queued: list[int] = field(default_factory=list)  # indices sent and not answered yet, in order
-    sent: int = 0  # tasks ever sent (every BATCH-th asks for a reply)
+    since: float = 0.0  # when its last answer came, or its first tasks went out (the pace's clock)
+    answered: int = 0  # results read since then
     replying: set[int] = field(default_factory=set)  # queued indices whose task asks for a reply
 
 
@@ -252,6 +262,21 @@ class ForkPoolEngine(Engine):
         procs: dict[int, _Proc] = {}  # by the fd of their results
         writers: dict[int, _Proc] = {}  # by the fd of their tasks, while tasks wait to be written
         sel = selectors.DefaultSelector()
+        pace = 0.0  # seconds per artifact in one worker, a moving average over its answers (0: none yet)
+
+        def batch_size() -> int:
+            if not pace:
+                return BATCH_FIRST
+            return max(1, min(BATCH_MAX, int(BATCH_WORK_S / pace)))
+
+        def timed(p: _Proc, k: int) -> None:
+            """``p`` answered ``k`` results: the time since its last answer is their pace."""
+            nonlocal pace
+            now = time.monotonic()
+            if p.since and k:
+                sample = (now - p.since) / k
+                pace = sample if not pace else 0.7 * pace + 0.3 * sample
+            p.since, p.answered = now, 0
 
         def take() -> int | None:
             """The next index to hand out: a retry, else the next candidate from ``source``."""
@@ -300,8 +325,11 @@ class ForkPoolEngine(Engine):
             Near the end (fewer artifacts left than the queues hold) tasks go out in twos, each
             answered at once: the last artifacts go to whichever worker is free, so no worker
             still has a full queue to work through while the other waits."""
-            tail = expected - len(candidates) < n * QUEUE_DEPTH
-            depth = TAIL_DEPTH if tail else QUEUE_DEPTH
+            size = batch_size()
+            tail = expected - len(candidates) < n * 2 * size
+            depth = TAIL_DEPTH if tail else 2 * size
+            if not tail and p.queued and depth - len(p.queued) < size:
+                return  # part of a batch was read: the queue is topped up a whole batch at a time
             batch = []
             while len(p.queued) + len(batch) < depth and (idx := take()) is not None:
                 if idx in alone and (p.queued or batch):
@@ -311,11 +339,12 @@ class ForkPoolEngine(Engine):
                 if idx in alone:
                     break
             if batch:
+                if not p.queued:
+                    p.since, p.answered = time.monotonic(), 0  # it was idle: its pace counts from now
                 p.queued.extend(batch)
                 data = []
-                for k, i in enumerate(batch):  # a reply every BATCH tasks, and at the end of what is sent
-                    p.sent += 1
-                    reply = tail or p.sent % BATCH == 0 or k == len(batch) - 1
+                for k, i in enumerate(batch):  # a reply every batch of tasks, and at the end of what is sent
+                    reply = tail or (k + 1) % size == 0 or k == len(batch) - 1
                     if reply:
                         p.replying.add(i)
                     data.append(_task(i, candidates[i], reply))
@@ -399,7 +428,10 @@ class ForkPoolEngine(Engine):
                         if not p.queued:
                             continue  # nothing was asked of it: ignore
                         idx = p.queued.pop(0)
-                        p.replying.discard(idx)
+                        p.answered += 1
+                        if idx in p.replying:  # the end of a batch
+                            p.replying.discard(idx)
+                            timed(p, p.answered)
                         try:
                             result = records.loads(payload)
                         except records.RecordError as exc:
