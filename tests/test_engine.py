@@ -235,12 +235,47 @@ def test_long_tasks_and_long_results_never_deadlock_the_pool(tmp_path):
     assert len(out["2"]["artifacts"]) == 200 and not out["2"]["errors"]
 
 
+def test_a_worker_sending_a_malformed_or_oversized_record(copies, monkeypatch):
+    """Records from a worker are checked, never trusted: one that is not a record becomes that
+    artifact's error; one whose length prefix is over the limit ends the worker before its body is
+    read, and its artifact is blamed once retried alone.  Every other artifact keeps its result."""
+    import modelwarden.engine.local as local
+    from modelwarden.engine import records
+
+    expected = norm(scan(copies, engine=ForkPoolEngine(1)))
+    real = local._encode
+
+    def hostile(path, result):
+        if path.endswith("dense_savedmodel-07"):
+            return b'{"v": 2, "summary": 5'
+        if path.endswith("dense_savedmodel-03"):
+            return b" " * (records.MAX_RECORD_BYTES + 1)
+        return real(path, result)
+
+    monkeypatch.setattr(local, "_encode", hostile)
+    eng = ForkPoolEngine(2)
+    got = norm(scan(copies, engine=eng))
+    assert eng.stats.workers == 2
+    bad = ("dense_savedmodel-07", "dense_savedmodel-03")
+    keep = [a for a in expected["artifacts"] if not a["path"].endswith(bad)]
+    assert [a for a in got["artifacts"] if not a["path"].endswith(bad)] == keep
+    assert len(got["artifacts"]) == len(expected["artifacts"]) - 2
+    errors = {Path(e["path"]).name: e["message"] for e in got["errors"] if e["path"].endswith(bad)}
+    assert "sent a malformed result" in errors["dense_savedmodel-07"]
+    assert "died while reading it (SIGKILL)" in errors["dense_savedmodel-03"]
+    assert [f for f in got["findings"] if not f["location"]["artifact"].endswith(bad)] == \
+        [f for f in expected["findings"] if not f["location"]["artifact"].endswith(bad)]
+
+
 def test_slow_artifacts_are_handed_out_one_at_a_time(tmp_path, monkeypatch):
-    """A worker answers about 20 ms of work at a time: small artifacts in batches of up to 16, slow
+    """A worker answers about 25 ms of work at a time: small artifacts in batches of up to 16, slow
     ones singly, so no worker is handed a long queue of slow artifacts while its sibling runs out
     of work.  32 slow artifacts (50 ms each, injected in the forked workers) come first in the
     order, 64 fast ones after: the two workers share the slow ones (a queue of 32 handed to one
     worker at the start gave it all of them, and its sibling none)."""
+    import time
+    from collections import Counter
+
     import modelwarden.scanner as scanner_mod
 
     for i in range(32):
@@ -252,8 +287,6 @@ def test_slow_artifacts_are_handed_out_one_at_a_time(tmp_path, monkeypatch):
 
     def slow_first(cand, job):
         if "a-slow-" in cand.path:
-            import time
-
             time.sleep(0.05)
             with open(log, "a") as f:
                 f.write(f"{os.getpid()}\n")
@@ -263,9 +296,7 @@ def test_slow_artifacts_are_handed_out_one_at_a_time(tmp_path, monkeypatch):
     eng = ForkPoolEngine(2)
     report = scan(tmp_path, engine=eng)
     assert eng.stats.workers == 2 and len(report.artifacts) == 96 and not report.errors
-    per_worker = {}
-    for pid in log.read_text().split():
-        per_worker[pid] = per_worker.get(pid, 0) + 1
+    per_worker = Counter(log.read_text().split())
     assert sum(per_worker.values()) == 32
     assert len(per_worker) == 2 and max(per_worker.values()) <= 24, per_worker
 

@@ -8,7 +8,7 @@ out a few artifacts at a time over a pipe (the fastest worker takes the next one
 caller produces them: candidates may still be arriving (the results store hashing the next
 artifact) while the workers analyse the first.  Results come back as length-prefixed JSON
 records (:mod:`records`), never pickles, a batch at a time: a worker answers when it finishes the
-last task of a batch (about 20 ms of work at the measured pace: up to 16 small artifacts, a
+last task of a batch (about 25 ms of work at the measured pace: up to 16 small artifacts, a
 large one alone), while the next batch is already queued, so the parent wakes once per batch
 (not per artifact) and never takes a core from the workers for long, and no worker holds a long
 queue of slow artifacts that an idle sibling could have taken.  The worker encodes a batch's
@@ -94,6 +94,24 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+class _FrameTooLarge(ValueError):
+    """A frame's length prefix says more than the reader accepts."""
+
+
+def _frames(buf: bytearray, header: struct.Struct, limit: int | None = None) -> Iterator[bytes]:
+    """The whole length-prefixed frames at the start of ``buf``, each removed as it is taken (a
+    partial one stays for the next read); :class:`_FrameTooLarge` for one longer than ``limit``."""
+    while len(buf) >= header.size:
+        (size,) = header.unpack_from(buf)
+        if limit is not None and size > limit:
+            raise _FrameTooLarge(size)
+        if len(buf) < header.size + size:
+            return
+        payload = bytes(buf[header.size:header.size + size])
+        del buf[:header.size + size]
+        yield payload
+
+
 class _TaskReader:
     """The tasks on a worker's pipe, read and decoded as many at a time as have arrived (one read
     per batch the parent wrote, not two per task; decoded together, while the decoder is warm)."""
@@ -106,16 +124,10 @@ class _TaskReader:
         """Every task that has arrived whole (waiting for one if none has), as (candidate, whether
         to reply after it); empty at the end of the pipe (the parent is done or gone)."""
         while True:
-            out, pos = [], 0
-            while len(self.buf) - pos >= _TASK.size:
-                (size,) = _TASK.unpack_from(self.buf, pos)
-                if len(self.buf) - pos - _TASK.size < size:
-                    break
-                # from the parent, which wrote it with _task()
-                _, path, fmt, display, claimed, reply = json.loads(self.buf[pos + _TASK.size:pos + _TASK.size + size])
+            out = []
+            for data in _frames(self.buf, _TASK):
+                _, path, fmt, display, claimed, reply = json.loads(data)  # from the parent, written by _task()
                 out.append((Candidate(path, ArtifactFormat(fmt), display, tuple(claimed)), reply))
-                pos += _TASK.size + size
-            del self.buf[:pos]
             if out:
                 return out
             chunk = os.read(self.fd, READ_SIZE)
@@ -270,7 +282,8 @@ class ForkPoolEngine(Engine):
             return max(1, min(BATCH_MAX, int(BATCH_WORK_S / pace)))
 
         def timed(p: _Proc, k: int) -> None:
-            """``p`` answered ``k`` results: the time since its last answer is their pace."""
+            """``p`` answered ``k`` results: the time since its last answer is their pace (``k`` = 0:
+            restart ``p``'s clock without a sample)."""
             nonlocal pace
             now = time.monotonic()
             if p.since and k:
@@ -340,7 +353,7 @@ class ForkPoolEngine(Engine):
                     break
             if batch:
                 if not p.queued:
-                    p.since, p.answered = time.monotonic(), 0  # it was idle: its pace counts from now
+                    timed(p, 0)  # it was idle: its pace counts from now
                 p.queued.extend(batch)
                 data = []
                 for k, i in enumerate(batch):  # a reply every batch of tasks, and at the end of what is sent
@@ -416,29 +429,25 @@ class ForkPoolEngine(Engine):
                         yield from died(p)
                         continue
                     p.buf += chunk
-                    while len(p.buf) >= _LEN.size:
-                        (size,) = _LEN.unpack_from(p.buf)
-                        if size > records.MAX_RECORD_BYTES or len(p.buf) < _LEN.size + size:
-                            if size > records.MAX_RECORD_BYTES:  # treated as a death on the next read
-                                p.buf.clear()
-                                _kill(p.pid)
-                            break
-                        payload = bytes(p.buf[_LEN.size:_LEN.size + size])
-                        del p.buf[:_LEN.size + size]
-                        if not p.queued:
-                            continue  # nothing was asked of it: ignore
-                        idx = p.queued.pop(0)
-                        p.answered += 1
-                        if idx in p.replying:  # the end of a batch
-                            p.replying.discard(idx)
-                            timed(p, p.answered)
-                        try:
-                            result = records.loads(payload)
-                        except records.RecordError as exc:
-                            result = ArtifactResult(None, errors=(ScanError(candidates[idx].path,
-                                                                            f"the scanner process sent a malformed result ({exc})"),))
-                        self.stats.analysed += 1
-                        yield idx, result
+                    try:
+                        for payload in _frames(p.buf, _LEN, records.MAX_RECORD_BYTES):
+                            if not p.queued:
+                                continue  # nothing was asked of it: ignore
+                            idx = p.queued.pop(0)
+                            p.answered += 1
+                            if idx in p.replying:  # the end of a batch
+                                p.replying.discard(idx)
+                                timed(p, p.answered)
+                            try:
+                                result = records.loads(payload)
+                            except records.RecordError as exc:
+                                result = ArtifactResult(None, errors=(ScanError(
+                                    candidates[idx].path, f"the scanner process sent a malformed result ({exc})"),))
+                            self.stats.analysed += 1
+                            yield idx, result
+                    except _FrameTooLarge:  # treated as a death on the next read
+                        p.buf.clear()
+                        _kill(p.pid)
                     if p.results in procs:
                         feed(p)
         finally:
