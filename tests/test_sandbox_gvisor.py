@@ -80,6 +80,35 @@ def test_probe_starts_a_real_sandbox_and_is_cached():
     assert time.monotonic() - t0 < 0.01  # cached: doctor and every run do not pay for another sandbox
 
 
+def test_a_sandbox_leaves_the_host_dev_null_to_its_owner(tmp_path):
+    """runsc hands the files of its stdio to the Sentry's host user (nobody): given the host's
+    /dev/null as the worker's output, it chowned the host's /dev/null to nobody, and any process of
+    that uid (a namespaces worker of a root caller) could then chmod it.  The output now goes to a
+    pipe of the parent's; a real sandbox starts and answers (the positive control) and /dev/null
+    keeps its owner."""
+    from modelwarden.sandbox.gvisor import PROBE_MAIN, launch
+    from modelwarden.sandbox.interface import plan_filesystem
+
+    if os.geteuid() == 0 and os.stat("/dev/null").st_uid != 0:
+        os.chown("/dev/null", 0, 0)  # the host's own owner, in case an older run gave it away
+    before = os.stat("/dev/null")
+    parent, child = socket.socketpair()
+    proc = launch(plan_filesystem(str(tmp_path)), 1 << 20, child.fileno(), PROBE_MAIN)
+    try:
+        child.close()
+        parent.settimeout(60)
+        answer = b""
+        while len(answer) < 21 and (chunk := parent.recv(64)):
+            answer += chunk
+    finally:
+        parent.close()
+        proc.kill()
+        proc.wait()
+    assert answer == b"modelwarden-gvisor-ok"
+    after = os.stat("/dev/null")
+    assert (after.st_uid, after.st_gid, after.st_mode) == (before.st_uid, before.st_gid, before.st_mode)
+
+
 def test_auto_keeps_namespaces_first_and_gvisor_is_selectable():
     if probe_namespaces()[0]:
         assert get_backend("auto").name == "namespaces"

@@ -43,6 +43,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from typing import Any
 
 from modelwarden.sandbox.interface import Backend, FsPlan, LaunchSpec, WorkerProcess, plan_filesystem, worker_output
@@ -176,6 +177,7 @@ def launch(plan: FsPlan, tmpfs_bytes: int, channel_fd: int, main: str, *, user: 
     if not runsc:
         raise OSError("runsc is not installed")
     workdir = tempfile.mkdtemp(prefix="modelwarden-gvisor-")
+    sink: int | None = None
     try:
         os.chmod(workdir, 0o711)  # the Sentry (host nobody) and the gofer must traverse it
         rootfs = os.path.join(workdir, "rootfs")
@@ -187,15 +189,41 @@ def launch(plan: FsPlan, tmpfs_bytes: int, channel_fd: int, main: str, *, user: 
         argv = runsc_argv(runsc, os.path.join(workdir, "state"), workdir, os.path.basename(workdir),
                           rootless=os.geteuid() != 0)
         env = dict(boot_env(), MW_CGROUP_PROCS=" ".join(cgroup_procs))
-        proc = _RunscProcess(
-            ["/bin/sh", "-c", 'for p in $MW_CGROUP_PROCS; do echo $$ > "$p" || exit 97; done; exec "$@"', "sh", *argv],
-            stdin=channel_fd, **worker_output(debug),  # debug: a pipe the parent sanitises, never the terminal
-            env=env, close_fds=True, cwd="/", start_new_session=True)
+        # runsc hands the files of its stdio to the Sentry's host user (nobody): given the host's
+        # /dev/null, it chowns /dev/null itself, and then any process of that uid (a worker of the
+        # namespaces backend, for a root caller) could chmod the host's /dev/null.  So the output
+        # goes to a pipe of our own, drained and dropped (debug: a pipe the parent sanitises).
+        w = None
+        if not debug:
+            sink, w = os.pipe()
+        try:
+            proc = _RunscProcess(
+                ["/bin/sh", "-c", 'for p in $MW_CGROUP_PROCS; do echo $$ > "$p" || exit 97; done; exec "$@"', "sh", *argv],
+                stdin=channel_fd, **(worker_output(debug) if debug else {"stdout": w, "stderr": w}),
+                env=env, close_fds=True, cwd="/", start_new_session=True)
+        finally:
+            if w is not None:
+                os.close(w)
     except BaseException:
+        if sink is not None:
+            os.close(sink)
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    if sink is not None:
+        threading.Thread(target=_discard, args=(sink,), daemon=True, name="modelwarden-gvisor-output").start()
     proc.workdir = workdir
     return proc
+
+
+def _discard(fd: int) -> None:
+    """Read and drop runsc's and the guest's output until every writer has exited."""
+    try:
+        while os.read(fd, 1 << 16):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @functools.lru_cache(maxsize=1)
