@@ -9,9 +9,10 @@ memory and the template experiment use the first one.
 
 1. warm predict: the same signature called in-process (TensorFlow imported in this process)
    two ways - the standard call ``signature(x=tf.constant(x))`` + ``.numpy()`` (the issue's
-   baseline) and the lean flat-function call the worker itself uses (runtime/leancall.py) -, the
-   worker's own call with the worker's TensorFlow settings (thread pools not spinning, which is
-   process-wide) in an unsandboxed child process (the ratio against it is the cost of the
+   baseline) and the eager flat-function call (runtime/leancall.py, the worker's route when graph
+   mode refuses a model) -, the worker's own call (a session run in the calling thread,
+   runtime/graphcall.py) with the worker's TensorFlow settings (thread pools not spinning, which
+   is process-wide) in an unsandboxed child process (the ratio against it is the cost of the
    boundary alone), through a warm sandbox (shared-memory fast path where the backend has it)
    and through a second sandbox with the fast path off (JSON channel only; ``--no-socket``
    skips it), interleaved round by round (tiny dense model, MobileNetV2 alpha=0.35 96x96,
@@ -113,27 +114,33 @@ def inputs_for(name: str):
 LEAN_CHILD = r"""
 import sys, time
 import tensorflow as tf
-from modelwarden.runtime import leancall
+from modelwarden.runtime import graphcall, leancall
 sys.path.insert(0, sys.argv[3])
 from bench_sandbox import inputs_for
 why = leancall.no_spinning(tf)  # the worker's TensorFlow settings
 assert not why, why
-fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-lean, why = leancall.plan(tf, fn)
-assert lean is not None, why
+model, why = graphcall.load(tf, sys.argv[1])  # the worker's route: a session in the calling thread,
+if model is not None:                         # else the eager flat call
+    call, route = model.signatures["serving_default"], "session"
+else:
+    fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+    call, why = leancall.plan(tf, fn)
+    assert call is not None, why
+    route = "eager"
 x = inputs_for(sys.argv[2])
-print("READY", float(lean(x)["y"].sum()), flush=True)
+print("READY", float(call(x)["y"].sum()), route, flush=True)
 for line in sys.stdin:
     n = int(line)
     t = time.perf_counter()
     for _ in range(n):
-        lean(x)
+        call(x)
     print((time.perf_counter() - t) / n, flush=True)
 """
 
 
 class LeanProcess:
-    """The worker's own call (lean flat function, TensorFlow's pools not spinning) in an unsandboxed
+    """The worker's own call (a session run in the calling thread, runtime/graphcall.py, or the eager
+    flat call where graph mode refuses the model; TensorFlow's pools not spinning) in an unsandboxed
     child process: the baseline whose ratio is the boundary alone.  ``run(n)`` -> seconds per call."""
 
     def __init__(self, model: Path, name: str) -> None:
@@ -146,6 +153,7 @@ class LeanProcess:
             self.close()
             raise RuntimeError("the lean-call baseline process did not start")
         self.checksum = float(line[1])
+        self.route = line[2]
 
     def run(self, n: int) -> float:
         self.proc.stdin.write(f"{n}\n")
@@ -228,6 +236,7 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
         out[name] = {"inprocess_ms": ia * 1e3, "sandbox_ms": sb_ * 1e3, "ratio": sb_ / ia,
                      "inprocess_lean_ms": il * 1e3, "lean_process_ms": lp * 1e3, "ratio_vs_lean": sb_ / lp,
                      "worker_compute_ms": wr * 1e3, "boundary_overhead_ms": (sb_ - wr) * 1e3,
+                     "worker_route": child.route,
                      "shared_memory": fast["sandbox"], "spinning_rounds": f"{spinning}/{rounds}"}
         if socket_too:
             so = statistics.median(times["socket"])
@@ -652,11 +661,12 @@ def main() -> int:
         for name, target in (("dense", 1.10), ("mobilenet", 1.03)):
             r = results["warm" + suffix][name]
             transport = "shared memory" if r["shared_memory"] else "JSON channel"
-            line = (f"[{backend}] warm predict {name:9}: in-process {r['inprocess_ms']:.3f} ms (lean call "
-                    f"{r['inprocess_lean_ms']:.3f} ms; lean call with the worker's TF settings, unsandboxed "
-                    f"process {r['lean_process_ms']:.3f} ms), sandbox ({transport}) {r['sandbox_ms']:.3f} ms -> "
+            line = (f"[{backend}] warm predict {name:9}: in-process {r['inprocess_ms']:.3f} ms (eager flat call "
+                    f"{r['inprocess_lean_ms']:.3f} ms; the worker's own call ({r['worker_route']}) with its TF settings, "
+                    f"unsandboxed process {r['lean_process_ms']:.3f} ms), sandbox ({transport}) {r['sandbox_ms']:.3f} ms -> "
                     f"{r['ratio']:.3f}x the standard in-process call (target <= {target}x), {r['ratio_vs_lean']:.3f}x "
-                    f"the worker's own call unsandboxed (the boundary alone); worker compute "
+                    f"the worker's own call unsandboxed (the boundary alone: "
+                    f"{(r['sandbox_ms'] - r['lean_process_ms']) * 1e3:.0f} us over it); worker compute "
                     f"{r['worker_compute_ms']:.3f} ms, boundary {r['boundary_overhead_ms']:.3f} ms; polling instead of "
                     f"sleeping in {r['spinning_rounds']} rounds (spare core)")
             if "socket_ms" in r:

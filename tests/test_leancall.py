@@ -3,7 +3,9 @@
 The test process never imports TensorFlow: a child process loads real SavedModels (built by the
 fixture builders) into a real :class:`modelwarden.runtime.worker.Worker`, calls every signature
 through the lean call and through the standard ``signature(**tensors)`` call on the same
-inputs, and reports what it saw as JSON.
+inputs, and reports what it saw as JSON.  The worker runs SavedModels in a session when it can
+(``runtime/graphcall.py``, tests/test_graphcall.py); the lean call is its eager route, taken
+here with ``graph_call`` off.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def same(a, b):
 
 report = {"spinning": []}
 for path in json.loads(sys.argv[1]):
-    w = Worker(tf, {}, {})
+    w = Worker(tf, {"graph_call": False}, {})
     report["spinning"].append(w.no_spinning_skipped)
     from tensorflow.python.eager import context
     report["spinning_disabled"] = context.context().config.experimental.disable_thread_spinning
@@ -92,7 +94,7 @@ for path in json.loads(sys.argv[1]):
 
 # the lean call relies on the worker's input checks: what TensorFlow's cast would refuse never reaches it
 from modelwarden.runtime.worker import WorkerError
-w = Worker(tf, {}, {})
+w = Worker(tf, {"graph_call": False}, {})
 w.load({"path": json.loads(sys.argv[1])[0], "kind": "saved_model"})
 refused = []
 for bad in ({"x": np.zeros((2, 5), np.float32)}, {"x": np.zeros((2, 4), np.float64)}, {"x": np.zeros(4, np.float32)},

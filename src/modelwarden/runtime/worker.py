@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from modelwarden.runtime import leancall
+from modelwarden.runtime import graphcall, leancall
 from modelwarden.sandbox import protocol, shmchannel
 
 
@@ -238,7 +238,9 @@ class Worker:
         self._input_specs: dict[str, dict[str, protocol.TensorSpec]] = {}
         self._output_order: dict[str, dict[str, int]] = {}
         self._fast_names: list[tuple[str, list[str]]] | None = None
-        self.lean: dict[str, leancall.LeanSignature] = {}  # signatures called through their flat function
+        self.graph: dict[str, graphcall.GraphSignature] = {}  # signatures run by a session in this thread
+        self.graph_skipped = ""  # why the SavedModel was loaded eagerly instead ("" when it was not)
+        self.lean: dict[str, leancall.LeanSignature] = {}  # eager signatures called through their flat function
         self.lean_skipped: dict[str, str] = {}  # signature -> why it keeps the standard call
         self.no_spinning_skipped = leancall.no_spinning(tf)  # why TF's thread pools may still spin ("": they sleep)
 
@@ -293,17 +295,25 @@ class Worker:
         return {"ok": True, "kind": kind, "signatures": self.specs}
 
     def _load_saved_model(self, path: str) -> None:
+        """In a session run in this thread (:mod:`graphcall`) when TensorFlow can load the model in graph
+        mode, else eagerly with each signature's flat call (:mod:`leancall`) or its standard call."""
         tf = self.tf
+        if self.cfg.get("graph_call", True):
+            graph, self.graph_skipped = graphcall.load(tf, path)
+            if graph is not None:
+                self.model = graph
+                for name, fn in graph.functions.items():
+                    self.signatures[name] = fn
+                    self.specs[name] = _signature_specs(fn)
+                    self.graph[name] = graph.signatures[name]
+                return
+        else:
+            self.graph_skipped = "disabled"
         loaded = tf.saved_model.load(path)
         self.model = loaded
         for name, fn in loaded.signatures.items():
-            _args, kwargs = fn.structured_input_signature
-            ins = [_spec(k, v.dtype.as_numpy_dtype, v.shape.as_list() if v.shape.rank is not None else None)
-                   for k, v in sorted(kwargs.items())]
-            outs = [_spec(k, v.dtype.as_numpy_dtype, v.shape.as_list() if v.shape.rank is not None else None)
-                    for k, v in sorted(fn.structured_outputs.items())]
             self.signatures[name] = fn
-            self.specs[name] = {"inputs": ins, "outputs": outs}
+            self.specs[name] = _signature_specs(fn)
             lean, why = leancall.plan(tf, fn)
             if lean is not None:
                 self.lean[name] = lean
@@ -398,9 +408,9 @@ class Worker:
         return outputs, run_us
 
     def _run(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        lean = self.lean.get(name)
-        if lean is not None:
-            return lean(inputs)
+        call = self.graph.get(name) or self.lean.get(name)
+        if call is not None:
+            return call(inputs)
         tf = self.tf
         fn = self.signatures[name]
         if self.kind == "saved_model":
@@ -426,6 +436,15 @@ class Worker:
             interp.set_tensor(d["index"], arr)
         interp.invoke()
         return {d["name"]: np.array(interp.get_tensor(d["index"])) for d in interp.get_output_details()}
+
+
+def _signature_specs(fn: Any) -> dict[str, list[dict]]:
+    """A SavedModel signature's published inputs and outputs (eager or graph mode alike)."""
+    _args, kwargs = fn.structured_input_signature
+    return {"inputs": [_spec(k, v.dtype.as_numpy_dtype, v.shape.as_list() if v.shape.rank is not None else None)
+                       for k, v in sorted(kwargs.items())],
+            "outputs": [_spec(k, v.dtype.as_numpy_dtype, v.shape.as_list() if v.shape.rank is not None else None)
+                        for k, v in sorted(fn.structured_outputs.items())]}
 
 
 def _keras_name(t: Any) -> str:
