@@ -27,6 +27,7 @@ With ``batching`` set, concurrent requests share worker calls (:mod:`modelwarden
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,54 @@ from modelwarden.server.limits import RequestError
 
 
 WARMUP_TIMEOUT_S = 10.0
+
+
+class IdleWorkers:
+    """Idle workers, handed out first come, first served.
+
+    A released worker goes straight to the request that has waited longest.  ``asyncio.Queue`` does
+    not do that: a getter it wakes takes the item only when it next runs, and a request arriving
+    meanwhile takes it first (``get_nowait`` on a non-empty queue), sending the woken one to the back
+    of the line.  Measured under ``bench_serve.py`` (8 clients, 2 workers at ~3,000 requests/s):
+    groups of ~5 requests waited 13-66 ms for a worker while every call took under 10 ms, and wrk's
+    p99 was ~45 ms against ~2.5 ms at the median.
+    Invariant: while a worker is idle, no request is waiting (``put`` serves a waiter first).
+    """
+
+    def __init__(self) -> None:
+        self._workers: collections.deque[Worker] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[Worker]] = collections.deque()
+
+    def qsize(self) -> int:
+        return len(self._workers)
+
+    def put(self, worker: Worker) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # skip requests that timed out or were cancelled
+                waiter.set_result(worker)
+                return
+        self._workers.append(worker)
+
+    async def get(self, timeout: float) -> Worker:
+        """An idle worker, or :class:`TimeoutError` after ``timeout`` seconds."""
+        if self._workers:
+            return self._workers.popleft()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.put(waiter.result())  # handed a worker as the deadline hit: the next in line gets it
+            else:
+                waiter.cancel()
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
 
 
 def warmup_inputs(specs: dict) -> dict:
@@ -92,7 +141,7 @@ class WorkerPool:
         self.spec = spec
         self._loader = loader
         self._calls = concurrent.futures.ThreadPoolExecutor(max_workers=spec.size, thread_name_prefix=f"mw-{label}")
-        self._idle: asyncio.Queue[Worker] = asyncio.Queue()
+        self._idle = IdleWorkers()
         self.workers: list[Worker] = []
         self.signatures: dict[str, Any] = {}
         self.restarts = 0
@@ -180,7 +229,7 @@ class WorkerPool:
         if not self.signatures:
             self.signatures = dict(w.model.signatures)
         self.workers.append(w)
-        self._idle.put_nowait(w)
+        self._idle.put(w)
 
     @property
     def alive(self) -> int:
@@ -196,11 +245,7 @@ class WorkerPool:
         if remaining <= 0:
             raise RequestError(504, "request deadline exceeded before a worker was free", kind="deadline")
         try:
-            if not self._idle.empty():  # the common case: no timer, no extra task
-                worker = self._idle.get_nowait()
-            else:
-                async with asyncio.timeout(remaining):
-                    worker = await self._idle.get()
+            worker = await self._idle.get(remaining)
         except (asyncio.TimeoutError, TimeoutError):
             raise RequestError(503, f"all workers of {self.label} are busy or restarting", retry_after=1.0,
                                kind="overloaded") from None
@@ -221,7 +266,7 @@ class WorkerPool:
         worker.busy = False
         worker.calls += 1
         if worker.sandbox.alive and not self._closed:
-            self._idle.put_nowait(worker)
+            self._idle.put(worker)
             if self._batcher is not None:
                 self._batcher.worker_free()
             return
