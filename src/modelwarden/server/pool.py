@@ -1,7 +1,8 @@
 """A pool of sandboxed workers per model version.
 
 Each worker is a :class:`modelwarden.sandbox.Sandbox` holding the model warm.  A request
-takes an idle worker (waiting at most until its deadline, else 503 + Retry-After),
+takes an idle worker, first come, first served (:class:`IdleWorkers`; waiting at most until its
+deadline, else 503 + Retry-After),
 runs ``predict`` (awaited on the event loop: the request goes into the worker's shared-memory
 region and the loop waits for its doorbell; only JSON-channel calls and kills use a thread), and
 gives the worker back.  When a call kills its worker
