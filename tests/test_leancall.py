@@ -65,6 +65,18 @@ def same(a, b):
             return f"{k}: {x!r} vs {y!r}"
     return ""
 
+def refused_codes(w):
+    # the error codes of five inputs TensorFlow's cast would refuse, on the dense model's signature
+    from modelwarden.runtime.worker import WorkerError
+    codes = []
+    for bad in ({"x": np.zeros((2, 5), np.float32)}, {"x": np.zeros((2, 4), np.float64)}, {"x": np.zeros(4, np.float32)},
+                {}, {"x": np.zeros((2, 4), np.float32), "extra": np.zeros(1, np.float32)}):
+        try:
+            w._checked_run("serving_default", bad)
+        except WorkerError as exc:
+            codes.append(exc.code)
+    return codes
+
 report = {"spinning": []}
 for path in json.loads(sys.argv[1]):
     w = Worker(tf, {"graph_call": False}, {})
@@ -93,17 +105,9 @@ for path in json.loads(sys.argv[1]):
         entry["executor"] = lean.executor if lean is not None else None
 
 # the lean call relies on the worker's input checks: what TensorFlow's cast would refuse never reaches it
-from modelwarden.runtime.worker import WorkerError
 w = Worker(tf, {"graph_call": False}, {})
 w.load({"path": json.loads(sys.argv[1])[0], "kind": "saved_model"})
-refused = []
-for bad in ({"x": np.zeros((2, 5), np.float32)}, {"x": np.zeros((2, 4), np.float64)}, {"x": np.zeros(4, np.float32)},
-            {}, {"x": np.zeros((2, 4), np.float32), "extra": np.zeros(1, np.float32)}):
-    try:
-        w._checked_run("serving_default", bad)
-    except WorkerError as exc:
-        refused.append(exc.code)
-report["refused"] = {"lean": "serving_default" in w.lean, "codes": refused}
+report["refused"] = {"lean": "serving_default" in w.lean, "codes": refused_codes(w)}
 
 spec = tf.TensorSpec([None], tf.float32)
 nested = tf.function(lambda d: {"y": d["a"] + d["b"][0]}).get_concrete_function({"a": spec, "b": [spec]})
