@@ -50,6 +50,8 @@ while True:
             frame({"ok": True, "signatures": {"a" * 1000: SIG}}); continue
         elif mode == "forged_sig_table":
             frame({"ok": True, "signatures": [SIG]}); continue
+        elif mode == "forged_call":
+            frame({"ok": True, "kind": "saved_model", "signatures": {"serving_default": SIG}, "call": ["session"]}); continue
         frame({"ok": True, "kind": "saved_model", "signatures": {"serving_default": SIG}})
     elif mode == "huge_body":
         frame({"ok": True, "tensors": []}, blen=1 << 40)
@@ -104,7 +106,7 @@ while True:
         os.kill(os.getpid(), signal.SIGSEGV)
     elif mode == "exit":
         sys.exit(0)
-    elif mode == "ok":
+    elif mode in ("ok", "forged_call"):
         frame({"ok": True, "tensors": [{"name": "y", "dtype": "float32", "shape": [1]}]}, b"\0\0\x80\x3f")
 '''
 
@@ -211,6 +213,20 @@ def test_the_fake_worker_loads_when_honest(tmp_path, monkeypatch):
     monkeypatch.setattr(client, "get_backend", lambda name: FakeBackend("ok"))
     with Sandbox(SandboxLimits(timeout_s=2.0), use_cgroups=False) as sb:
         model = sb.load(tmp_path / "m", scan=False)
+        assert model.predict(X)["y"].tolist() == [1.0]
+
+
+def test_a_forged_call_route_reads_as_unknown(tmp_path, monkeypatch):
+    """The route a load reply names is diagnostics: anything but a known name (here an unhashable list,
+    which a set lookup would choke on) reads as "unknown" and the model still serves."""
+    from modelwarden.sandbox import client
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "saved_model.pb").write_bytes(b"")
+    monkeypatch.setattr(client, "get_backend", lambda name: FakeBackend("forged_call"))
+    with Sandbox(SandboxLimits(timeout_s=2.0), use_cgroups=False) as sb:
+        model = sb.load(tmp_path / "m", scan=False)
+        assert model.call_route == "unknown"
         assert model.predict(X)["y"].tolist() == [1.0]
 
 

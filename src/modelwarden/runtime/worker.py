@@ -292,7 +292,13 @@ class Worker:
                 raise WorkerError("memory_limit", f"{type(exc).__name__}: {exc}"[:4000]) from None
             raise WorkerError("load_failed", f"{type(exc).__name__}: {exc}"[:4000]) from None
         self.kind = kind
-        return {"ok": True, "kind": kind, "signatures": self.specs}
+        return {"ok": True, "kind": kind, "signatures": self.specs, "call": self.call_route()}
+
+    def call_route(self) -> str:
+        """How predict calls the model: a session in this thread, the eager call, Keras or TFLite."""
+        if self.kind == "saved_model":
+            return "session" if self.graph else "eager"
+        return self.kind
 
     def _load_saved_model(self, path: str) -> None:
         """In a session run in this thread (:mod:`graphcall`) when TensorFlow can load the model in graph

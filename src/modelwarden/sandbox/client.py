@@ -40,6 +40,7 @@ REPLY_HEADER_MAX = 256 * 1024
 SPIN_MAX_S = 0.0  # >0: calls faster than this are awaited by polling, not sleeping (see FrameReader);
 #                   off by default: on a loaded 2-core host polling steals the CPU TensorFlow needs
 WORKER_SPIN_S = 0.0  # >0: the worker polls this long for the next request before sleeping
+CALL_ROUTES = frozenset({"session", "eager", "keras", "tflite"})  # what a load reply may name as its call
 # Shared-memory fast path (shmchannel): with a spare core (shmchannel.spare_core: 2+ CPUs and no
 # CPU pressure), both sides poll instead of sleeping for short calls, yielding the CPU at every turn:
 # the parent polls the reply's sequence number for calls shorter than FAST_SPIN_MAX_S (at most twice
@@ -796,10 +797,13 @@ class _Worker:
 class SandboxedModel:
     """A model loaded inside a sandbox; ``predict`` runs one signature on numpy inputs."""
 
-    def __init__(self, sandbox: "Sandbox", kind: str, signatures: dict[str, Signature]) -> None:
+    def __init__(self, sandbox: "Sandbox", kind: str, signatures: dict[str, Signature], call_route: str = "unknown") -> None:
         self._sandbox = sandbox
         self.kind = kind
         self.signatures = signatures
+        # as the worker reports it (diagnostics, not a security property): "session" (a TensorFlow
+        # session in the worker's calling thread), "eager", "keras", "tflite"; "unknown" otherwise
+        self.call_route = call_route
         self.last_run_us: int | None = None
         # position in the worker's signature table = position in the load reply (JSON keeps order)
         self._fast = {name: shmchannel.plan(i, sig.inputs, sig.outputs) for i, (name, sig) in enumerate(signatures.items())}
@@ -904,14 +908,19 @@ class Sandbox:
 
     ``load`` scans the model first (``scan=True``) and refuses it on findings at or above
     ``fail_on``; the worker re-checks the bytes it loads with the same policy.  The worker
-    stays warm for repeated ``predict`` calls until ``close``.
+    stays warm for repeated ``predict`` calls until ``close``.  A SavedModel runs in a TensorFlow
+    session in the worker's calling thread (``session_call=False``: loaded eagerly, quicker to load
+    for a single call); ``model.call_route`` says which route the worker took.
     """
 
     def __init__(self, limits: SandboxLimits | None = None, *, backend: str = "auto", policy: Any = None,
                  fail_on: str | None = None, debug: bool | None = None, use_cgroups: bool = True,
-                 template: bool | None = None, shared_memory: bool = True) -> None:
+                 template: bool | None = None, shared_memory: bool = True, session_call: bool = True) -> None:
         self.limits = limits or SandboxLimits()
         self.shared_memory = shared_memory  # False: every call on the JSON channel (the fallback path)
+        # SavedModels: True runs them in a TensorFlow session in the worker's calling thread (runtime/graphcall.py:
+        # fast warm calls, a slower load for large models); False loads them eagerly (one-shot runs)
+        self.session_call = session_call
         self.backend_name = backend
         self.policy = policy
         self.fail_on = fail_on
@@ -969,7 +978,7 @@ class Sandbox:
         if backend.name == "unsafe-none":
             plan = dataclasses.replace(plan, model_path=plan.host_model, policy_path=policy_file or "")
         runtime = {"max_output_bytes": self.limits.max_output_bytes, "max_input_bytes": self.limits.max_input_bytes,
-                   "spin_s": WORKER_SPIN_S,
+                   "spin_s": WORKER_SPIN_S, "graph_call": bool(self.session_call),
                    "model": {"path": plan.model_path, "kind": kind, "recheck": bool(recheck),
                              "policy": plan.policy_path or (policy_arg if isinstance(policy_arg, str) else None),
                              "fail_on": self.fail_on}}
@@ -1016,7 +1025,8 @@ class Sandbox:
             worker._violation(printable(str(exc), 300))
         if self.shared_memory and backend.shared_memory:
             worker.attach_fast(max(0.1, deadline - time.monotonic()))
-        self._model = SandboxedModel(self, kind, signatures)
+        route = reply.get("call")
+        self._model = SandboxedModel(self, kind, signatures, route if type(route) is str and route in CALL_ROUTES else "unknown")
         return self._model
 
     def _template(self, backend: Backend, plan: FsPlan) -> Any:
