@@ -24,6 +24,7 @@ HELPERS = LEAN_CHILD[:LEAN_CHILD.index("report = ")]
 
 CHILD = HELPERS + r"""
 from modelwarden.runtime import graphcall
+from modelwarden.runtime.worker import _signature_specs
 
 def switches():
     with open("/proc/thread-self/status") as f:
@@ -48,7 +49,7 @@ for path in json.loads(sys.argv[1]):
                 entry["problems"].append(problem)
         entry["outputs"] = {k: [str(v.dtype), list(v.shape)] for k, v in got.items()}
         entry["declared"] = [s["name"] for s in spec["outputs"]]
-        entry["specs_match_eager"] = spec == __import__("modelwarden.runtime.worker", fromlist=["x"])._signature_specs(fn)
+        entry["specs_match_eager"] = spec == _signature_specs(fn)
 
 # does a call block on another thread?  Voluntary context switches of this thread over 200 calls,
 # on the session route and (positive control) on the eager route of the same model

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from modelwarden.sandbox import protocol
+from modelwarden.runtime.leancall import string_array
 
 
 class GraphSignature:
@@ -49,7 +49,7 @@ class GraphSignature:
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         flat = self._call(*[inputs[k] for k in self.inputs])
-        return {name: _strings(v) if s else np.asarray(v) for name, v, s in zip(self.outputs, flat, self.strings_out)}
+        return {name: string_array(v) if s else np.asarray(v) for name, v, s in zip(self.outputs, flat, self.strings_out)}
 
 
 class GraphModel:
@@ -80,7 +80,7 @@ def load(tf: Any, path: str) -> tuple[GraphModel | None, str]:
                 args, kwargs = fn.structured_input_signature
                 if args or not isinstance(kwargs, dict):
                     return None, f"signature {name!r}: inputs are not keyword tensors"
-                feeds = {k: tf.compat.v1.placeholder(s.dtype, s.shape, name=None) for k, s in sorted(kwargs.items())}
+                feeds = {k: tf.compat.v1.placeholder(s.dtype, s.shape) for k, s in sorted(kwargs.items())}
                 outs = fn(**feeds)
                 if not isinstance(outs, dict) or not all(isinstance(t, tf.Tensor) for t in outs.values()):
                     return None, f"signature {name!r}: outputs are not a dict of tensors"
@@ -108,10 +108,3 @@ def load(tf: Any, path: str) -> tuple[GraphModel | None, str]:
         if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
             raise
         return None, f"{type(exc).__name__}: {exc}"[:300]
-
-
-def _strings(value: Any) -> np.ndarray:
-    """A fetched string tensor as an object array of bytes (a scalar comes back as bare bytes)."""
-    if isinstance(value, np.ndarray):
-        return np.array(value, dtype=object)
-    return protocol.string_array([value], ())

@@ -131,7 +131,11 @@ def to_numpy(tf: Any, t: Any) -> np.ndarray:
 
 
 def _string_numpy(t: Any) -> np.ndarray:
-    value = t.numpy()
+    return string_array(t.numpy())
+
+
+def string_array(value: Any) -> np.ndarray:
+    """A string tensor's numpy value as an object array of bytes (a scalar comes back as bare bytes)."""
     return np.array(value, dtype=object) if isinstance(value, np.ndarray) else protocol.string_array([value], ())
 
 

@@ -304,27 +304,26 @@ class Worker:
         """In a session run in this thread (:mod:`graphcall`) when TensorFlow can load the model in graph
         mode, else eagerly with each signature's flat call (:mod:`leancall`) or its standard call."""
         tf = self.tf
+        graph = None
         if self.cfg.get("graph_call", True):
             graph, self.graph_skipped = graphcall.load(tf, path)
-            if graph is not None:
-                self.model = graph
-                for name, fn in graph.functions.items():
-                    self.signatures[name] = fn
-                    self.specs[name] = _signature_specs(fn)
-                    self.graph[name] = graph.signatures[name]
-                return
         else:
             self.graph_skipped = "disabled"
-        loaded = tf.saved_model.load(path)
-        self.model = loaded
-        for name, fn in loaded.signatures.items():
+        if graph is not None:
+            self.model, functions = graph, graph.functions
+            self.graph = dict(graph.signatures)
+        else:
+            self.model = tf.saved_model.load(path)
+            functions = self.model.signatures
+        for name, fn in functions.items():
             self.signatures[name] = fn
             self.specs[name] = _signature_specs(fn)
-            lean, why = leancall.plan(tf, fn)
-            if lean is not None:
-                self.lean[name] = lean
-            else:
-                self.lean_skipped[name] = why
+            if graph is None:
+                lean, why = leancall.plan(tf, fn)
+                if lean is not None:
+                    self.lean[name] = lean
+                else:
+                    self.lean_skipped[name] = why
 
     def _load_keras(self, path: str, safe_mode: bool) -> None:
         import keras
