@@ -322,6 +322,58 @@ def poll_ab(models: Path, rounds: int = 10, calls: int = 200, name: str = "dense
     return {mode: {k: statistics.median(v) for k, v in r.items()} for mode, r in res.items()}
 
 
+def gate_after_burst(models: Path, rounds: int = 2, burst_s: float = 8.0, stream_s: float = 20.0) -> dict:
+    """The polling gate after a burst of real CPU pressure: MobileNet calls for ``burst_s`` (its
+    TensorFlow threads keep both vCPUs busy), then a stream of dense calls for ``stream_s``, once
+    with the kernel's ``avg10 < 5 %`` re-read every second (the gate before pollgate) and once with
+    :class:`pollgate.PollGate`, alternating, ``rounds`` times.  Per stream: seconds until the dense
+    calls polled again, the share of calls that polled, and µs per call over its last half."""
+    from modelwarden.sandbox import Sandbox, SandboxLimits, pollgate, shmchannel
+
+    def avg10_rule():
+        state = [float("-inf"), False]
+
+        def gate() -> bool:
+            now = time.monotonic()
+            if now - state[0] >= 1.0:
+                p = pollgate.cpu_pressure()
+                state[:] = [now, p is not None and p < pollgate.PRESSURE_MAX]
+            return state[1]
+        return gate
+
+    real = shmchannel.spare_core
+    out: dict[str, list[dict]] = {"avg10": [], "pollgate": []}
+    limits = SandboxLimits(timeout_s=60, load_timeout_s=300)
+    try:
+        with Sandbox(limits) as sb_m, Sandbox(limits) as sb_d:
+            mnet, dense = sb_m.load(models / "mobilenet", scan=False), sb_d.load(models / "dense", scan=False)
+            xm, xd = inputs_for("mobilenet"), inputs_for("dense")
+            for _ in range(rounds):
+                for rule in out:
+                    gate = shmchannel.spare_core = avg10_rule() if rule == "avg10" else pollgate.PollGate()
+                    t0 = time.monotonic()
+                    while time.monotonic() - t0 < burst_s:
+                        mnet.predict(xm)
+                    t0 = time.monotonic()
+                    first, polled, calls, late = None, 0, 0, []
+                    while (now := time.monotonic()) - t0 < stream_s:
+                        p = gate()
+                        t = time.perf_counter()
+                        dense.predict(xd)
+                        dt = time.perf_counter() - t
+                        calls += 1
+                        polled += p
+                        if p and first is None:
+                            first = now - t0
+                        if now - t0 >= stream_s / 2:
+                            late.append(dt)
+                    out[rule].append({"resumed_after_s": first, "polled_pct": 100 * polled / calls,
+                                      "late_call_us": statistics.mean(late) * 1e6})
+    finally:
+        shmchannel.spare_core = real
+    return out
+
+
 # -- cold ------------------------------------------------------------------------------------------
 
 BASELINE = r"""
@@ -619,7 +671,8 @@ def main() -> int:
     ap.add_argument("--backend", action="append", default=None,
                     help="sandbox backend to measure (repeatable; default: auto)")
     ap.add_argument("--only", default="",
-                    help="comma-separated: cold, run, cold-template, replace (default: everything but run)")
+                    help="comma-separated: cold, run, cold-template, replace, gate (default: everything but run "
+                         "and gate)")
     ap.add_argument("--replace-rounds", type=int, default=5)
     ap.add_argument("--warm-only", action="store_true", help="skip the cold-start, memory and template parts")
     ap.add_argument("--no-socket", action="store_true",
@@ -736,6 +789,13 @@ def only(args: argparse.Namespace, models: Path, results: dict, parts: set[str] 
             r = results[f"replace_template_{use}"] = replacement(models, args.replace_rounds, use)
             print(f"serve: worker SIGKILLed, no spare, template {'on ' if use else 'off'}: serving again after "
                   f"{r['median_s']:.3f} s median, {r['max_s']:.3f} s max ({len(r['all_s'])} kills; target <= 1 s)")
+    if "gate" in parts:
+        g = results["gate"] = gate_after_burst(models, max(1, args.rounds // 5))
+        for rule, runs in g.items():
+            print(f"polling gate {rule:8s} after 8 s of MobileNet, 20 s of dense calls: polled again after " + ", ".join(
+                "never" if r["resumed_after_s"] is None else f"{r['resumed_after_s']:.1f} s" for r in runs)
+                + "; calls polled " + ", ".join(f"{r['polled_pct']:.0f} %" for r in runs)
+                + "; µs per call over the last 10 s " + ", ".join(f"{r['late_call_us']:.0f}" for r in runs))
     results["host"]["loadavg_end"] = os.getloadavg()
     print(f"load average at the end: {results['host']['loadavg_end'][0]:.2f}")
     if args.json:

@@ -427,17 +427,6 @@ def test_a_spinning_parent_still_ends_at_its_deadline():
         assert 0.9 < time.monotonic() - t0 < 3
 
 
-def test_cpu_pressure_reading(tmp_path, monkeypatch):
-    psi = tmp_path / "cpu"
-    psi.write_text("some avg10=7.50 avg60=5.00 avg300=3.00 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
-    monkeypatch.setattr(shmchannel, "PRESSURE", str(psi))
-    assert shmchannel.cpu_pressure() == 7.5
-    psi.write_text("garbage\n")
-    assert shmchannel.cpu_pressure() is None
-    monkeypatch.setattr(shmchannel, "PRESSURE", str(tmp_path / "missing"))
-    assert shmchannel.cpu_pressure() is None
-
-
 def test_a_hostile_reply_found_by_polling_is_checked_like_any():
     """The poll reads the reply through the same copy-then-check as the doorbell path: a forged reply
     of the right shape is taken (the control), one announcing a huge tensor is a violation."""

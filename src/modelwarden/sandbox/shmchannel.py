@@ -37,7 +37,6 @@ import fcntl
 import math
 import mmap
 import os
-import platform
 import select
 import socket
 import struct
@@ -47,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modelwarden.sandbox import protocol
+from modelwarden.sandbox import pollgate, protocol
 
 MAGIC = 0x4D575348  # "MWSH"
 SEQ = struct.Struct("<Q")
@@ -61,10 +60,6 @@ DEFAULT_AREA_BYTES = 4 << 20  # per direction; only pages touched cost memory
 CODES: tuple[str, ...] = tuple(protocol.DTYPES)  # dtype code = index (both sides run the same code)
 CODE_OF = {name: i for i, name in enumerate(CODES)}
 SEAL = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
-# Spinning replaces a sleep/wake-up by polling the reply's seq; only on x86 (TSO: the writer's
-# stores become visible in program order, so seq is never seen before the header it ends).
-SPIN_OK = platform.machine() in ("x86_64", "AMD64", "i686")
-
 MAX_SPIN_US = 100_000  # the most a request may ask the worker to poll for the next one
 YIELD = os.sched_yield  # spinners give the CPU to any runnable thread (TensorFlow's) at every turn
 
@@ -79,40 +74,7 @@ class ShmTimeout(Exception):
     """The deadline passed before the worker answered."""
 
 
-_spare: tuple[float, bool] = (-10.0, False)
-PRESSURE = "/proc/pressure/cpu"
-PRESSURE_MAX = 5.0  # % of the last 10 s in which some runnable task waited for a CPU (measured: docs/sandbox.md)
-
-
-def cpu_pressure() -> float | None:
-    """The kernel's CPU pressure (``some avg10``, %), None without PSI."""
-    try:
-        with open(PRESSURE, "rb") as f:
-            return float(f.readline().split()[1].partition(b"=")[2])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def spare_core() -> bool:
-    """Spinning only makes sense when the peer can run on another core at the same time: at least
-    two usable CPUs and nothing waiting for one.  With PSI, CPU pressure below PRESSURE_MAX (a
-    spinner that yields at every turn makes no pressure on an idle core, and the pressure rises as
-    soon as anything else - TensorFlow's own threads included - waits); without it, a one-minute
-    load average below the CPUs minus a half (which counts the spinners themselves).  Re-read at
-    most once a second."""
-    global _spare
-    now = time.monotonic()
-    if now - _spare[0] < 1.0:
-        return _spare[1]
-    try:
-        cpus = len(os.sched_getaffinity(0))
-        pressure = cpu_pressure()
-        idle = os.getloadavg()[0] < cpus - 0.5 if pressure is None else pressure < PRESSURE_MAX
-        ok = SPIN_OK and cpus >= 2 and idle
-    except OSError:
-        ok = False
-    _spare = (now, ok)
-    return ok
+spare_core = pollgate.PollGate()  # poll now?  (pollgate: a spare core, judged while polling)
 
 
 def poll_for(ready: Callable[[], bool], spin_s: float) -> bool:

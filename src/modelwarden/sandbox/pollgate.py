@@ -1,0 +1,119 @@
+"""When polling for a shared-memory reply pays: a spare core, judged by the CPU pressure *while polling*.
+
+Polling (both sides of a warm call watching the region instead of sleeping on the doorbell) wins
+only when each side has a core to itself; with anything else waiting for a CPU it takes time
+that others need (measured: docs/sandbox.md, *Polling instead of sleeping*).  The signal is the
+kernel's CPU pressure (PSI ``some``: the share of time in which some runnable task waited for a
+CPU).
+
+The pressure must be read in the state being judged.  Calls that *sleep* make pressure of their
+own: each doorbell wake-up leaves the woken side runnable for a moment before it runs.  On the
+2-vCPU host a stream of sleeping dense calls alone kept PSI at 5.3-5.7 %, polling calls at
+0.4-0.7 %.  A gate that reads the pressure while sleeping (the kernel's ``avg10``, as this gate
+did before) therefore never reopens under a steady stream of calls once it has closed.  So:
+
+* **open** (polling): every :data:`CHECK_S` the pressure over the window since the last reading is
+  compared with :data:`PRESSURE_MAX`; above it, the gate closes.
+* **closed** (sleeping): after a back-off (:data:`BACKOFF_MIN_S`, doubling on every failed probe up
+  to :data:`BACKOFF_MAX_S`) the gate **probes**: it opens for :data:`PROBE_S`, and the pressure over
+  that window decides whether it stays open (the back-off resets) or closes again.  A probe under
+  real contention costs at most ``PROBE_S / BACKOFF_MAX_S`` of the time polling.
+* the **first** reading has no window: the kernel's ``avg10`` decides.
+* without PSI: a one-minute load average below the CPUs minus a half (which counts the pollers).
+
+Polling also needs two usable CPUs and x86 (see :data:`SPIN_OK`).  One gate per process, shared by
+every sandbox in it; safe to call from any thread (the fast path only reads).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+
+# Spinning replaces a sleep/wake-up by polling the reply's seq; only on x86 (TSO: the writer's
+# stores become visible in program order, so seq is never seen before the header it ends).
+SPIN_OK = platform.machine() in ("x86_64", "AMD64", "i686")
+PRESSURE = "/proc/pressure/cpu"
+PRESSURE_MAX = 5.0  # % of a window in which some runnable task waited for a CPU (measured: docs/sandbox.md)
+CHECK_S = 1.0  # an open gate re-reads the pressure this often
+PROBE_S = 0.3  # a closed gate opens this long to measure the pressure while polling
+BACKOFF_MIN_S = 2.0  # a closed gate probes again after this long, doubling on each failed probe ...
+BACKOFF_MAX_S = 32.0  # ... up to this
+
+
+def psi_some() -> tuple[float, int] | None:
+    """The kernel's CPU pressure: (``some avg10`` in %, ``some total`` in µs); None without PSI."""
+    try:
+        with open(PRESSURE, "rb") as f:
+            fields = dict(kv.split(b"=", 1) for kv in f.readline().split()[1:])
+        return float(fields[b"avg10"]), int(fields[b"total"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def cpu_pressure() -> float | None:
+    """The kernel's CPU pressure (``some avg10``, %), None without PSI."""
+    psi = psi_some()
+    return None if psi is None else psi[0]
+
+
+class PollGate:
+    """``gate()`` -> poll now?  State machine of the module docstring; ``clock`` and ``read`` are
+    parameters for tests (``read`` returns what :func:`psi_some` does)."""
+
+    def __init__(self, read: Callable[[], tuple[float, int] | None] = psi_some,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read, self._clock = read, clock
+        self._lock = threading.Lock()
+        self.open = False
+        self.probing = False
+        self.next_s = float("-inf")  # when the state is next re-evaluated
+        self.backoff_s = BACKOFF_MIN_S
+        self._window: tuple[float, int] | None = None  # (clock, PSI total) where the current window started
+
+    def __call__(self) -> bool:
+        if self._clock() < self.next_s:
+            return self.open
+        if not self._lock.acquire(blocking=False):
+            return self.open  # another thread is re-evaluating
+        try:
+            self._evaluate()
+        finally:
+            self._lock.release()
+        return self.open
+
+    def _evaluate(self) -> None:
+        now = self._clock()
+        if now < self.next_s:
+            return
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except OSError:
+            cpus = 1
+        if not SPIN_OK or cpus < 2:
+            self.open, self.next_s = False, now + CHECK_S
+            return
+        psi = self._read()
+        if psi is None:
+            self.open, self.next_s = os.getloadavg()[0] < cpus - 0.5, now + CHECK_S
+            return
+        avg10, total = psi
+        start, self._window = self._window, (now, total)
+        if start is None or now <= start[0] or total < start[1]:
+            self._set(avg10 < PRESSURE_MAX, now)  # no window yet: the kernel's average decides
+            return
+        window_pct = 100.0 * (total - start[1]) / 1e6 / (now - start[0])
+        if self.open:
+            self._set(window_pct < PRESSURE_MAX, now)  # measured while polling: the real signal
+        else:  # closed: the window holds our own sleeping calls' pressure; probe instead
+            self.open, self.probing, self.next_s = True, True, now + PROBE_S
+
+    def _set(self, open_: bool, now: float) -> None:
+        if open_:
+            self.next_s, self.backoff_s = now + CHECK_S, BACKOFF_MIN_S
+        else:
+            self.next_s, self.backoff_s = now + self.backoff_s, min(2 * self.backoff_s, BACKOFF_MAX_S)
+        self.open, self.probing = open_, False
