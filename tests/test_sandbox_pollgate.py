@@ -88,11 +88,27 @@ def test_contention_that_ends_is_noticed_by_the_next_probe():
     assert host.run(30.0) == 1.0
 
 
-def test_an_open_gate_closes_on_pressure_above_the_bound_only():
+def test_an_open_gate_closes_on_sustained_pressure_above_the_bound_only():
     host = Host(sleeping_pct=0.0, polling_pct=PRESSURE_MAX - 1.0, avg10=0.0)
-    assert host.run(30.0) == 1.0
-    host.rates[True] = PRESSURE_MAX + 1.0
-    host.run(2 * CHECK_S + 0.05)  # a whole window at the new rate
+    assert host.run(60.0) == 1.0  # just below the bound, for good
+    host.rates[True] = 0.5
+    host.run(30.0)
+    host.rates[True] = 20.0  # a one-second spike (a cron job, a log rotation)
+    host.run(1.0)
+    host.rates[True] = 0.5
+    assert host.run(60.0) == 1.0  # never closed
+    host.rates[True] = PRESSURE_MAX + 1.0  # sustained, just above the bound
+    host.run(60.0)
+    assert host.gate.open is False
+    host.rates[True] = 50.0  # heavy contention closes it within about two checks
+    host.rates[False] = 30.0
+    host.run(60.0)
+    host.rates = {False: 0.5, True: 0.5}
+    assert host.run(BACKOFF_MAX_S + 2.0) > 0
+    host.rates = {False: 30.0, True: 50.0}
+    host.run(0.05)
+    assert host.gate.open
+    host.run(2 * CHECK_S + 0.05)
     assert host.gate.open is False
 
 

@@ -12,12 +12,15 @@ own: each doorbell wake-up leaves the woken side runnable for a moment before it
 0.4-0.7 %.  A gate that reads the pressure while sleeping (the kernel's ``avg10``, as this gate
 did before) therefore never reopens under a steady stream of calls once it has closed.  So:
 
-* **open** (polling): every :data:`CHECK_S` the pressure over the window since the last reading is
-  compared with :data:`PRESSURE_MAX`; above it, the gate closes.
+* **open** (polling): every :data:`CHECK_S` the pressure over the window since the last reading
+  goes into an average over the open state (time constant :data:`TAU_S`): a second at 20 % on a
+  quiet host does not close the gate, heavy contention closes it at the next check, pressure just
+  above :data:`PRESSURE_MAX` within about ten seconds.
 * **closed** (sleeping): after a back-off (:data:`BACKOFF_MIN_S`, doubling on every failed probe up
   to :data:`BACKOFF_MAX_S`) the gate **probes**: it opens for :data:`PROBE_S`, and the pressure over
-  that window decides whether it stays open (the back-off resets) or closes again.  A probe under
-  real contention costs at most ``PROBE_S / BACKOFF_MAX_S`` of the time polling.
+  that window decides whether it stays open (the back-off resets, the average starts from that
+  window) or closes again.  Under real contention probes cost at most ``PROBE_S / BACKOFF_MAX_S``
+  of the time polling.
 * the **first** reading has no window: the kernel's ``avg10`` decides.
 * without PSI: a one-minute load average below the CPUs minus a half (which counts the pollers).
 
@@ -27,6 +30,7 @@ every sandbox in it; safe to call from any thread (the fast path only reads).
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import threading
@@ -39,6 +43,7 @@ SPIN_OK = platform.machine() in ("x86_64", "AMD64", "i686")
 PRESSURE = "/proc/pressure/cpu"
 PRESSURE_MAX = 5.0  # % of a window in which some runnable task waited for a CPU (measured: docs/sandbox.md)
 CHECK_S = 1.0  # an open gate re-reads the pressure this often
+TAU_S = 5.0  # time constant of the open state's pressure average
 PROBE_S = 0.3  # a closed gate opens this long to measure the pressure while polling
 BACKOFF_MIN_S = 2.0  # a closed gate probes again after this long, doubling on each failed probe ...
 BACKOFF_MAX_S = 32.0  # ... up to this
@@ -72,6 +77,7 @@ class PollGate:
         self.probing = False
         self.next_s = float("-inf")  # when the state is next re-evaluated
         self.backoff_s = BACKOFF_MIN_S
+        self.pressure = 0.0  # % while polling: the average of the open state, or the last probe's window
         self._window: tuple[float, int] | None = None  # (clock, PSI total) where the current window started
 
     def __call__(self) -> bool:
@@ -103,11 +109,16 @@ class PollGate:
         avg10, total = psi
         start, self._window = self._window, (now, total)
         if start is None or now <= start[0] or total < start[1]:
+            self.pressure = avg10
             self._set(avg10 < PRESSURE_MAX, now)  # no window yet: the kernel's average decides
             return
         window_pct = 100.0 * (total - start[1]) / 1e6 / (now - start[0])
-        if self.open:
-            self._set(window_pct < PRESSURE_MAX, now)  # measured while polling: the real signal
+        if self.probing:
+            self.pressure = window_pct
+            self._set(window_pct < PRESSURE_MAX, now)
+        elif self.open:  # measured while polling: the real signal
+            self.pressure += (1.0 - math.exp(-(now - start[0]) / TAU_S)) * (window_pct - self.pressure)
+            self._set(self.pressure < PRESSURE_MAX, now)
         else:  # closed: the window holds our own sleeping calls' pressure; probe instead
             self.open, self.probing, self.next_s = True, True, now + PROBE_S
 
