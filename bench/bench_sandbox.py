@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -165,7 +166,7 @@ class LeanProcess:
         self.proc.wait(timeout=30)
 
 
-def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_too: bool = True) -> dict:
+def warm(models: Path, base_rounds: int, calls: int, backend: str = "auto", socket_too: bool = True) -> dict:
     """In-process vs sandboxed calls, interleaved round by round.  ``socket_too``: also a second
     sandbox with the shared-memory fast path off (every call on the JSON channel), same rounds."""
     import numpy as np
@@ -175,7 +176,9 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
     from modelwarden.sandbox import Sandbox, SandboxLimits, shmchannel
 
     out = {}
-    for name, n in (("dense", calls), ("mobilenet", max(10, calls // 10))):
+    # MobileNet: 4x the rounds, of calls/40 each (was: the same rounds of calls/10): the host's speed
+    # drifts over seconds, and short adjacent rounds pair the drift away
+    for name, n, rounds in (("dense", calls, base_rounds), ("mobilenet", max(10, calls // 40), 4 * base_rounds)):
         x = inputs_for(name)
         fn = tf.saved_model.load(str(models / name)).signatures["serving_default"]
 
@@ -237,11 +240,22 @@ def warm(models: Path, rounds: int, calls: int, backend: str = "auto", socket_to
                      "inprocess_lean_ms": il * 1e3, "lean_process_ms": lp * 1e3, "ratio_vs_lean": sb_ / lp,
                      "worker_compute_ms": wr * 1e3, "boundary_overhead_ms": (sb_ - wr) * 1e3,
                      "worker_route": child.route,
-                     "shared_memory": fast["sandbox"], "spinning_rounds": f"{spinning}/{rounds}"}
+                     "shared_memory": fast["sandbox"], "spinning_rounds": f"{spinning}/{rounds}",
+                     "paired": paired_ratio(times["sandbox"], times["inprocess"])}
         if socket_too:
             so = statistics.median(times["socket"])
             out[name].update(socket_ms=so * 1e3, socket_ratio=so / ia)
     return out
+
+
+def paired_ratio(a: list[float], b: list[float], resamples: int = 2000) -> dict:
+    """The median of the per-round ratios a/b (rounds adjacent in time, so drift of the host's speed
+    cancels) with a 95 % percentile-bootstrap interval for it (fixed seed: reproducible)."""
+    ratios = [x / y for x, y in zip(a, b)]
+    rng = random.Random(0)
+    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return {"median": statistics.median(ratios), "ci95": (boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]),
+            "rounds": len(ratios)}
 
 
 def breakdown(models: Path, calls: int = 3000, name: str = "dense") -> dict:
@@ -721,7 +735,9 @@ def main() -> int:
                     f"the worker's own call unsandboxed (the boundary alone: "
                     f"{(r['sandbox_ms'] - r['lean_process_ms']) * 1e3:.0f} us over it); worker compute "
                     f"{r['worker_compute_ms']:.3f} ms, boundary {r['boundary_overhead_ms']:.3f} ms; polling instead of "
-                    f"sleeping in {r['spinning_rounds']} rounds (spare core)")
+                    f"sleeping in {r['spinning_rounds']} rounds (spare core); per-round paired ratio vs the "
+                    f"standard call {r['paired']['median']:.3f}x (95 % CI {r['paired']['ci95'][0]:.3f}-"
+                    f"{r['paired']['ci95'][1]:.3f}, {r['paired']['rounds']} rounds)")
             if "socket_ms" in r:
                 line += f"; JSON channel only {r['socket_ms']:.3f} ms -> {r['socket_ratio']:.3f}x"
             print(line)
