@@ -69,6 +69,9 @@ w = Worker(tf, {}, {})
 w.load({"path": dense, "kind": "saved_model"})
 report["refused"] = {"graph": "serving_default" in w.graph, "codes": refused_codes(w)}
 report["not_a_model"] = graphcall.load(tf, sys.argv[2])[1]
+w = Worker(tf, {}, {})
+w.load({"path": json.loads(sys.argv[1])[-1], "kind": "saved_model"})
+report["graph_refused_y"] = w._checked_run("serving_default", {"x": np.array([1.0, -2.0], np.float32)})[0]["y"].tolist()
 print("REPORT " + json.dumps(report))
 """
 
@@ -77,7 +80,8 @@ print("REPORT " + json.dumps(report))
 def report(tmp_path_factory):
     run, serve, lean = (build_fixtures(b) for b in ("build_run_models", "build_serve_models", "build_lean_models"))
     paths = [run / "dense", run / "big_output", lean / "mixed",
-             *(serve / m / "1" for m in ("dense", "multi", "slow", "bytes", "strings", "examples"))]
+             *(serve / m / "1" for m in ("dense", "multi", "slow", "bytes", "strings", "examples")),
+             lean / "graph_refused"]
     junk = tmp_path_factory.mktemp("junk")
     (junk / "saved_model.pb").write_bytes(b"\x0a\x05junk!")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
@@ -94,15 +98,27 @@ def _signatures(report: dict) -> dict:
 
 
 def test_every_fixture_model_runs_in_a_session(report):
-    """Variables, several signatures, strings, TF1 graphs with v1 control flow and Example parsing."""
+    """Variables, several signatures, strings, TF1 graphs with v1 control flow and Example parsing;
+    all but the one that graph mode refuses (next test)."""
     models = {k: v for k, v in report.items() if isinstance(v, dict) and "skipped" in v}
-    assert len(models) == 9
-    assert {k: v["skipped"] for k, v in models.items() if v["skipped"]} == {}
+    assert len(models) == 10
+    assert [k for k, v in models.items() if v["skipped"]] == [k for k in models if k.endswith("graph_refused")]
     sigs = _signatures(report)
-    assert len(sigs) == 13  # 7 single-signature models, mixed (3 signatures), examples (3)
-    assert all(v["graph"] for v in sigs.values())
+    assert len(sigs) == 14  # 8 single-signature models, mixed (3 signatures), examples (3)
+    assert all(v["graph"] for k, v in sigs.items() if "graph_refused" not in k)
     for path, model in models.items():  # every signature the eager loader sees, no more
         assert sorted(k.rsplit(":", 1)[1] for k in sigs if k.startswith(path + ":")) == model["eager_signatures"]
+
+
+def test_a_model_graph_mode_refuses_falls_back_to_the_eager_route(report):
+    """A SavedModel with a registered checkpoint saver: TensorFlow's graph-mode loader refuses it, the
+    worker says why, loads it eagerly and gives the standard call's outputs (checked in the next test
+    with every other signature) from the checkpoint's value, not the variable's initial one."""
+    (model,) = [v for k, v in report.items() if k.endswith("graph_refused")]
+    assert "registered checkpoint saver" in model["skipped"]
+    (sig,) = [v for k, v in report.items() if k.endswith("graph_refused:serving_default")]
+    assert sig["graph"] is False and sig["problems"] == [] and sig["outputs"] == {"y": ["float32", [3]]}
+    assert report["graph_refused_y"] == [2.5, -5.0]
 
 
 def test_session_outputs_are_identical_to_the_standard_eager_call(report):

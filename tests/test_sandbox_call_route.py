@@ -44,3 +44,16 @@ def test_the_session_and_the_eager_route_give_the_same_outputs(serve_models, mod
     for k in session_out:
         assert session_out[k].dtype == eager_out[k].dtype and session_out[k].shape == eager_out[k].shape, k
         assert session_out[k].tolist() == eager_out[k].tolist(), k
+
+
+def test_a_model_graph_mode_refuses_runs_eagerly_in_the_sandbox():
+    """TensorFlow's graph-mode loader refuses a SavedModel with a registered checkpoint saver: the
+    sandboxed worker falls back to the eager route by itself, with the checkpoint's values (2.5; the
+    variable's initial value was 1.0), and says so."""
+    path = build_fixtures("build_lean_models") / "graph_refused"
+    with Sandbox(SandboxLimits(timeout_s=60, load_timeout_s=300)) as sb:
+        m = sb.load(path, scan=False)
+        assert m.call_route == "eager"
+        for _ in range(3):  # the shared-memory path, warm
+            out = m.predict({"x": np.array([1.0, -2.0, 0.5], np.float32)})
+            assert out["y"].dtype == np.float32 and out["y"].tolist() == [2.5, -5.0, 1.25]
