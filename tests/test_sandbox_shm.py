@@ -438,3 +438,46 @@ def test_a_hostile_reply_found_by_polling_is_checked_like_any():
         time.sleep(0.6)  # the Lambda's own late reply (old seq) is ignored by the next call
         with pytest.raises((shmchannel.ShmViolation, protocol.FrameError), match="above the limit"):
             _fast_call(w.model, fast, encode(REGION + f"reply({huge}, ring=False); time.sleep(30)"), spin_s=5.0)
+
+
+def _hand_reply(chan: shmchannel.ParentChannel, seq: int, entries: list[tuple], data: bytes = b"") -> None:
+    """Write a reply into the parent's own region, as a worker would (no worker needed)."""
+    S = shmchannel
+    base = chan.req_bytes
+    for i, entry in enumerate(entries):
+        S.ENTRY.pack_into(chan.mm, base + S.CALL.size + i * S.ENTRY.size, *entry)
+    chan.mm[base + S.HEADER_BYTES:base + S.HEADER_BYTES + len(data)] = data
+    S.CALL_REST.pack_into(chan.mm, base + S.SEQ.size, S.MAGIC, len(entries), 0, 0, 7)
+    S.SEQ.pack_into(chan.mm, base, seq)
+
+
+def test_a_remembered_reply_layout_is_only_reused_for_identical_bytes_signature_and_limit():
+    """The parent skips the field-by-field checks of a reply whose copied entries are byte-for-byte
+    those that last passed for the same signature and output limit: anything else is checked again."""
+    S = shmchannel
+    out_spec = protocol.TensorSpec("y", "float32", (None, 2))
+    sig = S.plan(0, {"x": protocol.TensorSpec("x", "float32", (None,))}, {"y": out_spec})
+    other = S.plan(0, {"x": protocol.TensorSpec("x", "float32", (None,))}, {"y": protocol.TensorSpec("y", "int32", (None, 2))})
+    chan = S.ParentChannel(1 << 16, 1 << 16)
+    try:
+        f32 = S.CODE_OF["float32"]
+        good = (0, f32, 2, S.HEADER_BYTES, 16, 2, 2, 0, 0, 0, 0, 0, 0)
+        data = np.arange(4, dtype="<f4").tobytes()
+        _hand_reply(chan, 1, [good], data)
+        out, run_us = chan._read_reply(sig, 1, 1 << 20)
+        assert out["y"].tolist() == [[0, 1], [2, 3]] and run_us == 7
+        _hand_reply(chan, 2, [good], np.ones(4, "<f4").tobytes())  # same layout, new values: read
+        assert chan._read_reply(sig, 2, 1 << 20)[0]["y"].tolist() == [[1, 1], [1, 1]]
+        with pytest.raises(protocol.FrameError, match="above the limit"):  # same bytes, a lower limit
+            chan._read_reply(sig, 2, 8)
+        with pytest.raises(S.ShmViolation, match="signature declares"):  # same bytes, another signature
+            chan._read_reply(other, 2, 1 << 20)
+        with pytest.raises(S.ShmViolation, match="does not belong"):  # same entries, a stale seq
+            chan._read_reply(sig, 3, 1 << 20)
+        _hand_reply(chan, 3, [(0, f32, 2, 1 << 62, 16, 2, 2, 0, 0, 0, 0, 0, 0)])  # one field changed
+        with pytest.raises(S.ShmViolation, match="outside the reply area"):
+            chan._read_reply(sig, 3, 1 << 20)
+        _hand_reply(chan, 4, [good], data)  # and the good layout is checked afresh, then accepted
+        assert chan._read_reply(sig, 4, 1 << 20)[0]["y"].tolist() == [[0, 1], [2, 3]]
+    finally:
+        chan.close()
