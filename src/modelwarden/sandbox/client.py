@@ -41,8 +41,9 @@ SPIN_MAX_S = 0.0  # >0: calls faster than this are awaited by polling, not sleep
 #                   off by default: on a loaded 2-core host polling steals the CPU TensorFlow needs
 WORKER_SPIN_S = 0.0  # >0: the worker polls this long for the next request before sleeping
 CALL_ROUTES = frozenset({"session", "eager", "keras", "tflite"})  # what a load reply may name as its call
-# Shared-memory fast path (shmchannel): with a spare core (shmchannel.spare_core: 2+ CPUs and no
-# CPU pressure), both sides poll instead of sleeping for short calls, yielding the CPU at every turn:
+# Shared-memory fast path (shmchannel): with a spare core (shmchannel.spare_core, a pollgate.PollGate:
+# x86, 2+ CPUs, CPU pressure below 5 % measured while polling), both sides poll instead of sleeping for
+# short calls, yielding the CPU at every turn:
 # the parent polls the reply's sequence number for calls shorter than FAST_SPIN_MAX_S (at most twice
 # the last call); the worker, told per request by the parent, polls for the next request after
 # replying when the caller's gap between an answer and its next request was short (at most
