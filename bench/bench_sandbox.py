@@ -166,7 +166,8 @@ class LeanProcess:
         self.proc.wait(timeout=30)
 
 
-def warm(models: Path, base_rounds: int, calls: int, backend: str = "auto", socket_too: bool = True) -> dict:
+def warm(models: Path, base_rounds: int, calls: int, backend: str = "auto", socket_too: bool = True,
+         mobilenet_rounds: int | None = None) -> dict:
     """In-process vs sandboxed calls, interleaved round by round.  ``socket_too``: also a second
     sandbox with the shared-memory fast path off (every call on the JSON channel), same rounds."""
     import numpy as np
@@ -178,7 +179,8 @@ def warm(models: Path, base_rounds: int, calls: int, backend: str = "auto", sock
     out = {}
     # MobileNet: 4x the rounds, of calls/40 each (was: the same rounds of calls/10): the host's speed
     # drifts over seconds, and short adjacent rounds pair the drift away
-    for name, n, rounds in (("dense", calls, base_rounds), ("mobilenet", max(10, calls // 40), 4 * base_rounds)):
+    for name, n, rounds in (("dense", calls, base_rounds),
+                            ("mobilenet", max(10, calls // 40), mobilenet_rounds or 4 * base_rounds)):
         x = inputs_for(name)
         fn = tf.saved_model.load(str(models / name)).signatures["serving_default"]
 
@@ -688,6 +690,8 @@ def main() -> int:
                     help="comma-separated: cold, run, cold-template, replace, gate (default: everything but run "
                          "and gate)")
     ap.add_argument("--replace-rounds", type=int, default=5)
+    ap.add_argument("--mobilenet-rounds", type=int, default=None,
+                    help="rounds of the MobileNet warm calls (default: 4x --rounds; each max(10, calls/40) calls)")
     ap.add_argument("--warm-only", action="store_true", help="skip the cold-start, memory and template parts")
     ap.add_argument("--no-socket", action="store_true",
                     help="do not also measure a sandbox with the shared-memory fast path off")
@@ -715,7 +719,8 @@ def main() -> int:
             results["cold" + suffix] = cold(models, args.cold, backend)
         if full and i == 0:
             results["memory"] = memory(models)
-        results["warm" + suffix] = warm(models, args.rounds, args.calls, backend, socket_too=not args.no_socket)
+        results["warm" + suffix] = warm(models, args.rounds, args.calls, backend, socket_too=not args.no_socket,
+                                        mobilenet_rounds=args.mobilenet_rounds)
     if args.breakdown:
         results["breakdown_us"] = breakdown(models)
         results["breakdown_mobilenet_us"] = breakdown(models, max(30, args.calls), "mobilenet")
