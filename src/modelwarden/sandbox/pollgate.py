@@ -104,7 +104,11 @@ class PollGate:
             return
         psi = self._read()
         if psi is None:
-            self.open, self.next_s = os.getloadavg()[0] < cpus - 0.5, now + CHECK_S
+            try:
+                quiet = os.getloadavg()[0] < cpus - 0.5
+            except OSError:  # no /proc/loadavg either: never poll
+                quiet = False
+            self.open, self.next_s = quiet, now + CHECK_S
             return
         avg10, total = psi
         start, self._window = self._window, (now, total)
