@@ -79,13 +79,30 @@ def test_real_contention_closes_the_gate_and_probes_back_off():
     assert host.run(10 * BACKOFF_MAX_S) <= 2 * PROBE_S / BACKOFF_MAX_S
 
 
-def test_contention_that_ends_is_noticed_by_the_next_probe():
+def test_the_end_of_a_burst_is_noticed_within_seconds_not_a_whole_back_off():
+    """After two minutes of contention the back-off is at its maximum (32 s); once only our own
+    sleeping calls' pressure is left (below SLEEPING_QUIET), the gate probes BACKOFF_MIN_S after it
+    last closed, and stays open."""
     host = Host(sleeping_pct=30.0, polling_pct=50.0, avg10=20.0)
-    host.run(20.0)
+    host.run(120.0)
+    assert host.gate.open is False and host.gate.backoff_s == BACKOFF_MAX_S
+    while host.gate.open is False:  # wait for the next failed probe, so the gate has just closed
+        host.run(0.01)
+    host.run(PROBE_S + 0.05)
     assert host.gate.open is False
     host.rates = {False: 5.5, True: 0.5}  # the other job ended; our own sleeping calls remain
-    assert host.run(BACKOFF_MAX_S + 2.0) > 0  # within one (maximal) back-off
+    start = host.t
+    while not host.gate():
+        host.run(0.01)
+    assert host.t - start <= BACKOFF_MIN_S + CHECK_S  # not the 32 s back-off
     assert host.run(30.0) == 1.0
+
+
+def test_mild_contention_mistaken_for_our_own_costs_a_bounded_share_of_polling():
+    """Others make 7 % while we sleep (below SLEEPING_QUIET) and 8 % while we poll: every probe
+    fails, and the probes come at most every BACKOFF_MIN_S + PROBE_S."""
+    host = Host(sleeping_pct=7.0, polling_pct=8.0, avg10=7.0)
+    assert host.run(300.0) <= PROBE_S / (PROBE_S + BACKOFF_MIN_S) + 0.01
 
 
 def test_an_open_gate_closes_on_sustained_pressure_above_the_bound_only():
@@ -104,7 +121,7 @@ def test_an_open_gate_closes_on_sustained_pressure_above_the_bound_only():
     host.rates[False] = 30.0
     host.run(60.0)
     host.rates = {False: 0.5, True: 0.5}
-    assert host.run(BACKOFF_MAX_S + 2.0) > 0
+    assert host.run(BACKOFF_MIN_S + 2 * CHECK_S) > 0
     host.rates = {False: 30.0, True: 50.0}
     host.run(0.05)
     assert host.gate.open
