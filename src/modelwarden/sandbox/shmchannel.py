@@ -74,6 +74,9 @@ class ShmTimeout(Exception):
     """The deadline passed before the worker answered."""
 
 
+# a reply's outputs as checked: (output name, shape, dtype, offset in the reply area, bytes) each
+CheckedOutputs = list[tuple[str, tuple[int, ...], np.dtype, int, int]]
+
 spare_core = pollgate.PollGate()  # poll now?  (pollgate: a spare core, judged while polling)
 
 
@@ -190,7 +193,7 @@ class ParentChannel:
         self.last_worker_busy_us = 0  # worker-reported, unchecked: for benchmarks only
         # per signature index: (signature, reply entries bytes, max_output_bytes, outputs) of the last
         # reply whose entries passed every check (see _read_reply)
-        self._checked: dict[int, tuple[FastSignature, bytes, int, list[tuple[str, tuple[int, ...], np.dtype, int, int]]]] = {}
+        self._checked: dict[int, tuple[FastSignature, bytes, int, CheckedOutputs]] = {}
         self._poll = select.poll()
         self._channel_fd = -1
 
@@ -336,7 +339,7 @@ class ParentChannel:
         known = self._checked.get(sig.index)
         if known is None or known[0] is not sig or known[1] != entries or known[2] != max_output_bytes:
             known = self._checked[sig.index] = (sig, entries, max_output_bytes,
-                                                self._check_entries(sig, header, count, max_output_bytes))
+                                                self._check_entries(sig, header, max_output_bytes))
         out: dict[str, np.ndarray] = {}
         view = self.view
         for name, shape, dtype, off, want in known[3]:
@@ -348,15 +351,14 @@ class ParentChannel:
         self.last_worker_busy_us = busy_us
         return out, run_us
 
-    def _check_entries(self, sig: FastSignature, header: bytes, count: int,
-                       max_output_bytes: int) -> list[tuple[str, tuple[int, ...], np.dtype, int, int]]:
-        """Every entry of a copied reply header checked against the signature, the reply area and
-        ``max_output_bytes``: (output name, shape, dtype, offset, bytes) each, or ShmViolation."""
+    def _check_entries(self, sig: FastSignature, header: bytes, max_output_bytes: int) -> CheckedOutputs:
+        """Every entry of a copied reply header (one per declared output: the caller checked the
+        count) checked against the signature, the reply area and ``max_output_bytes``, or ShmViolation."""
         size, nout = self.rep_bytes, len(sig.outputs)
-        plan: list[tuple[str, tuple[int, ...], np.dtype, int, int]] = []
+        plan: CheckedOutputs = []
         seen: set[str] = set()
         total = slots = 0
-        for i in range(count):
+        for i in range(nout):
             index, code, rank, off, nbytes, *dims = ENTRY.unpack_from(header, CALL.size + i * ENTRY.size)
             if index >= nout:
                 raise ShmViolation(f"output index {index} out of range")
