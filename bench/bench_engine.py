@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import hostinfo
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "examples" / "models" / "dense_savedmodel"
 
@@ -241,7 +243,7 @@ def main() -> int:
     starts = startup(envs[""])
     load_after = os.getloadavg()[0]
     pool = f"pool (-j {os.cpu_count()})"
-    print(f"{args.models} small SavedModels, {os.cpu_count()} cores, load average {load_before:.2f} before, "
+    print(f"{args.models} small SavedModels, {os.cpu_count()} cores ({hostinfo.cpu_model()}), load average {load_before:.2f} before, "
           f"{load_after:.2f} after, medians of {args.reps}; serial and pool without a results store "
           "(the default), the store rows with one")
     print(f"{'engine':34} {'seconds':>8} {'models/s':>9} {'vs serial':>10}")

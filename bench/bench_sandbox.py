@@ -54,6 +54,8 @@ import sys
 import time
 from pathlib import Path
 
+import hostinfo
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".work" / "models-v1"
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -717,7 +719,7 @@ def main() -> int:
     os.environ.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     sys.path.insert(0, str(ROOT / "src"))
     models = ensure_models()
-    results: dict = {"host": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
+    results: dict = {"host": {"cpus": os.cpu_count(), "cpu_model": hostinfo.cpu_model(), "loadavg": os.getloadavg()}}
     if args.only:
         return only(args, models, results)
     full = not args.warm_only
@@ -737,7 +739,7 @@ def main() -> int:
         results["breakdown_mobilenet_us"] = breakdown(models, max(30, args.calls), "mobilenet")
         results["poll_ab_us"] = poll_ab(models)
     results["host"]["loadavg_end"] = os.getloadavg()
-    print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f} at the start, "
+    print(f"host: {os.cpu_count()} CPUs ({results['host']['cpu_model']}), load average {results['host']['loadavg'][0]:.2f} at the start, "
           f"{results['host']['loadavg_end'][0]:.2f} at the end")
     for i, backend in enumerate(backends):
         suffix = "" if i == 0 else f"_{backend}"
@@ -793,7 +795,7 @@ def only(args: argparse.Namespace, models: Path, results: dict, parts: set[str] 
     """Run and print the sections in ``parts`` (default: ``--only``), then write the JSON."""
     if parts is None:
         parts = set(args.only.split(","))
-        print(f"host: {os.cpu_count()} CPUs, load average {results['host']['loadavg'][0]:.2f} (start)")
+        print(f"host: {os.cpu_count()} CPUs ({results['host']['cpu_model']}), load average {results['host']['loadavg'][0]:.2f} (start)")
     if "cold" in parts:
         c = results["cold"] = cold(models, args.cold)
         print(f"cold start, fresh processes: unsandboxed {c['unsandboxed_s']:.2f} s, sandbox {c['sandbox_s']:.2f} s -> "

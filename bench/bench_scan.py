@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hostinfo
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORK = HERE / ".work"
@@ -283,7 +285,7 @@ def main() -> int:
     mw_error = modelwarden_available()
     where = subprocess.run([*MW_CMD[:-2], "-c", "import modelwarden; print(modelwarden.__file__)"], env=ENV,
                            capture_output=True, text=True).stdout.strip() if MW_CMD[-2:] == ["-m", "modelwarden"] else ""
-    print(f"measuring {shlex.join(MW_CMD)}" + (f" ({where})" if where else ""), flush=True)
+    print(f"measuring {shlex.join(MW_CMD)}" + (f" ({where})" if where else "") + f" on {hostinfo.describe()}", flush=True)
     if mw_error:
         print(f"NOTE: {mw_error}; measuring baselines only", flush=True)
 
