@@ -72,6 +72,21 @@ report["not_a_model"] = graphcall.load(tf, sys.argv[2])[1]
 w = Worker(tf, {}, {})
 w.load({"path": json.loads(sys.argv[1])[-1], "kind": "saved_model"})
 report["graph_refused_y"] = w._checked_run("serving_default", {"x": np.array([1.0, -2.0], np.float32)})[0]["y"].tolist()
+
+# a TensorFlow without the private Session._make_callable_from_options: the worker says why and
+# answers through the eager route, with the standard call's outputs
+from tensorflow.python.client import session as tf_session
+private = tf_session.BaseSession._make_callable_from_options
+del tf_session.BaseSession._make_callable_from_options
+try:
+    w = Worker(tf, {}, {})
+    w.load({"path": dense, "kind": "saved_model"})
+    got, _us = w._checked_run("serving_default", x)
+    ref = tf.saved_model.load(dense).signatures["serving_default"](x=tf.constant(x["x"]))
+    report["no_private_api"] = {"reason": w.graph_skipped, "graph": "serving_default" in w.graph,
+                                "problem": same(got, {k: leancall.to_numpy(tf, v) for k, v in ref.items()})}
+finally:
+    tf_session.BaseSession._make_callable_from_options = private
 print("REPORT " + json.dumps(report))
 """
 
@@ -147,3 +162,12 @@ def test_inputs_are_checked_before_the_session(report):
 
 def test_what_graph_mode_cannot_load_is_reported_not_raised(report):
     assert report["not_a_model"]
+
+
+def test_without_the_private_session_api_the_worker_takes_the_eager_route(report):
+    """``Session._make_callable_from_options`` is private TensorFlow API: in a TensorFlow without it,
+    the worker reports why graph mode was skipped and answers through the eager route, with the
+    standard eager call's outputs."""
+    r = report["no_private_api"]
+    assert "AttributeError" in r["reason"] and "_make_callable_from_options" in r["reason"]
+    assert r["graph"] is False and r["problem"] == ""

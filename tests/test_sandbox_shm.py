@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from modelwarden.sandbox import DeadlineExceeded, ProtocolViolation, Sandbox, SandboxError, SandboxLimits, protocol, shmchannel
+from modelwarden.sandbox.bwrap import BwrapBackend
 from modelwarden.sandbox.namespaces import probe_namespaces
 from tests.attacker import AttackerWorker, decode, encode
 from tests.conftest import build_fixtures
@@ -254,6 +255,29 @@ def test_hostile_reply_headers_end_in_a_protocol_violation(entries, count, match
             w.model.predict({"x": encode(source)})
         assert time.monotonic() - t0 < 5  # not the 30 s sleep: the parent acted on the reply
         assert not w.sandbox.alive
+
+
+@pytest.mark.parametrize("backend", ["namespaces", "bwrap"])
+def test_on_every_backend_a_forged_reply_arrives_and_a_hostile_one_after_honest_calls_is_refused(backend):
+    """The region's guarantees do not depend on the backend that handed it over: on namespaces and
+    on bubblewrap, attacker code finds the region and its forged reply reaches the parent (positive
+    control); after honest calls have made the parent remember their reply layout, the same entries
+    with one field lying (an offset outside the area, then a wrong dtype) end in ProtocolViolation."""
+    if backend == "bwrap" and not BwrapBackend.availability()[0]:
+        pytest.skip(f"bubblewrap unavailable: {BwrapBackend.availability()[1]}")
+    for lie, match in (("(0, F32, 2, 1 << 62, 8, 1, 2, 0, 0, 0, 0, 0, 0)", "outside the reply area"),
+                       ("(0, S.CODE_OF['int64'], 2, S.HEADER_BYTES, 16, 1, 2, 0, 0, 0, 0, 0, 0)", "signature declares")):
+        with AttackerWorker(SandboxLimits(timeout_s=10, max_output_bytes=8 << 20), backend=backend) as w:
+            fast = w.sandbox._worker.fast
+            assert fast is not None  # the fast path is set up on this backend
+            assert w.run("result = 'real'") == "real"
+            assert w.run(REGION + "forged('forged'); time.sleep(0.5); result = 'real'") == "forged"
+            for _ in range(3):
+                assert w.run("result = 1") == 1  # honest replies: the parent now remembers their layout
+            assert fast.replies == 5 and fast._checked
+            with pytest.raises(ProtocolViolation, match=match):
+                w.model.predict({"x": encode(REGION + f"reply([{lie}]); time.sleep(30)\n")})
+            assert not w.sandbox.alive
 
 
 # a thread ringing the doorbell as fast as it can, forever (STATE['rings']: 64 KiB sends so far)
