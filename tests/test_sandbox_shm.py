@@ -257,17 +257,16 @@ def test_hostile_reply_headers_end_in_a_protocol_violation(entries, count, match
         assert not w.sandbox.alive
 
 
-@pytest.mark.parametrize("backend", ["namespaces", "bwrap"])
-def test_on_every_backend_a_forged_reply_arrives_and_a_hostile_one_after_honest_calls_is_refused(backend):
-    """The region's guarantees do not depend on the backend that handed it over: on namespaces and
-    on bubblewrap, attacker code finds the region and its forged reply reaches the parent (positive
-    control); after honest calls have made the parent remember their reply layout, the same entries
-    with one field lying (an offset outside the area, then a wrong dtype) end in ProtocolViolation."""
-    if backend == "bwrap" and not BwrapBackend.availability()[0]:
-        pytest.skip(f"bubblewrap unavailable: {BwrapBackend.availability()[1]}")
+@pytest.mark.skipif(not BwrapBackend.availability()[0], reason="bubblewrap unavailable")
+def test_on_bubblewrap_too_a_forged_reply_arrives_and_a_hostile_one_after_honest_calls_is_refused():
+    """The region's guarantees do not depend on the backend that handed it over.  The tests above run
+    on the default (namespaces) backend; here on bubblewrap, attacker code finds the region and its
+    forged reply reaches the parent (positive control); after honest calls have made the parent
+    remember their reply layout, the same entries with one field lying (an offset outside the area,
+    then a wrong dtype) end in ProtocolViolation."""
     for lie, match in (("(0, F32, 2, 1 << 62, 8, 1, 2, 0, 0, 0, 0, 0, 0)", "outside the reply area"),
                        ("(0, S.CODE_OF['int64'], 2, S.HEADER_BYTES, 16, 1, 2, 0, 0, 0, 0, 0, 0)", "signature declares")):
-        with AttackerWorker(SandboxLimits(timeout_s=10, max_output_bytes=8 << 20), backend=backend) as w:
+        with AttackerWorker(SandboxLimits(timeout_s=10, max_output_bytes=8 << 20), backend="bwrap") as w:
             fast = w.sandbox._worker.fast
             assert fast is not None  # the fast path is set up on this backend
             assert w.run("result = 'real'") == "real"
